@@ -1,0 +1,597 @@
+"""A private Tor network on 127.0.0.1: three directory authorities, two relays, one client.
+
+Why: refreshd must be tested against a real Tor (circuits, SOCKS isolation, control port)
+without touching the internet. Every file is generated here from scratch in a temp dir:
+authority keys with `tor-gencert`, relay identities with `tor --list-fingerprint`, torrc
+files with the options that proved necessary on this kind of machine (each one below was
+found by a failure). Test domains reach loopback servers through the client's `MapAddress`,
+so no name ever meets a resolver; the exit may only connect to the mapped loopback addresses.
+
+Start order: keys, then authorities and relays, then (once the consensus lists every relay and
+flags the exit) the client, then a real fetch through SOCKS to a loopback probe server. A start
+that misses its deadline is torn down and retried once from scratch.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import secrets
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+from stem.control import Controller, EventType
+from stem.response.events import CircuitEvent, StreamEvent
+
+from tests.world import procs
+
+TOR = "tor"
+TOR_GENCERT = "tor-gencert"
+DEFAULT_DOMAINS = (
+    "openpgpkey.example.org",
+    "example.org",
+    "openpgpkey.example.net",
+    "example.net",
+    "keys.example.net",
+    "hkp.example.net",
+    "example.com",
+    "nicknym.example.com",
+)
+START_TIMEOUT = 90.0
+N_AUTHORITIES = 3
+
+# Options every node needs to form a network of its own.
+_COMMON = (
+    "TestingTorNetwork 1",
+    "UseDefaultFallbackDirs 0",
+    "AssumeReachable 1",
+    "PathsNeededToBuildCircuits 0.25",
+    "V3AuthNIntervalsValid 2",
+    "SafeLogging 0",
+    "Log notice stdout",
+    "RunAsDaemon 0",
+    "ContactInfo refreshd-tests@127.0.0.1",
+)
+# Nodes with an ORPort: stay on IPv4 loopback, never ask the host's resolver, keep descriptors
+# stable, and accept extends to exits whose descriptor the exit has not seen yet.
+_RELAY = (
+    "Address 127.0.0.1",
+    "AddressDisableIPv6 1",
+    "ServerDNSDetectHijacking 0",
+    "TestingMinTimeToReportBandwidth 1 day",
+    "RefuseUnknownExits 0",
+    "ShutdownWaitLength 0",
+    "SocksPort 0",
+)
+# Authorities: vote fast, flag our exit as Exit (not `*`, or clients end circuits at non-exits).
+_AUTHORITY = (
+    "AuthoritativeDirectory 1",
+    "V3AuthoritativeDirectory 1",
+    "TestingV3AuthInitialVotingInterval 5",
+    "TestingV3AuthInitialVoteDelay 2",
+    "TestingV3AuthInitialDistDelay 2",
+    "V3AuthVotingInterval 10",
+    "V3AuthVoteDelay 2",
+    "V3AuthDistDelay 2",
+    "TestingDirAuthVoteGuard *",
+    "MaxConsensusAgeForDiffs 60 seconds",
+    "ExitPolicy reject *:*",
+)
+# The client: full descriptors (the exit policy summarises to reject-all in microdescriptors)
+# and a fixed circuit build timeout (a learned ~20 ms one fails on any hiccup).
+_CLIENT = (
+    "UseMicrodescriptors 0",
+    "LearnCircuitBuildTimeout 0",
+    "CircuitBuildTimeout 30",
+    "CookieAuthentication 1",
+)
+
+
+class TorStartError(RuntimeError):
+    """The network did not come up in time; the message carries the relevant log tails."""
+
+
+@dataclass
+class Node:
+    """One tor process: its role, directory, ports and identity."""
+
+    name: str
+    role: str  # "authority", "relay", "exit" or "client"
+    data_dir: Path
+    or_port: int = 0
+    dir_port: int = 0
+    fingerprint: str = ""
+    v3ident: str = ""
+    torrc: Path = field(init=False)
+    proc: procs.Proc | None = None
+
+    def __post_init__(self) -> None:
+        self.torrc = self.data_dir / "torrc"
+
+
+@dataclass(frozen=True)
+class StreamRecord:
+    """A STREAM event as Tor reported it."""
+
+    id: str
+    status: str
+    circ_id: str
+    target: str
+    purpose: str | None
+    socks_username: str | None
+    socks_password: str | None
+    raw: str
+
+
+@dataclass(frozen=True)
+class CircuitRecord:
+    """A CIRC event as Tor reported it."""
+
+    id: str
+    status: str
+    purpose: str | None
+    path: tuple[str, ...]
+    socks_username: str | None
+    socks_password: str | None
+    raw: str
+
+
+class EventLog:
+    """STREAM and CIRC events collected by `TorNetwork.record_events()` (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._streams: list[StreamRecord] = []
+        self._circuits: list[CircuitRecord] = []
+
+    @property
+    def streams(self) -> list[StreamRecord]:
+        with self._lock:
+            return list(self._streams)
+
+    @property
+    def circuits(self) -> list[CircuitRecord]:
+        with self._lock:
+            return list(self._circuits)
+
+    def on_stream(self, event: StreamEvent) -> None:
+        kw = event.keyword_args
+        record = StreamRecord(
+            id=event.id,
+            status=event.status,
+            circ_id=event.circ_id,
+            target=event.target,
+            purpose=event.purpose,
+            socks_username=kw.get("SOCKS_USERNAME"),
+            socks_password=kw.get("SOCKS_PASSWORD"),
+            raw=str(event),
+        )
+        with self._lock:
+            self._streams.append(record)
+
+    def on_circuit(self, event: CircuitEvent) -> None:
+        record = CircuitRecord(
+            id=event.id,
+            status=event.status,
+            purpose=event.purpose,
+            path=tuple(fp for fp, _nick in event.path),
+            socks_username=event.socks_username,
+            socks_password=event.socks_password,
+            raw=str(event),
+        )
+        with self._lock:
+            self._circuits.append(record)
+
+    def wait_until(self, predicate: Callable[[EventLog], bool], timeout: float = 10.0) -> bool:
+        """Events arrive asynchronously: poll until `predicate(self)` holds."""
+        return procs.wait_for(lambda: predicate(self), timeout, interval=0.05)
+
+
+class TorNetwork:
+    """The private network; use as a context manager (stopped by PID on exit, always).
+
+    `mapping` gives each test domain the loopback address it maps to (default 127.0.0.1).
+    """
+
+    def __init__(
+        self,
+        domains: Iterable[str] = DEFAULT_DOMAINS,
+        *,
+        mapping: Mapping[str, str] | None = None,
+        base_dir: Path | None = None,
+        timeout: float = START_TIMEOUT,
+        attempts: int = 2,
+    ) -> None:
+        self.mapping: dict[str, str] = {name: "127.0.0.1" for name in domains}
+        self.mapping.update(mapping or {})
+        self._base_parent = base_dir
+        self._own_base = False
+        self.timeout = timeout
+        self.attempts = attempts
+        self.base_dir = Path()
+        self.nodes: list[Node] = []
+        self.client: Node | None = None
+        self.socks_port = 0
+        self.control_port = 0
+        self.start_seconds = 0.0
+
+    # -- public API -------------------------------------------------------------------------
+
+    def __enter__(self) -> TorNetwork:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def cookie_path(self) -> Path:
+        return self._client().data_dir / "control_auth_cookie"
+
+    @property
+    def data_dirs(self) -> dict[str, Path]:
+        return {node.name: node.data_dir for node in self.nodes}
+
+    @property
+    def exit_fingerprint(self) -> str:
+        return next(node.fingerprint for node in self.nodes if node.role == "exit")
+
+    @property
+    def exit_addresses(self) -> tuple[str, ...]:
+        """Loopback addresses the exit may connect to: 127.0.0.1 and every mapping target."""
+        return tuple(sorted({"127.0.0.1", *self.mapping.values()}))
+
+    def socks_url(self, username: str, password: str) -> str:
+        """A proxy URL for httpx: Tor resolves the name (socks5h), credentials isolate."""
+        return f"socks5h://{username}:{password}@127.0.0.1:{self.socks_port}"
+
+    def start(self) -> None:
+        began = time.monotonic()
+        for attempt in range(1, self.attempts + 1):
+            try:
+                self._start_once()
+            except BaseException as error:
+                self.stop()
+                if attempt >= self.attempts or not isinstance(error, TorStartError):
+                    raise
+            else:
+                self.start_seconds = time.monotonic() - began
+                return
+
+    def stop(self) -> None:
+        """Stop every tor by PID (client first) and remove the generated files."""
+        for node in [n for n in (self.client, *reversed(self.nodes)) if n is not None]:
+            if node.proc is not None:
+                procs.stop(node.proc)
+                node.proc = None
+        if self._own_base and self.base_dir.exists():
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def stop_client(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the client tor (default SIGKILL, as a crash): SOCKS and control ports vanish."""
+        client = self._client()
+        if client.proc is not None:
+            procs.stop(client.proc, sig=sig)
+            client.proc = None
+
+    def start_client(self, timeout: float | None = None) -> None:
+        """Start the client again with the same ports and data dir; return once it carries."""
+        client = self._client()
+        if client.proc is not None and client.proc.running():
+            return
+        deadline = time.monotonic() + (timeout or self.timeout)
+        client.proc = procs.start(client.name, _tor_argv(client.torrc), client.data_dir / "log")
+        self._await_client(deadline)
+
+    def controller(self) -> Controller:
+        """A stem Controller on the client's ControlPort, cookie-authenticated; caller closes."""
+        ctl = Controller.from_port(address="127.0.0.1", port=self.control_port)
+        try:
+            ctl.authenticate()
+        except BaseException:
+            ctl.close()
+            raise
+        return ctl
+
+    @contextlib.contextmanager
+    def record_events(self) -> Iterator[EventLog]:
+        """Collect STREAM and CIRC events while the block runs (see `EventLog.wait_until`)."""
+        log = EventLog()
+        with self.controller() as ctl:
+            ctl.add_event_listener(log.on_stream, EventType.STREAM)
+            ctl.add_event_listener(log.on_circuit, EventType.CIRC)
+            yield log
+
+    def fetch_probe(self, url: str, timeout: float = 30.0) -> httpx.Response:
+        """GET `url` through Tor on a fresh circuit (random SOCKS credentials)."""
+        proxy = self.socks_url(secrets.token_hex(8), secrets.token_hex(8))
+        with httpx.Client(proxy=proxy, trust_env=False, timeout=timeout) as client:
+            return client.get(url)
+
+    # -- start ------------------------------------------------------------------------------
+
+    def _client(self) -> Node:
+        if self.client is None:
+            raise RuntimeError("the Tor network is not started")
+        return self.client
+
+    def _start_once(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        if self._base_parent is None:
+            self.base_dir = Path(tempfile.mkdtemp(prefix="refreshd-tornet-"))
+            self._own_base = True
+        else:
+            self.base_dir = Path(tempfile.mkdtemp(prefix="tornet-", dir=self._base_parent))
+        empty = self.base_dir / "empty"
+        empty.write_text("")
+        resolv = self.base_dir / "resolv.conf"
+        resolv.write_text("nameserver 127.0.0.1\n")
+        self.nodes = self._plan_nodes()
+        self._make_identities()
+        for node in self.nodes:
+            node.torrc.write_text(self._torrc(node, empty, resolv))
+        for node in self.nodes:
+            node.proc = procs.start(node.name, _tor_argv(node.torrc), node.data_dir / "log")
+        self._await_consensus(deadline)
+        client = self._client()
+        client.torrc.write_text(self._torrc(client, empty, resolv))
+        client.proc = procs.start(client.name, _tor_argv(client.torrc), client.data_dir / "log")
+        self._await_client(deadline)
+
+    def _plan_nodes(self) -> list[Node]:
+        def node(name: str, role: str) -> Node:
+            data_dir = self.base_dir / name
+            data_dir.mkdir(mode=0o700)
+            return Node(name, role, data_dir, or_port=procs.free_port())
+
+        nodes = [node(f"auth{i}", "authority") for i in range(N_AUTHORITIES)]
+        for auth in nodes:
+            auth.dir_port = procs.free_port()
+        nodes += [node("relay0", "relay"), node("exit0", "exit")]
+        self.client = Node("client", "client", self.base_dir / "client")
+        self.client.data_dir.mkdir(mode=0o700)
+        self.socks_port = procs.free_port()
+        self.control_port = procs.free_port()
+        return nodes
+
+    def _make_identities(self) -> None:
+        """Authority certificates and relay identity keys, generated in parallel."""
+        gencerts = []
+        for auth in (n for n in self.nodes if n.role == "authority"):
+            keys = auth.data_dir / "keys"
+            keys.mkdir(mode=0o700)
+            argv = [
+                TOR_GENCERT,
+                "--create-identity-key",
+                "-m",
+                "12",
+                "-a",
+                f"127.0.0.1:{auth.dir_port}",
+                "-i",
+                str(keys / "authority_identity_key"),
+                "-s",
+                str(keys / "authority_signing_key"),
+                "-c",
+                str(keys / "authority_certificate"),
+                "--passphrase-fd",
+                "0",
+            ]
+            gencerts.append(
+                procs.start(
+                    f"{auth.name}-gencert", argv, auth.data_dir / "gencert.log", stdin_data=b""
+                )
+            )
+        _wait_ok(gencerts)
+        empty = self.base_dir / "empty"
+        listings = []
+        for node in self.nodes:
+            argv = [
+                TOR,
+                "--list-fingerprint",
+                "--defaults-torrc",
+                str(empty),
+                "-f",
+                str(empty),
+                "--DataDirectory",
+                str(node.data_dir),
+                "--ORPort",
+                f"127.0.0.1:{node.or_port}",
+                "--GeoIPFile",
+                str(empty),
+                "--GeoIPv6File",
+                str(empty),
+                "--Log",
+                "err stderr",
+            ]
+            listings.append(procs.start(f"{node.name}-fpr", argv, node.data_dir / "fpr.log"))
+        _wait_ok(listings)
+        for node, listing in zip(self.nodes, listings, strict=True):
+            last = listing.log_path.read_text().strip().splitlines()[-1]
+            node.fingerprint = "".join(last.split()[1:])
+            if node.role == "authority":
+                cert = (node.data_dir / "keys" / "authority_certificate").read_text()
+                node.v3ident = next(
+                    line.split()[1] for line in cert.splitlines() if line.startswith("fingerprint ")
+                )
+
+    def _torrc(self, node: Node, empty: Path, resolv: Path) -> str:
+        lines = [
+            *_COMMON,
+            f"Nickname {node.name}",
+            f"DataDirectory {node.data_dir}",
+            f"GeoIPFile {empty}",
+            f"GeoIPv6File {empty}",
+        ]
+        lines += [
+            f"DirAuthority {a.name} orport={a.or_port} v3ident={a.v3ident} "
+            f"127.0.0.1:{a.dir_port} {a.fingerprint}"
+            for a in self.nodes
+            if a.role == "authority"
+        ]
+        if node.role != "client":
+            lines += [
+                *_RELAY,
+                f"ORPort 127.0.0.1:{node.or_port}",
+                f"ServerDNSResolvConfFile {resolv}",
+            ]
+        if node.role == "authority":
+            lines += [*_AUTHORITY, f"DirPort 127.0.0.1:{node.dir_port}"]
+            lines.append(f"TestingDirAuthVoteExit {self.exit_fingerprint}")
+        elif node.role == "relay":
+            lines += ["DirCache 0", "ExitRelay 0", "ExitPolicy reject *:*"]
+        elif node.role == "exit":
+            lines += [
+                "DirCache 0",
+                "ExitRelay 1",
+                "ExitPolicyRejectPrivate 0",
+                "ExitPolicyRejectLocalInterfaces 0",
+            ]
+            lines += [f"ExitPolicy accept {addr}:*" for addr in self.exit_addresses]
+            lines.append("ExitPolicy reject *:*")
+        elif node.role == "client":
+            lines += [
+                *_CLIENT,
+                f"SocksPort 127.0.0.1:{self.socks_port}",
+                f"ControlPort 127.0.0.1:{self.control_port}",
+            ]
+            lines += [f"MapAddress {name} {addr}" for name, addr in sorted(self.mapping.items())]
+        return "\n".join(lines) + "\n"
+
+    def _await_consensus(self, deadline: float) -> None:
+        """Wait until an authority's consensus lists every relay, the exit flagged Exit."""
+        auth = self.nodes[0]
+        url = f"http://127.0.0.1:{auth.dir_port}/tor/status-vote/current/consensus"
+        wanted = {node.fingerprint for node in self.nodes}
+
+        def ready() -> bool:
+            self._check_alive()
+            try:
+                with _no_proxy_opener().open(url, timeout=2) as answer:
+                    text = answer.read().decode("ascii", "replace")
+            except OSError:
+                return False
+            flags = _consensus_flags(text)
+            return wanted <= set(flags) and "Exit" in flags[self.exit_fingerprint]
+
+        if not procs.wait_for(ready, deadline - time.monotonic(), interval=0.5):
+            raise TorStartError("no complete consensus in time\n" + self._log_tails())
+
+    def _await_client(self, deadline: float) -> None:
+        """Wait for 100% bootstrap via the control port, then a real fetch through the exit."""
+        client = self._client()
+
+        def bootstrapped() -> bool:
+            self._check_alive()
+            try:
+                with self.controller() as ctl:
+                    phase = ctl.get_info("status/bootstrap-phase")
+            except Exception:
+                return False
+            return "PROGRESS=100" in phase
+
+        if not procs.wait_for(bootstrapped, deadline - time.monotonic(), interval=0.2):
+            raise TorStartError("client did not bootstrap in time\n" + client_log(client))
+        with _ProbeServer() as probe:
+            while True:
+                self._check_alive()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TorStartError(
+                        "no circuit through the exit in time\n" + client_log(client)
+                    )
+                try:
+                    answer = self.fetch_probe(probe.url, timeout=min(30.0, remaining))
+                except httpx.HTTPError:
+                    time.sleep(0.5)
+                    continue
+                if answer.status_code == 200 and answer.content == probe.body:
+                    return
+
+    def _check_alive(self) -> None:
+        for node in [*self.nodes, self._client()]:
+            if node.proc is not None and not node.proc.running():
+                raise TorStartError(f"{node.name} exited\n{node.proc.log_tail()}")
+
+    def _log_tails(self) -> str:
+        return "\n".join(
+            f"--- {node.name}\n{node.proc.log_tail(8)}" for node in self.nodes if node.proc
+        )
+
+
+def client_log(client: Node) -> str:
+    return client.proc.log_tail() if client.proc else ""
+
+
+def _tor_argv(torrc: Path) -> list[str]:
+    empty = torrc.parent.parent / "empty"
+    return [TOR, "--defaults-torrc", str(empty), "-f", str(torrc)]
+
+
+def _wait_ok(started: list[procs.Proc], timeout: float = 60.0) -> None:
+    for proc in started:
+        try:
+            code = proc.popen.wait(timeout=timeout)
+        finally:
+            procs.stop(proc)
+        if code != 0:
+            raise TorStartError(f"{proc.name} failed ({code})\n{proc.log_tail()}")
+
+
+def _consensus_flags(text: str) -> dict[str, set[str]]:
+    """Map each router's hex fingerprint to its flags, from a plain-text consensus."""
+    flags: dict[str, set[str]] = {}
+    current = ""
+    for line in text.splitlines():
+        if line.startswith("r "):
+            identity = line.split()[2]
+            raw = base64.b64decode(identity + "=" * (-len(identity) % 4))
+            current = raw.hex().upper()
+            flags[current] = set()
+        elif line.startswith("s ") and current:
+            flags[current] = set(line.split()[1:])
+    return flags
+
+
+def _no_proxy_opener() -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class _ProbeHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body: bytes = self.server.body  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Silence the default stderr access log."""
+
+
+class _ProbeServer:
+    """A one-purpose HTTP server on 127.0.0.1 proving a circuit reaches loopback via the exit."""
+
+    def __init__(self) -> None:
+        self.body = secrets.token_hex(16).encode()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _ProbeHandler)
+        self._server.body = self.body  # type: ignore[attr-defined]
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/probe"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _ProbeServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
