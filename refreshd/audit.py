@@ -124,8 +124,7 @@ def rotated_files(path: Path) -> list[Path]:
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     with path.open("rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            yield number, raw
+        yield from enumerate(fh, start=1)
 
 
 def verify(path: Path) -> Verdict:
@@ -136,8 +135,10 @@ def verify(path: Path) -> Verdict:
         for number, raw in _lines(file):
             count += 1
 
-            def bad(reason: str, file: Path = file, number: int = number) -> Verdict:
-                return Verdict(False, count, file, number, reason)
+            def bad(
+                reason: str, file: Path = file, number: int = number, n: int = count
+            ) -> Verdict:
+                return Verdict(False, n, file, number, reason)
 
             if not raw.endswith(b"\n"):
                 return bad("line is not terminated (truncated write or edit)")
@@ -145,7 +146,10 @@ def verify(path: Path) -> Verdict:
                 record = json.loads(raw)
             except (UnicodeDecodeError, json.JSONDecodeError):
                 return bad("not valid JSON")
-            if not isinstance(record, dict) or not {"seq", "prev", "hash", "event"} <= record.keys():
+            if (
+                not isinstance(record, dict)
+                or not {"seq", "prev", "hash", "event"} <= record.keys()
+            ):
                 return bad("missing seq, event, prev or hash")
             if record["prev"] != prev:
                 return bad(f"prev does not match the hash of the line before (seq {record['seq']})")

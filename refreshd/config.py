@@ -30,7 +30,15 @@ LEVELS = (
 SOURCES = ("nicknym", "wkd", "vks", "hkp")
 UPLOADS = ("vks", "hkp", "wks", "nicknym")
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "mo": 30 * 86400, "y": 365 * 86400}
+_UNITS = {
+    "s": 1,
+    "m": 60,
+    "h": 3600,
+    "d": 86400,
+    "w": 7 * 86400,
+    "mo": 30 * 86400,
+    "y": 365 * 86400,
+}
 _DURATION = re.compile(r"^\s*(\d+)\s*(mo|s|m|h|d|w|y)?\s*$")
 
 
@@ -41,7 +49,7 @@ class ConfigError(Exception):
 def parse_duration(value: object, key: str = "duration") -> int:
     """Seconds from an int or a string like "10m" / "7d" / "6mo"."""
     if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a duration like \"10m\" or \"7d\", got {value!r}")
+        raise ConfigError(f'{key}: expected a duration like "10m" or "7d", got {value!r}')
     if isinstance(value, int):
         if value < 0:
             raise ConfigError(f"{key}: a duration cannot be negative ({value})")
@@ -51,7 +59,7 @@ def parse_duration(value: object, key: str = "duration") -> int:
         if m:
             return int(m.group(1)) * _UNITS[m.group(2) or "s"]
     raise ConfigError(
-        f"{key}: expected a duration like \"600s\", \"10m\", \"7d\" or \"6mo\", got {value!r}"
+        f'{key}: expected a duration like "600s", "10m", "7d" or "6mo", got {value!r}'
     )
 
 
@@ -60,8 +68,12 @@ def expand_path(value: str) -> Path:
     env = dict(os.environ)
     if "XDG_RUNTIME_DIR" not in env:
         run_user = Path(f"/run/user/{os.getuid()}")
-        env["XDG_RUNTIME_DIR"] = str(run_user if run_user.is_dir() else Path("/tmp") / f"refreshd-{os.getuid()}")
-    expanded = re.sub(r"\$(\w+)|\$\{(\w+)\}", lambda m: env.get(m.group(1) or m.group(2), m.group(0)), value)
+        env["XDG_RUNTIME_DIR"] = str(
+            run_user if run_user.is_dir() else Path("/tmp") / f"refreshd-{os.getuid()}"
+        )
+    expanded = re.sub(
+        r"\$(\w+)|\$\{(\w+)\}", lambda m: env.get(m.group(1) or m.group(2), m.group(0)), value
+    )
     return Path(expanded).expanduser()
 
 
@@ -131,7 +143,11 @@ class Config:
 
     @property
     def own_key_file(self) -> Path:
-        return expand_path(self.own.key_file) if self.own.key_file else self.daemon.state_dir / "own-key.asc"
+        return (
+            expand_path(self.own.key_file)
+            if self.own.key_file
+            else self.daemon.state_dir / "own-key.asc"
+        )
 
     @property
     def database(self) -> Path:

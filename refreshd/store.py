@@ -1,0 +1,413 @@
+"""SQLite store: keys, registrations, history, usage, source bookkeeping, engine state.
+
+The daemon is the only writer. WAL mode with synchronous=NORMAL keeps each committed decision
+after a crash of the process (SIGKILL); writes that belong together (a key, its registration,
+its history row and the decision) are one transaction. Times are ISO 8601 UTC strings.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from refreshd.core.rules import Decision, Registration, successfully_used
+
+SCHEMA_VERSION = 1
+
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE keys (
+        fingerprint TEXT PRIMARY KEY,
+        data BLOB NOT NULL,
+        expires TEXT,
+        revoked INTEGER NOT NULL DEFAULT 0,
+        encrypt_until TEXT,
+        can_encrypt INTEGER NOT NULL DEFAULT 0,
+        updated TEXT NOT NULL
+    );
+    CREATE TABLE addresses (
+        address TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL REFERENCES keys(fingerprint),
+        level TEXT NOT NULL,
+        source TEXT NOT NULL,
+        positive INTEGER NOT NULL,
+        registered_at TEXT NOT NULL
+    );
+    CREATE TABLE seen (
+        address TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        status TEXT NOT NULL,
+        level TEXT NOT NULL,
+        source TEXT NOT NULL,
+        first_seen TEXT NOT NULL,
+        last_seen TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        PRIMARY KEY (address, fingerprint)
+    );
+    CREATE TABLE decisions (
+        id INTEGER PRIMARY KEY,
+        ts TEXT NOT NULL,
+        address TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        decision TEXT NOT NULL,
+        level TEXT NOT NULL,
+        source TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX decisions_address ON decisions(address);
+    CREATE TABLE usage (
+        address TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        sent_encrypted TEXT,
+        received_signed TEXT,
+        PRIMARY KEY (address, fingerprint)
+    );
+    CREATE TABLE sources (
+        url TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        address TEXT,
+        fingerprint TEXT NOT NULL,
+        etag TEXT,
+        last_modified TEXT,
+        body_sha256 TEXT,
+        last_fetch TEXT,
+        last_status TEXT,
+        failures INTEGER NOT NULL DEFAULT 0,
+        next_retry TEXT
+    );
+    CREATE INDEX sources_fingerprint ON sources(fingerprint);
+    CREATE TABLE state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE own_keys (
+        fingerprint TEXT PRIMARY KEY,
+        address TEXT NOT NULL,
+        expires TEXT,
+        next_extension_at TEXT,
+        last_upload TEXT,
+        seed INTEGER NOT NULL
+    );
+    """,
+}
+
+
+def iso(t: datetime | None) -> str | None:
+    return None if t is None else t.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def parse_time(s: str | None) -> datetime | None:
+    return None if s is None else datetime.fromisoformat(s)
+
+
+@dataclass(frozen=True)
+class KeyFacts:
+    """What a lookup needs about a stored key, kept beside its bytes so lookups never parse."""
+
+    fingerprint: str
+    expires: datetime | None
+    revoked: bool
+    can_encrypt: bool  # has a valid encryption subkey (ignoring time)
+    encrypt_until: datetime | None  # latest expiry among those subkeys; None = no expiry
+
+    def usable(self, now: datetime) -> bool:
+        return not self.revoked and (self.expires is None or self.expires > now)
+
+    def encrypts(self, now: datetime) -> bool:
+        return (
+            self.usable(now)
+            and self.can_encrypt
+            and (self.encrypt_until is None or self.encrypt_until > now)
+        )
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a key is refreshed from, and what we know of the last answer."""
+
+    url: str
+    kind: str
+    address: str | None
+    fingerprint: str
+    etag: str | None = None
+    last_modified: str | None = None
+    body_sha256: str | None = None
+    last_fetch: str | None = None
+    last_status: str | None = None
+    failures: int = 0
+    next_retry: str | None = None
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self._depth = 0
+        self._migrate()
+        path.chmod(0o600)
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path} has schema version {version}, newer than this refreshd "
+                f"({SCHEMA_VERSION}); upgrade refreshd"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self.transaction():
+                for statement in MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version = {target}")
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic unit; nested calls join the outer transaction."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self.db
+            finally:
+                self._depth -= 1
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        else:
+            self.db.execute("COMMIT")
+        finally:
+            self._depth = 0
+
+    def _one(self, sql: str, *args: Any) -> sqlite3.Row | None:
+        return self.db.execute(sql, args).fetchone()
+
+    # keys -------------------------------------------------------------------------------
+    def get_key(self, fingerprint: str) -> bytes | None:
+        row = self._one("SELECT data FROM keys WHERE fingerprint = ?", fingerprint)
+        return None if row is None else bytes(row["data"])
+
+    def put_key(self, facts: KeyFacts, data: bytes, now: datetime) -> None:
+        self.db.execute(
+            "INSERT INTO keys(fingerprint, data, expires, revoked, encrypt_until, can_encrypt, "
+            "updated) VALUES (?,?,?,?,?,?,?) ON CONFLICT(fingerprint) DO UPDATE SET "
+            "data=excluded.data, expires=excluded.expires, revoked=excluded.revoked, "
+            "encrypt_until=excluded.encrypt_until, can_encrypt=excluded.can_encrypt, "
+            "updated=excluded.updated",
+            (
+                facts.fingerprint,
+                data,
+                iso(facts.expires),
+                int(facts.revoked),
+                iso(facts.encrypt_until),
+                int(facts.can_encrypt),
+                iso(now),
+            ),
+        )
+
+    def key_facts(self, fingerprint: str) -> KeyFacts | None:
+        row = self._one(
+            "SELECT fingerprint, expires, revoked, encrypt_until, can_encrypt FROM keys "
+            "WHERE fingerprint = ?",
+            fingerprint,
+        )
+        if row is None:
+            return None
+        return KeyFacts(
+            row["fingerprint"],
+            parse_time(row["expires"]),
+            bool(row["revoked"]),
+            bool(row["can_encrypt"]),
+            parse_time(row["encrypt_until"]),
+        )
+
+    # registrations ----------------------------------------------------------------------
+    def registration(self, address: str) -> Registration | None:
+        row = self._one(
+            "SELECT a.fingerprint, a.level, a.source, a.positive, k.expires, k.revoked, "
+            "u.sent_encrypted, u.received_signed FROM addresses a "
+            "JOIN keys k ON k.fingerprint = a.fingerprint "
+            "LEFT JOIN usage u ON u.address = a.address AND u.fingerprint = a.fingerprint "
+            "WHERE a.address = ?",
+            address,
+        )
+        if row is None:
+            return None
+        return Registration(
+            fingerprint=row["fingerprint"],
+            level=row["level"],
+            source=row["source"],
+            positive=bool(row["positive"]),
+            expires=parse_time(row["expires"]),
+            revoked=bool(row["revoked"]),
+            successfully_used=successfully_used(
+                row["sent_encrypted"] is not None, row["received_signed"] is not None
+            ),
+        )
+
+    def apply(self, address: str, d: Decision, now: datetime) -> None:
+        """Persist one decision: registration, history rows and the decision log."""
+        stamp = iso(now)
+        if d.decision == "replaced":
+            old = self._one("SELECT fingerprint FROM addresses WHERE address = ?", address)
+            if old is not None:
+                self.db.execute(
+                    "UPDATE seen SET status='retired', reason=? WHERE address=? AND fingerprint=?",
+                    (f"Retired: {d.reason}", address, old["fingerprint"]),
+                )
+        if d.registers:
+            self.db.execute(
+                "INSERT INTO addresses(address, fingerprint, level, source, positive, "
+                "registered_at) VALUES (?,?,?,?,?,?) ON CONFLICT(address) DO UPDATE SET "
+                "fingerprint=excluded.fingerprint, level=excluded.level, "
+                "source=excluded.source, positive=excluded.positive, registered_at="
+                "CASE WHEN addresses.fingerprint = excluded.fingerprint "
+                "THEN addresses.registered_at ELSE excluded.registered_at END",
+                (address, d.fingerprint, d.level, d.source, int(d.positive), stamp),
+            )
+        status = "registered" if d.registers else "rejected"
+        self.db.execute(
+            "INSERT INTO seen(address, fingerprint, status, level, source, first_seen, "
+            "last_seen, reason) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(address, fingerprint) "
+            "DO UPDATE SET last_seen=excluded.last_seen, "
+            "status=CASE WHEN seen.status='retired' AND excluded.status='rejected' "
+            "THEN 'retired' ELSE excluded.status END, "
+            "level=CASE WHEN excluded.status='registered' THEN excluded.level ELSE seen.level END, "
+            "source=CASE WHEN excluded.status='registered' THEN excluded.source "
+            "ELSE seen.source END, reason=excluded.reason",
+            (address, d.fingerprint, status, d.level, d.source, stamp, stamp, d.reason),
+        )
+        self.db.execute(
+            "INSERT INTO decisions(ts, address, fingerprint, decision, level, source, rule, "
+            "reason) VALUES (?,?,?,?,?,?,?,?)",
+            (stamp, address, d.fingerprint, d.decision, d.level, d.source, d.rule, d.reason),
+        )
+
+    def history(self, address: str) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT fingerprint, level, status, first_seen, last_seen, source, reason FROM seen "
+            "WHERE address = ? ORDER BY first_seen, fingerprint",
+            (address,),
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def decisions(self, address: str) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT ts, fingerprint, decision, level, source, rule, reason FROM decisions "
+            "WHERE address = ? ORDER BY id",
+            (address,),
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def addresses_of(self, fingerprint: str) -> list[str]:
+        rows = self.db.execute(
+            "SELECT address FROM addresses WHERE fingerprint = ? ORDER BY address", (fingerprint,)
+        )
+        return [r["address"] for r in rows]
+
+    def known_for(self, address: str, fingerprint: str) -> bool:
+        return (
+            self._one(
+                "SELECT 1 FROM seen WHERE address = ? AND fingerprint = ?", address, fingerprint
+            )
+            is not None
+        )
+
+    def registered_fingerprints(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT DISTINCT fingerprint FROM addresses")]
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "keys": self.db.execute("SELECT count(DISTINCT fingerprint) FROM addresses").fetchone()[
+                0
+            ],
+            "addresses": self.db.execute("SELECT count(*) FROM addresses").fetchone()[0],
+            "stored_keys": self.db.execute("SELECT count(*) FROM keys").fetchone()[0],
+        }
+
+    # usage ------------------------------------------------------------------------------
+    def record_use(self, address: str, fingerprint: str, event: str, now: datetime) -> bool:
+        column = {"sent-encrypted": "sent_encrypted", "received-signed": "received_signed"}[event]
+        self.db.execute(
+            f"INSERT INTO usage(address, fingerprint, {column}) VALUES (?,?,?) "
+            f"ON CONFLICT(address, fingerprint) DO UPDATE SET {column}="
+            f"coalesce(usage.{column}, excluded.{column})",
+            (address, fingerprint, iso(now)),
+        )
+        row = self._one(
+            "SELECT sent_encrypted, received_signed FROM usage WHERE address=? AND fingerprint=?",
+            address,
+            fingerprint,
+        )
+        assert row is not None
+        return successfully_used(row[0] is not None, row[1] is not None)
+
+    # sources ----------------------------------------------------------------------------
+    def put_source(self, s: Source) -> None:
+        self.db.execute(
+            "INSERT INTO sources(url, kind, address, fingerprint, etag, last_modified, "
+            "body_sha256, last_fetch, last_status, failures, next_retry) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(url) DO UPDATE SET "
+            "kind=excluded.kind, address=excluded.address, fingerprint=excluded.fingerprint, "
+            "etag=excluded.etag, last_modified=excluded.last_modified, "
+            "body_sha256=excluded.body_sha256, last_fetch=excluded.last_fetch, "
+            "last_status=excluded.last_status, failures=excluded.failures, "
+            "next_retry=excluded.next_retry",
+            (
+                s.url,
+                s.kind,
+                s.address,
+                s.fingerprint,
+                s.etag,
+                s.last_modified,
+                s.body_sha256,
+                s.last_fetch,
+                s.last_status,
+                s.failures,
+                s.next_retry,
+            ),
+        )
+
+    def sources_of(self, fingerprint: str) -> list[Source]:
+        rows = self.db.execute(
+            "SELECT * FROM sources WHERE fingerprint = ? ORDER BY rowid", (fingerprint,)
+        ).fetchall()
+        return [Source(**dict(r)) for r in rows]
+
+    def failures_by_host(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.db.execute("SELECT url, failures FROM sources WHERE failures > 0"):
+            host = r["url"].split("/")[2] if "://" in r["url"] else r["url"]
+            out[host] = out.get(host, 0) + r["failures"]
+        return out
+
+    # engine state -----------------------------------------------------------------------
+    def get_state(self, name: str) -> str | None:
+        row = self._one("SELECT value FROM state WHERE name = ?", name)
+        return None if row is None else row["value"]
+
+    def put_state(self, name: str, value: str) -> None:
+        self.db.execute(
+            "INSERT INTO state(name, value) VALUES (?,?) "
+            "ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+            (name, value),
+        )
+
+    def maintain(self) -> None:
+        """Nightly: checkpoint the WAL and let SQLite refresh its statistics."""
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.db.execute("PRAGMA optimize")

@@ -1,0 +1,196 @@
+"""Every key manager rule, both ways, on the pure decision function."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from refreshd.config import LEVELS
+from refreshd.core import levels, rules
+from refreshd.core.rules import Candidate, Registration
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+LATER = NOW + timedelta(days=200)
+ADDR = "bob@example.org"
+OLD, NEW = "A" * 40, "B" * 40
+
+REG = Registration(OLD, "provider-trust", "wkd", True, LATER, False, successfully_used=True)
+CAND = Candidate(NEW, "provider-trust", "wkd", True, has_address=True, expires=LATER, revoked=False)
+
+
+def decide(reg: Registration | None, cand: Candidate, minimum: str = "weak-chain"):
+    return rules.decide(reg, cand, ADDR, now=NOW, minimum=minimum)
+
+
+# (name, registration changes, candidate changes, expected decision, expected rule)
+REPLACEMENT_CASES = [
+    ("3.1 transition certified", {}, {"certified_by_registered": True}, "replaced", "3.1"),
+    ("3.1 not certified", {}, {}, "rejected", "3"),
+    ("3.2 user verified", {}, {"source": "user", "level": "fingerprint"}, "replaced", "3.2"),
+    ("3.3 expired, equal level", {"expires": NOW - timedelta(days=1)}, {}, "replaced", "3.3"),
+    (
+        "3.3 expired, higher level",
+        {"expires": NOW - timedelta(days=1)},
+        {"level": "third-party-consensus"},
+        "replaced",
+        "3.3",
+    ),
+    (
+        "3.3 expired, lower level",
+        {"expires": NOW - timedelta(days=1)},
+        {"level": "weak-chain"},
+        "rejected",
+        "3",
+    ),
+    ("3.3 revoked, equal level", {"revoked": True}, {}, "replaced", "3.3"),
+    ("3.3 revoked, lower level", {"revoked": True}, {"level": "weak-chain"}, "rejected", "3"),
+    (
+        "3.4 never used, higher",
+        {"successfully_used": False},
+        {"level": "provider-endorsement"},
+        "replaced",
+        "3.4",
+    ),
+    ("3.4 never used, equal", {"successfully_used": False}, {}, "rejected", "3"),
+    ("3.4 used, higher", {}, {"level": "provider-endorsement"}, "rejected", "3"),
+    ("3.5 no expiry", {"expires": None}, {"level": "weak-chain"}, "replaced", "3.5"),
+    ("3.5 has expiry", {}, {"level": "weak-chain"}, "rejected", "3"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "reg_change", "cand_change", "decision", "rule"),
+    REPLACEMENT_CASES,
+    ids=[c[0] for c in REPLACEMENT_CASES],
+)
+def test_replacement_rules(name, reg_change, cand_change, decision, rule):
+    d = decide(replace(REG, **reg_change), replace(CAND, **cand_change))
+    assert (d.decision, d.rule) == (decision, rule)
+    assert d.reason.endswith(".") and ("rule" in d.reason or "rules" in d.reason)
+    if decision == "rejected":
+        assert d.fingerprint == NEW
+
+
+def test_first_contact_registers():
+    d = decide(None, CAND)
+    assert (d.decision, d.rule, d.level) == ("registered", "1", "provider-trust")
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"has_address": False}, "no valid self-signed user ID"),
+        ({"asked_fingerprint": "C" * 40}, "not the fingerprint"),
+        ({"revoked": True}, "revoked"),
+        ({"expires": NOW}, "expired"),
+    ],
+)
+def test_admissibility(change, why):
+    for reg in (None, REG):
+        d = decide(reg, replace(CAND, **change, certified_by_registered=True))
+        assert d.decision == "rejected" and why in d.reason
+
+
+def test_minimum_validation_refuses_even_transitions():
+    d = decide(
+        REG,
+        replace(CAND, level="weak-chain", certified_by_registered=True),
+        minimum="provider-trust",
+    )
+    assert d.decision == "rejected" and d.rule == "min"
+
+
+def test_same_key_merged_or_kept():
+    same = replace(CAND, fingerprint=OLD)
+    assert decide(REG, same).decision == "kept"
+    assert decide(REG, replace(same, adds_to_stored=True)).decision == "merged"
+    up = decide(REG, replace(same, level="fingerprint", source="user"))
+    assert (up.decision, up.level) == ("merged", "fingerprint")
+    down = decide(REG, replace(same, level="weak-chain", source="hkp", positive=False))
+    assert (down.decision, down.level, down.positive) == ("kept", "provider-trust", True)
+    assert decide(REG, replace(same, has_address=False)).decision == "rejected"
+
+
+def test_successfully_used_needs_both_directions():
+    assert rules.successfully_used(True, True)
+    assert not rules.successfully_used(True, False)
+    assert not rules.successfully_used(False, True)
+
+
+def test_first_contact_picks_highest_and_reports_others():
+    hkp = replace(CAND, fingerprint="C" * 40, level="weak-chain", source="hkp", positive=False)
+    wkd = replace(CAND, source="wkd")
+    chosen, rejected = rules.first_contact([hkp, wkd], ADDR, now=NOW, minimum="weak-chain")
+    assert chosen is not None and chosen.fingerprint == NEW and chosen.source == "wkd"
+    assert [r.fingerprint for r in rejected] == ["C" * 40]
+
+
+def test_consensus_needs_every_source_to_agree():
+    hkp = replace(CAND, level="weak-chain", source="hkp", positive=False)
+    vks = replace(CAND, level="weak-chain", source="vks")
+    chosen, _ = rules.first_contact([hkp, vks], ADDR, now=NOW, minimum="weak-chain")
+    assert chosen is not None and chosen.level == "third-party-consensus"
+    other = replace(hkp, fingerprint="C" * 40)
+    chosen, _ = rules.first_contact([other, vks], ADDR, now=NOW, minimum="weak-chain")
+    assert chosen is not None and chosen.level == "weak-chain"
+
+
+def test_level_table():
+    assert levels.for_source("hkp") == ("weak-chain", False)
+    assert levels.for_source("wkd") == ("provider-trust", True)
+    assert levels.for_mail("autocrypt", "none") == ("weak-chain", True)
+    assert levels.for_mail("attachment", "pass") == ("provider-trust", False)
+    assert levels.standard_header_url(
+        "https://openpgpkey.example.org/.well-known/openpgpkey/example.org/hu/x", ADDR
+    )
+    assert not levels.standard_header_url("https://evil.net/.well-known/openpgpkey/hu/x", ADDR)
+    assert not levels.standard_header_url("http://example.org/.well-known/openpgpkey/hu/x", ADDR)
+
+
+registrations = st.builds(
+    Registration,
+    fingerprint=st.just(OLD),
+    level=st.sampled_from(LEVELS),
+    source=st.sampled_from(["wkd", "hkp", "vks"]),
+    positive=st.booleans(),
+    expires=st.one_of(st.none(), st.sampled_from([NOW - timedelta(days=1), LATER])),
+    revoked=st.booleans(),
+    successfully_used=st.booleans(),
+)
+candidates = st.builds(
+    Candidate,
+    fingerprint=st.sampled_from([OLD, NEW]),
+    level=st.sampled_from(LEVELS),
+    source=st.sampled_from(["wkd", "hkp", "user", "autocrypt"]),
+    positive=st.booleans(),
+    has_address=st.booleans(),
+    expires=st.one_of(st.none(), st.sampled_from([NOW - timedelta(days=1), LATER])),
+    revoked=st.booleans(),
+    certified_by_registered=st.booleans(),
+    adds_to_stored=st.booleans(),
+)
+
+
+@given(registrations, candidates)
+def test_a_different_key_only_replaces_through_rules_3(reg, cand):
+    d = decide(reg, cand)
+    if d.decision == "replaced":
+        r, c = reg, cand
+        assert c.fingerprint != r.fingerprint and c.has_address and not c.revoked
+        fired = {
+            "3.1": c.certified_by_registered,
+            "3.2": c.source == "user",
+            "3.3": (r.revoked or rules.expired(r.expires, NOW))
+            and levels.rank(c.level) >= levels.rank(r.level),
+            "3.4": not r.successfully_used and levels.rank(c.level) > levels.rank(r.level),
+            "3.5": r.expires is None,
+        }
+        assert fired[d.rule]
+        assert not any(fired[k] for k in fired if k < d.rule)
+    if cand.fingerprint == reg.fingerprint:
+        assert d.decision in ("merged", "kept", "rejected")
+        assert levels.rank(d.level) >= levels.rank(reg.level) or d.decision == "rejected"
