@@ -1,0 +1,261 @@
+"""The socket server under bad and hostile input: every case answered or closed, others served."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import stat
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from refreshd.rpc import MAX_LINE, Param, RpcServer, checked, parse_request
+
+
+async def echo(params: dict[str, Any]) -> Any:
+    p = checked(params, {"text": Param(str), "n": Param(int, 1)})
+    return p["text"] * p["n"]
+
+
+async def boom(params: dict[str, Any]) -> Any:
+    raise ValueError("a bug")
+
+
+async def slow(params: dict[str, Any]) -> Any:
+    await trio.sleep(0.5)
+    return "late"
+
+
+class Served:
+    def __init__(self, server: RpcServer, path: Path, events: list[tuple[str, dict]]) -> None:
+        self.server, self.path, self.events = server, path, events
+
+    async def connect(self) -> trio.SocketStream:
+        return await trio.open_unix_socket(str(self.path))
+
+    async def call(self, method: str, params: Any = None, *, stream=None) -> dict:
+        own = stream is None
+        stream = stream or await self.connect()
+        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": 7, "method": method}
+        if params is not None:
+            msg["params"] = params
+        await stream.send_all(json.dumps(msg).encode() + b"\n")
+        reply = await read_line(stream)
+        if own:
+            await stream.aclose()
+        return reply
+
+
+async def read_line(stream: trio.SocketStream) -> dict:
+    buf = b""
+    with trio.fail_after(10):
+        while not buf.endswith(b"\n"):
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                raise EOFError(buf)
+            buf += chunk
+    return json.loads(buf)
+
+
+@pytest.fixture
+async def served(nursery, tmp_path):
+    events: list[tuple[str, dict]] = []
+    server = RpcServer(
+        {"echo": echo, "boom": boom, "slow": slow},
+        emit=lambda event, **f: events.append((event, f)),
+        idle_timeout=1.0,
+        max_connections=2000,
+    )
+    path = tmp_path / "run" / "refreshd" / "socket"
+    await nursery.start(server.serve, path)
+    return Served(server, path, events)
+
+
+async def test_modes_and_good_call(served):
+    assert stat.S_IMODE(os.stat(served.path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(served.path.parent).st_mode) == 0o700
+    assert (await served.call("echo", {"text": "ab", "n": 2}))["result"] == "abab"
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"{not json", -32700),
+        (b"\xff\xfe\x00", -32700),
+        (b"[1, 2]", -32600),
+        (b"[]", -32600),
+        (b"42", -32600),
+        (b'"str"', -32600),
+        (b'{"jsonrpc": "1.0", "id": 1, "method": "echo"}', -32600),
+        (b'{"jsonrpc": "2.0", "id": [1], "method": "echo"}', -32600),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "nope"}', -32601),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "echo", "params": {"text": 5}}', -32602),
+        (
+            b'{"jsonrpc": "2.0", "id": 1, "method": "echo", "params": {"text": "x", "n": true}}',
+            -32602,
+        ),
+        (
+            b'{"jsonrpc": "2.0", "id": 1, "method": "echo", "params": {"extra": 1, "text": "x"}}',
+            -32602,
+        ),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "echo", "params": "x"}', -32602),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "echo"}', -32602),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "boom"}', -32603),
+        (b"[" * 100000, -32700),
+    ],
+)
+async def test_bad_requests_get_their_error_and_the_connection_goes_on(served, raw, code):
+    stream = await served.connect()
+    await stream.send_all(raw + b"\n")
+    assert (await read_line(stream))["error"]["code"] == code
+    assert (await served.call("echo", {"text": "ok"}, stream=stream))["result"] == "ok"
+    await stream.aclose()
+
+
+async def test_notification_gets_no_answer(served):
+    stream = await served.connect()
+    await stream.send_all(b'{"jsonrpc": "2.0", "method": "echo", "params": {"text": "x"}}\n')
+    assert (await served.call("echo", {"text": "y"}, stream=stream))["result"] == "y"
+    await stream.aclose()
+
+
+async def test_two_mib_line_is_refused_without_buffering_it(served):
+    stream = await served.connect()
+    reply: dict = {}
+
+    async def send():
+        # the server closes after refusing; a broken pipe here is the point
+        with contextlib.suppress(trio.BrokenResourceError):
+            await stream.send_all(b"x" * (2 * MAX_LINE))
+
+    async with trio.open_nursery() as n:
+        n.start_soon(send)
+        reply = await read_line(stream)
+    await stream.aclose()
+    assert reply["error"]["code"] == -32600 and "longer than" in reply["error"]["message"]
+    assert (await served.call("echo", {"text": "still"}))["result"] == "still"
+
+
+async def test_silent_and_stalled_clients_are_closed_while_others_are_served(served):
+    silent = await served.connect()
+    stalled = await served.connect()
+    await stalled.send_all(b'{"jsonrpc": "2.0", "id": 1, "meth')
+    for _ in range(5):
+        assert (await served.call("echo", {"text": "z"}))["result"] == "z"
+    with trio.fail_after(5):
+        assert await silent.receive_some(10) == b""
+        assert await stalled.receive_some(10) == b""
+    await silent.aclose()
+    await stalled.aclose()
+
+
+async def test_thousand_connections_and_a_good_client(served):
+    answers = 0
+    hostile: list[trio.SocketStream] = []
+
+    async def good_client():
+        nonlocal answers
+        stream = await served.connect()
+        for _ in range(20):
+            assert (await served.call("echo", {"text": "g"}, stream=stream))["result"] == "g"
+            answers += 1
+            await trio.sleep(0.01)
+        await stream.aclose()
+
+    async def open_hostile():
+        s = await served.connect()
+        hostile.append(s)
+        await s.send_all(b'{"jsonrpc"')
+
+    async with trio.open_nursery() as n:
+        for _ in range(1000):
+            n.start_soon(open_hostile)
+        n.start_soon(good_client)
+    assert answers == 20
+    for s in hostile:
+        await s.aclose()
+
+
+async def test_slow_method_does_not_delay_other_connections(served):
+    slow_stream = await served.connect()
+    await slow_stream.send_all(b'{"jsonrpc": "2.0", "id": 1, "method": "slow"}\n')
+    with trio.fail_after(0.4):
+        assert (await served.call("echo", {"text": "fast"}))["result"] == "fast"
+    assert (await read_line(slow_stream))["result"] == "late"
+    await slow_stream.aclose()
+
+
+async def test_other_uid_is_refused_and_audited(nursery, tmp_path):
+    events: list[tuple[str, dict]] = []
+    server = RpcServer(
+        {"echo": echo},
+        emit=lambda e, **f: events.append((e, f)),
+        peer_uid_of=lambda sock: os.getuid() + 1,
+    )
+    path = tmp_path / "s" / "socket"
+    await nursery.start(server.serve, path)
+    stream = await trio.open_unix_socket(str(path))
+    got = b""
+    with contextlib.suppress(trio.BrokenResourceError), trio.fail_after(5):  # closed on us
+        await stream.send_all(b'{"jsonrpc": "2.0", "id": 1, "method": "echo"}\n')
+        got = await stream.receive_some(100)
+    await stream.aclose()
+    assert got == b""
+    assert events == [
+        ("socket.refused", {"peer_uid": os.getuid() + 1, "reason": "peer is another user"})
+    ]
+
+
+def test_real_peer_credentials_are_the_callers():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    from refreshd.rpc import peer_uid
+
+    assert peer_uid(a) == os.getuid()
+    a.close()
+    b.close()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to switch uid")
+async def test_subprocess_of_another_uid_is_refused(nursery):
+    events: list[tuple[str, dict]] = []
+    server = RpcServer({"echo": echo}, emit=lambda e, **f: events.append((e, f)))
+    top = Path(tempfile.mkdtemp(prefix="refreshd-uid-"))
+    os.chmod(top, 0o755)
+    path = top / "s" / "socket"
+    await nursery.start(server.serve, path)
+    os.chmod(path.parent, 0o755)  # let the other user reach the socket to be refused by uid
+    os.chmod(path, 0o666)
+    code = textwrap.dedent("""
+        import os, socket, sys
+        os.setgid(65534)
+        os.setuid(65534)
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sys.argv[1])
+        got = b""
+        try:
+            s.sendall(b'{"jsonrpc": "2.0", "id": 1, "method": "echo"}\\n')
+            got = s.recv(100)
+        except OSError:
+            pass
+        print(repr(got))
+    """)
+    result = await trio.run_process(
+        ["python3", "-c", code, str(path)], capture_stdout=True, check=True
+    )
+    assert result.stdout.strip() == b"b''"
+    assert events and events[0][0] == "socket.refused" and events[0][1]["peer_uid"] == 65534
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300) | st.text(max_size=200).map(str.encode))
+def test_parse_request_never_raises(raw):
+    out = parse_request(raw)
+    assert isinstance(out, dict) or out.method is not None
