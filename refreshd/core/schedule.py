@@ -1,0 +1,377 @@
+"""The refresh schedule (SPEC 6): which key to fetch next, and how long to wait before it.
+
+Rules:
+1. A cycle walks every registered key once, in a fresh uniformly random order drawn
+   independently of the previous cycle's.
+2. A cycle of N keys has a deadline: started_at + effective_period, where effective_period =
+   max(period, N * minimum_lapse * (1 + JITTER)). When the floors do not fit in the period the
+   cycle lengthens, and status reports the effective period.
+3. Each lapse is the wait until the cycle starts (if it has not), plus minimum_lapse, plus a
+   random slack drawn from what is left of the cycle's budget (law below). A cycle starts at
+   the previous cycle's deadline, or at once if that has passed.
+4. Keys added mid-cycle join the part not yet done at a random position; removed keys leave
+   the cycle, the urgent queue and the retry list.
+5. Any fetch attempt of a key counts as its refresh for the current cycle, whatever asked for
+   it; the cycle walk never fetches a key twice in one cycle.
+6. Priority of the next fetch: a `refresh` request (urgent), then a due retry, then the
+   cycle's next key. An urgent key is due a uniform lapse in [0, minimum_lapse] after the
+   request; the others wait the lapse of rule 3, never less than minimum_lapse.
+7. A failed fetch counts as done for the cycle (the cycle goes on without it) and is retried
+   once `backoff(failures)` has passed, in the first slot drawn after that; a success clears
+   the count. Retries use slots of the cycle's budget, so the other keys keep their deadline.
+
+Why this lapse law. The slack before the next of k remaining keys is the first of k points
+drawn uniformly in the remaining budget R = deadline - now - k * minimum_lapse: slack =
+R * (1 - U**(1/k)). Drawn one after another, these are the order statistics of uniform points,
+i.e. a Poisson process conditioned on its count: the fetch times of a cycle are the floors plus
+N points thrown at random into the period. Each lapse is then minimum_lapse + L * Beta(1, N)
+(L the cycle's free time), which for large N is the exponential truncated below at
+minimum_lapse, and the lapses of a cycle sum to its period, so their mean is exactly
+period / N. Against the alternatives with that mean and floor:
+- i.i.d. truncated exponential lapses have the same shape, but the cycle length then
+  random-walks (standard deviation sqrt(N) * (mean - floor): 2% of a period for 2,000 keys), and
+  fetch durations, downtime and retries add to it, so "once per period" holds only on average.
+  Drawing from the remaining budget ends every feasible cycle by its deadline and absorbs them.
+- Poisson-distributed lapses (a count of seconds, standard deviation sqrt(mean)) are nearly
+  regular: a keyserver or exit relay would see a cadence of period / N and could link the
+  fetches of one client across circuits. Exponential lapses have a spread equal to their mean
+  and no cadence; the time already waited says nothing about the time left.
+- Uniform lapses on [0, 2 * mean] (parcimonie) have a visible maximum that gives away N, and
+  parcimonie's redraw of short lapses on [minimum, 2 * minimum] stretches its mean silently.
+The floor bounds the fetch rate. JITTER keeps lapses random when the floors nearly fill the
+period: rather than squeezing every lapse onto its floor (a regular rhythm again), the cycle
+lengthens so that on average at least JITTER * minimum_lapse of each lapse is random; with 0.5
+the mean lapse is then at least 1.5 * minimum_lapse, parcimonie's fallback mean. A cycle that is
+behind (downtime, many keys added late) gets that same mean slack per key and ends late.
+
+The shell passes random.SystemRandom(): the permutation and the lapses are what an observer
+must not predict. State is plain data with a JSON form so the shell can persist it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Collection
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+JITTER = 0.5
+STATE_VERSION = 1
+
+Kind = Literal["urgent", "retry", "cycle"]
+
+
+@dataclass(frozen=True)
+class Urgent:
+    key: str
+    due: float
+
+
+@dataclass(frozen=True)
+class Retry:
+    key: str
+    due: float
+    failures: int
+
+
+@dataclass(frozen=True)
+class CycleState:
+    """One cycle: order[:position] are done, order[position:] wait their turn in that order."""
+
+    cycle: int
+    order: tuple[str, ...]
+    position: int
+    started_at: float
+    urgent: tuple[Urgent, ...] = ()
+    retries: tuple[Retry, ...] = ()
+
+
+@dataclass(frozen=True)
+class LapseLaw:
+    """wait + floor + slack * (first of `draws` uniform points in [0, 1])."""
+
+    wait: float
+    floor: float
+    slack: float
+    draws: int
+
+    def sample(self, rng: random.Random) -> float:
+        if self.slack <= 0:
+            return self.wait + self.floor
+        u = 1.0 - rng.random()  # in (0, 1], so the log is finite
+        return self.wait + self.floor + self.slack * -math.expm1(math.log(u) / self.draws)
+
+    def cdf(self, lapse: float) -> float:
+        x = lapse - self.wait - self.floor
+        if x < 0:
+            return 0.0
+        if self.slack <= 0 or x >= self.slack:
+            return 1.0
+        return -math.expm1(self.draws * math.log1p(-x / self.slack))
+
+    @property
+    def mean(self) -> float:
+        return self.wait + self.floor + max(self.slack, 0.0) / (self.draws + 1)
+
+
+@dataclass(frozen=True)
+class Step:
+    """The next fetch: `key` after `lapse` seconds; `state` replaces the caller's state.
+
+    `law` is the distribution `lapse` was drawn from (None for urgent fetches, whose due time
+    was drawn at the request). `key` is None, with an infinite lapse, when there are no keys.
+    """
+
+    key: str | None
+    lapse: float
+    kind: Kind | None
+    law: LapseLaw | None
+    state: CycleState
+
+
+def effective_period(period: float, minimum_lapse: float, n_keys: int) -> float:
+    return max(period, n_keys * minimum_lapse * (1 + JITTER))
+
+
+def deadline(state: CycleState, *, period: float, minimum_lapse: float) -> float:
+    return state.started_at + effective_period(period, minimum_lapse, len(state.order))
+
+
+def reconcile(
+    state: CycleState | None, keys: Collection[str], rng: random.Random, now: float
+) -> CycleState:
+    """The state for the registered `keys`: a first cycle, or the current one updated."""
+    wanted = set(keys)
+    if state is None:
+        order = sorted(wanted)
+        rng.shuffle(order)
+        return CycleState(cycle=1, order=tuple(order), position=0, started_at=now)
+    present = set(state.order)
+    if wanted == present:
+        return state
+    done = [k for k in state.order[: state.position] if k in wanted]
+    pending = [k for k in state.order[state.position :] if k in wanted]
+    added = sorted(wanted - present)
+    rng.shuffle(added)
+    return replace(
+        state,
+        order=(*done, *_interleave(pending, added, rng)),
+        position=len(done),
+        urgent=tuple(u for u in state.urgent if u.key in wanted),
+        retries=tuple(r for r in state.retries if r.key in wanted),
+    )
+
+
+def _interleave(base: list[str], extra: list[str], rng: random.Random) -> list[str]:
+    """`base` in its order with `extra` in its order at uniformly random places among it."""
+    total = len(base) + len(extra)
+    slots = set(rng.sample(range(total), len(extra)))
+    from_base, from_extra = iter(base), iter(extra)
+    return [next(from_extra) if i in slots else next(from_base) for i in range(total)]
+
+
+def next_refresh(
+    state: CycleState, *, now: float, period: float, minimum_lapse: float, rng: random.Random
+) -> Step:
+    """The next fetch. The key stays due until mark_done/mark_failed records the attempt."""
+    if not state.order:
+        return Step(None, math.inf, None, None, state)
+    if state.urgent:
+        first = min(state.urgent, key=lambda u: (u.due, u.key))
+        return Step(first.key, max(0.0, first.due - now), "urgent", None, state)
+    if state.position >= len(state.order):
+        state = _next_cycle(state, now=now, period=period, minimum_lapse=minimum_lapse, rng=rng)
+    pending = len(state.order) - state.position
+    due = [r for r in state.retries if r.due <= now]
+    if due:
+        key, kind, draws = min(due, key=lambda r: (r.due, r.key)).key, "retry", pending + 1
+    else:
+        key, kind, draws = state.order[state.position], "cycle", pending
+    law = _law(state, now=now, period=period, minimum_lapse=minimum_lapse, draws=draws)
+    return Step(key, law.sample(rng), kind, law, state)
+
+
+def _next_cycle(
+    state: CycleState, *, now: float, period: float, minimum_lapse: float, rng: random.Random
+) -> CycleState:
+    order = list(state.order)
+    rng.shuffle(order)
+    end = deadline(state, period=period, minimum_lapse=minimum_lapse)
+    return replace(
+        state, cycle=state.cycle + 1, order=tuple(order), position=0, started_at=max(end, now)
+    )
+
+
+def _law(
+    state: CycleState, *, now: float, period: float, minimum_lapse: float, draws: int
+) -> LapseLaw:
+    origin = max(now, state.started_at)
+    budget = deadline(state, period=period, minimum_lapse=minimum_lapse) - origin
+    slack = max(budget - draws * minimum_lapse, draws * JITTER * minimum_lapse)
+    return LapseLaw(wait=origin - now, floor=minimum_lapse, slack=slack, draws=draws)
+
+
+def request(
+    state: CycleState, key: str, *, now: float, minimum_lapse: float, rng: random.Random
+) -> tuple[float, CycleState]:
+    """A `refresh` request: (the time the key is due, new state). Raises KeyError if unknown."""
+    if key not in state.order:
+        raise KeyError(key)
+    for u in state.urgent:
+        if u.key == key:
+            return u.due, state
+    due = now + rng.uniform(0.0, minimum_lapse)
+    return due, replace(state, urgent=(*state.urgent, Urgent(key, due)))
+
+
+def mark_done(state: CycleState, key: str) -> CycleState:
+    """A successful fetch of `key`: done for this cycle, failure count cleared."""
+    state = _attempted(state, key)
+    if any(r.key == key for r in state.retries):
+        state = replace(state, retries=tuple(r for r in state.retries if r.key != key))
+    return state
+
+
+def mark_failed(
+    state: CycleState,
+    key: str,
+    *,
+    now: float,
+    base: float,
+    cap: float,
+    rng: random.Random,
+) -> CycleState:
+    """A failed fetch of `key`: done for this cycle, retried after its backoff.
+
+    The shell passes base = minimum_lapse and cap = period, so a source that is down for good
+    costs one retry per period besides the key's cycle turn.
+    """
+    state = _attempted(state, key)
+    if key not in state.order:
+        return state
+    failures = 1 + sum(r.failures for r in state.retries if r.key == key)
+    retry = Retry(key, now + backoff(failures, base=base, cap=cap, rng=rng), failures)
+    return replace(state, retries=(*(r for r in state.retries if r.key != key), retry))
+
+
+def _attempted(state: CycleState, key: str) -> CycleState:
+    if any(u.key == key for u in state.urgent):
+        state = replace(state, urgent=tuple(u for u in state.urgent if u.key != key))
+    order, position = state.order, state.position
+    if position < len(order) and order[position] == key:
+        return replace(state, position=position + 1)
+    try:
+        i = order.index(key, position)
+    except ValueError:
+        return state  # done already this cycle, or no longer registered
+    return replace(
+        state,
+        order=(*order[:position], key, *order[position:i], *order[i + 1 :]),
+        position=position + 1,
+    )
+
+
+def backoff(failures: int, *, base: float, cap: float, rng: random.Random) -> float:
+    """Delay before retry number `failures` (>= 1): in [c/2, c], c = min(cap, base * 2**(f-1)).
+
+    The jitter keeps retries of many keys from bunching; the halves never overlap, so each
+    delay is at least the previous one until the cap.
+    """
+    if failures < 1:
+        raise ValueError("failures must be at least 1")
+    ceiling = min(cap, base * 2.0 ** min(failures - 1, 64))
+    return ceiling / 2 + rng.uniform(0.0, ceiling / 2)
+
+
+def to_json(state: CycleState) -> str:
+    return json.dumps(
+        {
+            "version": STATE_VERSION,
+            "cycle": state.cycle,
+            "order": list(state.order),
+            "position": state.position,
+            "started_at": state.started_at,
+            "urgent": [[u.key, u.due] for u in state.urgent],
+            "retries": [[r.key, r.due, r.failures] for r in state.retries],
+        },
+        separators=(",", ":"),
+        allow_nan=False,
+    )
+
+
+def from_json(text: str | bytes) -> CycleState:
+    """Parse to_json's output; anything else raises ValueError."""
+    data = json.loads(text, parse_constant=_no_constant)
+    fields = {"version", "cycle", "order", "position", "started_at", "urgent", "retries"}
+    if not isinstance(data, dict) or set(data) != fields:
+        raise ValueError(f"schedule state: expected the fields {sorted(fields)}")
+    if data["version"] != STATE_VERSION or isinstance(data["version"], bool):
+        raise ValueError(f"schedule state: unknown version {data['version']!r}")
+    order = _list(data["order"], "order")
+    if not all(isinstance(k, str) for k in order) or len(set(order)) != len(order):
+        raise ValueError("schedule state: order must hold distinct strings")
+    keys = set(order)
+    position = _int(data["position"], "position", 0)
+    if position > len(order):
+        raise ValueError("schedule state: position beyond the order")
+    urgent = tuple(
+        Urgent(_key(e[0], keys), _time(e[1], "urgent due"))
+        for e in (_entry(x, 2, "urgent") for x in _list(data["urgent"], "urgent"))
+    )
+    retries = tuple(
+        Retry(_key(e[0], keys), _time(e[1], "retry due"), _int(e[2], "failures", 1))
+        for e in (_entry(x, 3, "retries") for x in _list(data["retries"], "retries"))
+    )
+    for name, entries in (("urgent", urgent), ("retries", retries)):
+        if len({e.key for e in entries}) != len(entries):
+            raise ValueError(f"schedule state: a key appears twice in {name}")
+    return CycleState(
+        cycle=_int(data["cycle"], "cycle", 1),
+        order=tuple(order),
+        position=position,
+        started_at=_time(data["started_at"], "started_at"),
+        urgent=urgent,
+        retries=retries,
+    )
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"schedule state: {name} is not a time")
+
+
+def _list(value: Any, name: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"schedule state: {name} must be a list")
+    return value
+
+
+def _entry(value: Any, size: int, name: str) -> list[Any]:
+    if not isinstance(value, list) or len(value) != size:
+        raise ValueError(f"schedule state: each entry of {name} must be a list of {size}")
+    return value
+
+
+def _int(value: Any, name: str, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"schedule state: {name} must be an integer >= {least}")
+    return value
+
+
+def _time(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"schedule state: {name} must be a number")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise ValueError(f"schedule state: {name} must be finite")
+    return seconds
+
+
+def _key(value: Any, keys: set[str]) -> str:
+    if not isinstance(value, str) or value not in keys:
+        raise ValueError("schedule state: an urgent or retry entry names a key not in the order")
+    return value
