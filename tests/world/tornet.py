@@ -32,20 +32,11 @@ import httpx
 from stem.control import Controller, EventType
 from stem.response.events import CircuitEvent, StreamEvent
 
-from tests.world import procs
+from tests.world import names, procs
 
 TOR = "tor"
 TOR_GENCERT = "tor-gencert"
-DEFAULT_DOMAINS = (
-    "openpgpkey.example.org",
-    "example.org",
-    "openpgpkey.example.net",
-    "example.net",
-    "keys.example.net",
-    "hkp.example.net",
-    "example.com",
-    "nicknym.example.com",
-)
+DEFAULT_DOMAINS = names.all_names()
 START_TIMEOUT = 90.0
 N_AUTHORITIES = 3
 
@@ -239,7 +230,8 @@ class TorNetwork:
 
     @property
     def data_dirs(self) -> dict[str, Path]:
-        return {node.name: node.data_dir for node in self.nodes}
+        nodes = [*self.nodes, self.client] if self.client is not None else self.nodes
+        return {node.name: node.data_dir for node in nodes}
 
     @property
     def exit_fingerprint(self) -> str:
