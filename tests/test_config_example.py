@@ -1,0 +1,54 @@
+"""config.example.toml documents every key with exactly the embedded default."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from refreshd import config
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "config.example.toml"
+SPEC = ROOT.parent / "shared" / "SPEC.md"
+
+
+def example() -> dict[str, Any]:
+    return tomllib.loads(EXAMPLE.read_text())
+
+
+def test_example_yields_exactly_the_defaults() -> None:
+    parsed, defaults = config.from_mapping(example()), config.Config()
+    for section in dataclasses.fields(config.Config):
+        if section.name == "path":
+            continue
+        got, want = getattr(parsed, section.name), getattr(defaults, section.name)
+        for key in dataclasses.fields(want):
+            assert getattr(got, key.name) == getattr(want, key.name), f"{section.name}.{key.name}"
+    assert dataclasses.replace(parsed, path=None) == defaults
+
+
+def test_example_names_every_key_in_the_order_of_the_code() -> None:
+    data = example()
+    assert {section: list(keys) for section, keys in data.items()} == config.section_fields()
+
+
+def test_every_key_has_a_comment_right_above_it() -> None:
+    previous = ""
+    for line in EXAMPLE.read_text().splitlines():
+        if re.match(r"^\w+ = ", line):
+            assert previous.startswith("# "), f"no explanation above: {line}"
+        if line.strip():
+            previous = line
+
+
+@pytest.mark.skipif(not SPEC.exists(), reason="the shared SPEC is not beside the checkout")
+def test_example_matches_the_spec_config_block() -> None:
+    """SPEC section 3 spells the defaults out; the example must not drift from it."""
+    block = re.search(r"## 3\. Config.*?```toml\n(.*?)```", SPEC.read_text(), re.S)
+    assert block, "SPEC section 3 has a toml block"
+    assert tomllib.loads(block.group(1)) == example()
