@@ -19,7 +19,6 @@ Rules:
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives import hashes
-from pgpy import PGPUID, PGPKey, PGPSignature
+from pgpy import PGPUID, PGPKey, PGPMessage, PGPSignature
 from pgpy.constants import (
     CompressionAlgorithm,
     EllipticCurveOID,
@@ -41,6 +40,7 @@ from pgpy.constants import (
 from pgpy.errors import PGPDecryptionError
 
 from refreshd.core.ownpolicy import OwnComponent
+from refreshd.openpgp.keyview import normalize_address
 
 STRONG_HASHES = (HashAlgorithm.SHA512, HashAlgorithm.SHA384, HashAlgorithm.SHA256)
 CIPHERS = [SymmetricKeyAlgorithm.AES256, SymmetricKeyAlgorithm.AES128]
@@ -66,7 +66,6 @@ RESET = {
     "EmbeddedSignature",
 }
 ENCRYPT = {KeyFlags.EncryptCommunications, KeyFlags.EncryptStorage}
-ADDRESS = re.compile(r"(?:^|<)([^<>\s@]+@[^<>\s@]+)>?$")
 
 
 class Locked(Exception):
@@ -75,6 +74,10 @@ class Locked(Exception):
 
 class BadKey(ValueError):
     """The input is not a usable secret key; the message says why."""
+
+
+class BadMessage(ValueError):
+    """An encrypted message the own key cannot open; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,31 @@ def public_part(armored_secret: str | bytes) -> bytes:
         return bytes(primary.pubkey)
 
 
+def public_armored(armored_secret: str | bytes) -> str:
+    """The transferable public key, ASCII-armored (VKS, HKP and WKS take it so)."""
+    primary, _ = _parse(armored_secret)
+    with _quiet():
+        return str(primary.pubkey)
+
+
+def decrypt(armored_secret: str | bytes, passphrase: str | None, armored_message: str) -> bytes:
+    """The plaintext of a message encrypted to the own key (a WKS confirmation request)."""
+    primary, _ = _parse(armored_secret)
+    with _quiet():
+        try:
+            message = PGPMessage.from_blob(armored_message)
+        except Exception as exc:  # pgpy's parse errors are of every kind
+            raise BadMessage(f"not an OpenPGP message: {type(exc).__name__}") from exc
+        if not message.is_encrypted:
+            raise BadMessage("the message is not encrypted")
+        with _unlocked(primary, passphrase):
+            try:
+                plain = primary.decrypt(message).message
+            except Exception as exc:  # wrong recipient, damaged data, unsupported algorithm
+                raise BadMessage(f"cannot decrypt: {type(exc).__name__}: {exc}") from exc
+    return plain.encode() if isinstance(plain, str) else bytes(plain)
+
+
 def _parse(armored_secret: str | bytes) -> tuple[PGPKey, OwnKey]:
     """The key and its facts; every packet is looked at here, so later steps meet no surprise."""
     try:
@@ -253,9 +281,9 @@ def _facts(primary: PGPKey) -> OwnKey:
         )
         if newest and newest[0].type != SignatureType.CertRevocation:
             uid_sigs.append(newest[0])
-            match = ADDRESS.search(uid.userid) if uid.is_uid else None
-            if match:
-                addresses.append(match.group(1))
+            address = normalize_address(uid.userid) if uid.is_uid else None
+            if address:
+                addresses.append(address)
         times += [s.created for s in newest[:1]]
     if not uid_sigs and not direct:
         raise BadKey("the key has no valid self-signature")
