@@ -9,6 +9,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pgpy import PGPKey
 
 from refreshd.core import ownpolicy
 from refreshd.openpgp import resign
@@ -61,6 +63,8 @@ def make_gpg(workdir: Path, name: str, *, created: datetime, expire: str, pw: st
     home = gpg_home(workdir, name)
     faked = ("--pinentry-mode", "loopback", "--passphrase", pw)
     faked += ("--faked-system-time", str(int(created.timestamp())))
+    # SHA-1 first: a signer that follows the key's preferences would pick it
+    faked += ("--default-preference-list", "SHA1 SHA256 AES256 AES ZLIB Uncompressed")
     gpg(home, *faked, "--quick-gen-key", f"{name} <{name}@example.org>", "ed25519", "cert", expire)
     fpr = re.search(
         r"^fpr:+([0-9A-F]{40}):", gpg(home, "--with-colons", "-K").stdout.decode(), re.M
@@ -184,8 +188,10 @@ def observe(workdir: Path, tag: str, public: bytes) -> Seen:
     return Seen(expires, caps, prefs, sq_expires, sq_flags, rnp, blocks)
 
 
-def hash_of(block: str) -> str:
-    return re.search(r"Hash alg - (\w+)", block).group(1)
+def hashes_of(block: str) -> set[str]:
+    """Hash algorithms of a signature and of any signature embedded in it (one tab deep;
+    preference lists are printed two tabs deep)."""
+    return set(re.findall(r"^\tHash alg - (\w+)", block, re.M))
 
 
 def extend_with_policy(key: Made, now: datetime) -> tuple[str, dict[str, datetime], datetime]:
@@ -220,7 +226,7 @@ def test_extension_seen_by_gpg_sq_rnp_and_pgpdump(workdir: Path, made: list[Made
         assert after.prefs == before.prefs and after.prefs[0], key.name
         fresh = [b for b in after.signatures if b not in before.signatures]
         assert len(fresh) >= len(new), key.name
-        assert {hash_of(b) for b in fresh} <= STRONG, key.name
+        assert set().union(*map(hashes_of, fresh)) <= STRONG, key.name
         assert facts.protected == (key.passphrase is not None)
 
 
@@ -305,6 +311,37 @@ def test_refuses_signature_times_not_after_the_newest_and_unknown_components(mad
         resign.extend(
             made[0].armored, None, {"AB" * 20: datetime.now(UTC)}, sig_time=datetime.now(UTC)
         )
+
+
+def test_revoked_subkey_is_seen_and_never_extended() -> None:
+    armored = resign.generate(
+        "r@example.org",
+        None,
+        now=datetime(2024, 1, 1, tzinfo=UTC),
+        expiry=timedelta(days=180),
+        passphrase=None,
+    )
+    key, _ = PGPKey.from_blob(armored)
+    sub = next(iter(key.subkeys.values()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sub |= key.revoke(sub, created=datetime(2024, 2, 1, tzinfo=UTC))
+    facts = resign.read_own(str(key))
+    primary, encrypt = facts.components
+    assert encrypt.revoked and not primary.revoked
+    now = datetime(2024, 6, 25, tzinfo=UTC)
+    assert set(
+        ownpolicy.plan(
+            facts.components,
+            now=now,
+            extend_by=EXTEND_BY,
+            extend_when_left=WHEN_LEFT,
+            previous_signature=facts.last_signature,
+            seed=b"",
+        ).new_expiries
+    ) == {primary.fingerprint}
+    with pytest.raises(ValueError, match="revoked"):
+        resign.extend(str(key), None, {encrypt.fingerprint: now + EXTEND_BY}, sig_time=now)
 
 
 def test_public_key_is_refused_where_the_secret_is_needed(made: list[Made]) -> None:

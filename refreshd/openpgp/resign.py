@@ -154,6 +154,9 @@ def extend(
         unknown = set(new_expiries) - set(known)
         if unknown:
             raise ValueError(f"not components of this key: {', '.join(sorted(unknown))}")
+        revoked = sorted(f for f in new_expiries if known[f].revoked)
+        if revoked:
+            raise ValueError(f"revoked components are never extended: {', '.join(revoked)}")
         for fpr, expires in new_expiries.items():
             if expires <= signed_at:
                 raise ValueError(f"new expiry of {fpr} is not after the signature time")
