@@ -1,0 +1,434 @@
+"""What decisions need to know about a public key, computed and verified here.
+
+pgpy mis-reads expiry and does not check self-signatures fully, so every fact below comes from
+signatures this module verified itself (refreshd.openpgp.verify) over the packets as received.
+
+Rules:
+- Only signatures by the primary key count, and only if they verify, are not older than the key
+  they speak about, and have no unknown critical subpacket.
+- A user id is listed only with a valid self-certification (0x10-0x13); it is revoked when a
+  valid certification revocation (0x30) is at least as new as its newest certification.
+- Primary key expiry and flags: from the newest valid direct-key signature (0x1F) and the newest
+  self-certification of the primary user id, the newer one that states them wins (a tie goes to
+  the direct-key signature, as gpg does). The primary user id is the non-revoked one flagged
+  primary, else the one with the newest self-certification.
+- A subkey is listed only with a valid binding (0x18); its newest binding gives expiry and
+  flags; "sign" needs a valid embedded back-signature (0x19). Any valid revocation (0x20 for the
+  key, 0x28 for a subkey) revokes.
+- Without a key-flags subpacket, capabilities follow the algorithm; flags the algorithm cannot
+  do are masked off. The primary key can always certify.
+- A key without any valid self-signature is rejected; a key without user ids is not.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import wraps
+from typing import ParamSpec, TypeVar
+
+import idna
+
+from refreshd.openpgp.packets import (
+    ALGORITHMS,
+    SUB_EMBEDDED,
+    SUB_KEY_EXPIRES,
+    SUB_KEY_FLAGS,
+    SUB_PRIMARY_UID,
+    TAG_USER_ID,
+    Bundle,
+    Cert,
+    KeyRejected,
+    PublicKey,
+    Signature,
+    StreamingKeyFilter,
+    parse_public_key,
+    parse_signature,
+)
+from refreshd.openpgp.verify import key_context, uid_context, verify
+
+CERTIFICATIONS = frozenset({0x10, 0x11, 0x12, 0x13})
+SUBKEY_BINDING, PRIMARY_BINDING, DIRECT_KEY = 0x18, 0x19, 0x1F
+KEY_REVOCATION, SUBKEY_REVOCATION, CERT_REVOCATION = 0x20, 0x28, 0x30
+# subpackets whose meaning we know; an unknown one marked critical invalidates the signature
+KNOWN_SUBPACKETS = frozenset(
+    {2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 16, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33}
+)
+FLAG_BITS = (
+    (0x01, "certify"),
+    (0x02, "sign"),
+    (0x04, "encrypt"),
+    (0x08, "encrypt"),
+    (0x20, "auth"),
+)
+SIGNING = frozenset({"certify", "sign", "auth"})
+# algorithm -> what it can do at all
+CAPABLE = {
+    1: SIGNING | {"encrypt"},
+    2: frozenset({"encrypt"}),
+    3: SIGNING,
+    16: frozenset({"encrypt"}),
+    17: SIGNING,
+    18: frozenset({"encrypt"}),
+    19: SIGNING,
+    20: frozenset({"encrypt"}),
+    22: SIGNING,
+    25: frozenset({"encrypt"}),
+    26: frozenset({"encrypt"}),
+    27: SIGNING,
+    28: SIGNING,
+}
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def rejecting(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Boundary of the core: malformed input leaves as KeyRejected, never as another error."""
+
+    @wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(*args, **kwargs)
+        except KeyRejected:
+            raise
+        except (ValueError, IndexError, OverflowError, UnicodeError) as exc:
+            raise KeyRejected(f"the key data is malformed ({exc})") from exc
+
+    return wrapper
+
+
+@dataclass(frozen=True)
+class Component:
+    fingerprint: str
+    key_id: str
+    algorithm: str
+    bits: int | None
+    created: datetime
+    expires: datetime | None
+    revoked: bool
+    flags: frozenset[str]
+
+    def live(self, now: datetime) -> bool:
+        """Not revoked, already created and not expired at now."""
+        return (
+            not self.revoked
+            and self.created <= now
+            and (self.expires is None or now < self.expires)
+        )
+
+
+@dataclass(frozen=True)
+class UserID:
+    uid: str
+    address: str | None
+    created: datetime
+    revoked: bool
+    primary: bool
+
+
+@dataclass(frozen=True)
+class KeyView:
+    fingerprint: str
+    primary: Component
+    uids: tuple[UserID, ...]
+    subkeys: tuple[Component, ...]
+    newest_self_signature: datetime
+
+    @property
+    def key_id(self) -> str:
+        return self.primary.key_id
+
+    @property
+    def expires(self) -> datetime | None:
+        return self.primary.expires
+
+    @property
+    def revoked(self) -> bool:
+        return self.primary.revoked
+
+    def addresses(self) -> frozenset[str]:
+        return frozenset(u.address for u in self.uids if u.address and not u.revoked)
+
+    def usable(self, now: datetime) -> bool:
+        return self.primary.live(now)
+
+    def encryption_subkeys(self, now: datetime) -> tuple[Component, ...]:
+        if not self.usable(now):
+            return ()
+        return tuple(s for s in self.subkeys if "encrypt" in s.flags and s.live(now))
+
+    def can_encrypt(self, now: datetime) -> bool:
+        return bool(self.encryption_subkeys(now)) or (
+            self.usable(now) and "encrypt" in self.primary.flags
+        )
+
+
+# --- addresses ---------------------------------------------------------------------------------
+
+_LOCAL = re.compile(r'[^\s<>@",;:()\[\]\\]{1,64}')
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def normalize_address(text: str) -> str | None:
+    """The one e-mail address in a user id, local part exact, domain lower-case ASCII (IDNA)."""
+    text = text.strip()
+    if "<" in text or ">" in text:
+        if text.count("<") != 1 or text.count(">") != 1 or not text.endswith(">"):
+            return None
+        text = text[text.index("<") + 1 : -1].strip()
+    local, at, domain = text.rpartition("@")
+    if not at or not _LOCAL.fullmatch(local) or not domain:
+        return None
+    try:
+        ascii_domain = idna.encode(domain, uts46=True).decode("ascii").lower()
+    except (idna.IDNAError, UnicodeError):
+        return None
+    labels = ascii_domain.split(".")
+    if len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
+        return None
+    return f"{local}@{ascii_domain}"
+
+
+# --- signatures --------------------------------------------------------------------------------
+
+
+def _time(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _issued_by(sig: Signature, fpr: bytes) -> bool:
+    """False when the signature names an issuer other than fpr (one naming none may be tried)."""
+    for kind, _critical, payload in sig.hashed + sig.unhashed:
+        if kind == 33 and len(payload) == 21 and payload[0] == 4 and payload[1:] != fpr:
+            return False
+        if kind == 16 and len(payload) == 8 and payload != fpr[-8:]:
+            return False
+    return True
+
+
+def valid_sigs(
+    packets: Iterable[bytes], signer: PublicKey, context: bytes, types: frozenset[int], since: int
+) -> list[Signature]:
+    """Signatures of the given types by signer over context that verify, created >= since."""
+    fpr = signer.fingerprint
+    found = []
+    for body in packets:
+        try:
+            sig = parse_signature(body)
+        except KeyRejected:
+            continue
+        created = sig.created
+        if (
+            sig.sigtype in types
+            and created is not None
+            and created >= since
+            and _issued_by(sig, fpr)
+            and not any(crit and kind not in KNOWN_SUBPACKETS for kind, crit, _ in sig.hashed)
+            and verify(signer, sig, context)
+        ):
+            found.append(sig)
+    return found
+
+
+def newest(sigs: Iterable[Signature]) -> Signature | None:
+    """The newest signature; the first one wins a tie."""
+    best: Signature | None = None
+    for sig in sigs:
+        if best is None or (sig.created or 0) > (best.created or 0):
+            best = sig
+    return best
+
+
+def _flags(sig: Signature | None) -> frozenset[str] | None:
+    payload = sig.first(SUB_KEY_FLAGS) if sig else None
+    if payload is None:
+        return None
+    first = payload[0] if payload else 0
+    return frozenset(name for bit, name in FLAG_BITS if first & bit)
+
+
+def _expiry(sig: Signature, created: int) -> datetime | None:
+    payload = sig.first(SUB_KEY_EXPIRES)
+    seconds = int.from_bytes(payload, "big") if payload and len(payload) == 4 else 0
+    return _time(created + seconds) if seconds else None
+
+
+def _component(
+    key: PublicKey,
+    expires: datetime | None,
+    revoked: bool,
+    flags: frozenset[str] | None,
+    *,
+    primary: bool,
+) -> Component:
+    capable = CAPABLE.get(key.algorithm, frozenset())
+    granted = capable if flags is None else flags & capable
+    if primary and capable & SIGNING:
+        granted |= {"certify"}
+    fpr = key.fingerprint
+    return Component(
+        fingerprint=fpr.hex().upper(),
+        key_id=fpr[-8:].hex().upper(),
+        algorithm=ALGORITHMS.get(key.algorithm, f"algorithm {key.algorithm}"),
+        bits=key.bits,
+        created=_time(key.created),
+        expires=expires,
+        revoked=revoked,
+        flags=frozenset(granted),
+    )
+
+
+# --- the view ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _UidFacts:
+    view: UserID
+    binding: Signature
+
+
+def _uid_facts(bundle: Bundle, primary: PublicKey) -> _UidFacts | None:
+    context = key_context(primary) + uid_context(bundle.packet.tag, bundle.packet.body)
+    bodies = [s.body for s in bundle.sigs]
+    binding = newest(valid_sigs(bodies, primary, context, CERTIFICATIONS, primary.created))
+    if binding is None or binding.created is None:
+        return None
+    revocations = valid_sigs(
+        bodies, primary, context, frozenset({CERT_REVOCATION}), primary.created
+    )
+    uid = bundle.packet.body.decode("utf-8", "replace")
+    flag = binding.first(SUB_PRIMARY_UID)
+    return _UidFacts(
+        UserID(
+            uid=uid,
+            address=normalize_address(uid),
+            created=_time(binding.created),
+            revoked=any((r.created or 0) >= binding.created for r in revocations),
+            primary=bool(flag and flag[0]),
+        ),
+        binding,
+    )
+
+
+def _subkey(bundle: Bundle, primary: PublicKey) -> tuple[Component, list[Signature]] | None:
+    try:
+        sub = parse_public_key(bundle.packet.body)
+    except KeyRejected:
+        return None
+    context = key_context(primary) + key_context(sub)
+    bodies = [s.body for s in bundle.sigs]
+    bindings = valid_sigs(bodies, primary, context, frozenset({SUBKEY_BINDING}), sub.created)
+    binding = newest(bindings)
+    if binding is None:
+        return None
+    revocations = valid_sigs(bodies, primary, context, frozenset({SUBKEY_REVOCATION}), sub.created)
+    flags = _flags(binding)
+    if flags is not None and "sign" in flags and not _back_signed(binding, sub, context):
+        flags = flags - {"sign"}
+    component = _component(
+        sub, _expiry(binding, sub.created), bool(revocations), flags, primary=False
+    )
+    return component, bindings + revocations
+
+
+def _back_signed(binding: Signature, sub: PublicKey, context: bytes) -> bool:
+    for kind, _critical, payload in binding.hashed + binding.unhashed:
+        if kind == SUB_EMBEDDED and valid_sigs(
+            [payload], sub, context, frozenset({PRIMARY_BINDING}), sub.created
+        ):
+            return True
+    return False
+
+
+def view_of(cert: Cert) -> KeyView:
+    """The KeyView of a parsed certificate; KeyRejected if nothing in it is validly self-signed."""
+    primary = parse_public_key(cert.primary.packet.body)
+    context = key_context(primary)
+    own = [s.body for s in cert.primary.sigs]
+    directs = valid_sigs(own, primary, context, frozenset({DIRECT_KEY}), primary.created)
+    revocations = valid_sigs(own, primary, context, frozenset({KEY_REVOCATION}), primary.created)
+    uid_facts = [
+        facts
+        for bundle in cert.uids
+        if bundle.packet.tag == TAG_USER_ID and (facts := _uid_facts(bundle, primary))
+    ]
+    subkeys = [found for bundle in cert.subkeys if (found := _subkey(bundle, primary))]
+
+    live = [f for f in uid_facts if not f.view.revoked]
+    chosen = sorted(live, key=lambda f: (f.view.primary, f.view.created), reverse=True)[:1]
+    direct = newest(directs)
+    # newest first; on a tie the direct-key signature comes first
+    candidates = sorted(
+        [*([direct] if direct else []), *(f.binding for f in chosen)],
+        key=lambda s: s.created or 0,
+        reverse=True,
+    )
+    expiry_sig = next((s for s in candidates if s.first(SUB_KEY_EXPIRES) is not None), None)
+    flags = next((f for s in candidates if (f := _flags(s)) is not None), None)
+
+    all_valid = [
+        *directs,
+        *revocations,
+        *(f.binding for f in uid_facts),
+        *(sig for _, sigs in subkeys for sig in sigs),
+    ]
+    if not all_valid:
+        raise KeyRejected("the key has no valid self-signature")
+    expires = _expiry(expiry_sig, primary.created) if expiry_sig else None
+    return KeyView(
+        fingerprint=primary.fingerprint.hex().upper(),
+        primary=_component(primary, expires, bool(revocations), flags, primary=True),
+        uids=tuple(f.view for f in uid_facts),
+        subkeys=tuple(component for component, _ in subkeys),
+        newest_self_signature=_time(max(s.created or 0 for s in all_valid)),
+    )
+
+
+def parse_one(data: bytes, keep_issuers: frozenset[str] = frozenset()) -> Cert:
+    """Exactly one certificate from data (binary or armored), third-party certifications
+    other than keep_issuers' dropped."""
+    size = max(len(data), 1)
+    filt = StreamingKeyFilter(
+        max_response_bytes=size, max_key_bytes=size, keep_issuers=keep_issuers
+    )
+    filt.feed(data)
+    certs = filt.finish_certificates()
+    if len(certs) != 1:
+        raise KeyRejected(f"expected one key, found {len(certs)}")
+    return certs[0]
+
+
+@rejecting
+def read_key(data: bytes) -> KeyView:
+    """The view of one public key, binary or armored (KeyRejected with a reason otherwise)."""
+    return view_of(parse_one(data))
+
+
+@rejecting
+def certifies_uid(new_key: bytes, old_key: bytes, address: str) -> bool:
+    """True iff old_key (another key) made a valid, unrevoked certification of new_key's valid,
+    unrevoked user id whose address is address."""
+    target = normalize_address(address)
+    old_cert = parse_one(old_key)
+    old = parse_public_key(old_cert.primary.packet.body)
+    view_of(old_cert)
+    cert = parse_one(new_key, frozenset({old.fingerprint.hex().upper()}))
+    new = parse_public_key(cert.primary.packet.body)
+    view = view_of(cert)
+    wanted = {u.uid for u in view.uids if not u.revoked and u.address == target}
+    if target is None or not wanted or new.fingerprint == old.fingerprint:
+        return False
+    for bundle in cert.uids:
+        uid = bundle.packet.body.decode("utf-8", "replace")
+        if bundle.packet.tag != TAG_USER_ID or uid not in wanted:
+            continue
+        context = key_context(new) + uid_context(bundle.packet.tag, bundle.packet.body)
+        bodies = [s.body for s in bundle.sigs]
+        made = valid_sigs(bodies, old, context, CERTIFICATIONS, new.created)
+        withdrawn = valid_sigs(bodies, old, context, frozenset({CERT_REVOCATION}), new.created)
+        if any(all((r.created or 0) < (c.created or 0) for r in withdrawn) for c in made):
+            return True
+    return False

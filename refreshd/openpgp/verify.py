@@ -1,0 +1,162 @@
+"""Cryptographic verification of v4 signatures over key material, with `cryptography`.
+
+The hashed octets are rebuilt from the packets exactly as received (RFC 4880 5.2.4), so no
+re-encoding by a parser can make a bad signature pass or a good one fail.
+
+Rules:
+- MD5 and unknown hash algorithms never verify; SHA-1 only for signatures created before
+  2023-02-01 (the cut-off Sequoia's standard policy applies to self-signatures).
+- The signature's public-key algorithm must match the key's; the two left octets of the digest
+  must match the quick-check field.
+- RSA (PKCS#1 v1.5), DSA, ECDSA (NIST, brainpool, secp256k1), EdDSA over Ed25519 (legacy 22 and
+  RFC 9580 27) and Ed448 (28) are verified; anything else does not verify.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
+
+from refreshd.openpgp.packets import (
+    KeyRejected,
+    PublicKey,
+    Signature,
+    parse_public_key,
+    signature_fields,
+)
+
+SHA1_CUTOFF = 1675209600  # 2023-02-01T00:00:00Z
+
+# hash id -> (hashlib name, cryptography algorithm, last creation time accepted or None)
+HASHES: dict[int, tuple[str, type[hashes.HashAlgorithm], int | None]] = {
+    2: ("sha1", hashes.SHA1, SHA1_CUTOFF),
+    8: ("sha256", hashes.SHA256, None),
+    9: ("sha384", hashes.SHA384, None),
+    10: ("sha512", hashes.SHA512, None),
+    11: ("sha224", hashes.SHA224, None),
+    12: ("sha3_256", hashes.SHA3_256, None),
+    14: ("sha3_512", hashes.SHA3_512, None),
+}
+_EC_CURVES: dict[str, type[ec.EllipticCurve]] = {
+    "2a8648ce3d030107": ec.SECP256R1,
+    "2b81040022": ec.SECP384R1,
+    "2b81040023": ec.SECP521R1,
+    "2b8104000a": ec.SECP256K1,
+    "2b2403030208010107": ec.BrainpoolP256R1,
+    "2b240303020801010b": ec.BrainpoolP384R1,
+    "2b240303020801010d": ec.BrainpoolP512R1,
+}
+_ED25519_OID = "2b06010401da470f01"
+_RSA, _DSA, _ECDSA, _EDDSA = frozenset({1, 3}), 17, 19, 22
+_CRYPTO_ERRORS = (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError, OverflowError)
+
+
+def hashed_data(context: bytes, sig: Signature) -> bytes:
+    """What a v4 signature hashes: the context, its hashed part and the trailer."""
+    part = sig.hashed_part
+    return context + part + b"\x04\xff" + len(part).to_bytes(4, "big")
+
+
+def key_context(key: PublicKey) -> bytes:
+    return b"\x99" + len(key.body).to_bytes(2, "big") + key.body
+
+
+def uid_context(tag: int, body: bytes) -> bytes:
+    return (b"\xb4" if tag == 13 else b"\xd1") + len(body).to_bytes(4, "big") + body
+
+
+def verify(key: PublicKey, sig: Signature, context: bytes) -> bool:
+    """True iff sig is a valid signature by key over context (see module rules)."""
+    entry = HASHES.get(sig.hashalg)
+    created = sig.created
+    if entry is None or created is None:
+        return False
+    name, algorithm, cutoff = entry
+    if cutoff is not None and created >= cutoff:
+        return False
+    if not (sig.pubalg == key.algorithm or {sig.pubalg, key.algorithm} <= _RSA):
+        return False
+    digest = hashlib.new(name, hashed_data(context, sig)).digest()
+    if digest[:2] != sig.left16:
+        return False
+    try:
+        values = signature_fields(sig)
+        return _check(key, values, digest, algorithm())
+    except (*_CRYPTO_ERRORS, KeyRejected):
+        return False
+
+
+def _check(
+    key: PublicKey, values: tuple[bytes, ...], digest: bytes, algorithm: hashes.HashAlgorithm
+) -> bool:
+    public = _public_key(key.body)
+    if isinstance(public, rsa.RSAPublicKey):
+        size = (public.key_size + 7) // 8
+        if len(values) != 1 or len(values[0]) > size:
+            return False
+        signature = values[0].rjust(size, b"\0")
+        public.verify(signature, digest, padding.PKCS1v15(), Prehashed(algorithm))
+    elif isinstance(public, (dsa.DSAPublicKey, ec.EllipticCurvePublicKey)):
+        if len(values) != 2:
+            return False
+        r, s = (int.from_bytes(v, "big") for v in values)
+        der = encode_dss_signature(r, s)
+        if isinstance(public, dsa.DSAPublicKey):
+            public.verify(der, digest, Prehashed(algorithm))
+        else:
+            public.verify(der, digest, ec.ECDSA(Prehashed(algorithm)))
+    elif isinstance(public, ed25519.Ed25519PublicKey):
+        if key.algorithm == 27:
+            signature = values[0] if len(values) == 1 else b""
+        elif len(values) == 2 and all(len(v) <= 32 for v in values):
+            signature = values[0].rjust(32, b"\0") + values[1].rjust(32, b"\0")
+        else:
+            return False
+        public.verify(signature, digest)
+    elif isinstance(public, ed448.Ed448PublicKey):
+        if len(values) != 1:
+            return False
+        public.verify(values[0], digest)
+    else:
+        return False
+    return True
+
+
+Public = (
+    rsa.RSAPublicKey
+    | dsa.DSAPublicKey
+    | ec.EllipticCurvePublicKey
+    | ed25519.Ed25519PublicKey
+    | ed448.Ed448PublicKey
+    | None
+)
+
+
+@lru_cache(maxsize=256)
+def _public_key(body: bytes) -> Public:
+    """The verifying key of a key packet body, or None for encryption-only algorithms."""
+    key = parse_public_key(body)
+    ints = [int.from_bytes(f, "big") for f in key.fields]
+    if key.algorithm in _RSA:
+        return rsa.RSAPublicNumbers(ints[1], ints[0]).public_key()
+    if key.algorithm == _DSA:
+        p, q, g, y = ints
+        return dsa.DSAPublicNumbers(y, dsa.DSAParameterNumbers(p, q, g)).public_key()
+    if key.algorithm == _ECDSA and key.curve in _EC_CURVES:
+        curve = _EC_CURVES[key.curve]()
+        return ec.EllipticCurvePublicKey.from_encoded_point(curve, key.fields[0])
+    if key.algorithm == _EDDSA and key.curve == _ED25519_OID:
+        point = key.fields[0]
+        if len(point) != 33 or point[0] != 0x40:
+            return None
+        return ed25519.Ed25519PublicKey.from_public_bytes(point[1:])
+    if key.algorithm == 27:
+        return ed25519.Ed25519PublicKey.from_public_bytes(key.fields[0])
+    if key.algorithm == 28:
+        return ed448.Ed448PublicKey.from_public_bytes(key.fields[0])
+    return None
