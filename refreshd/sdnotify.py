@@ -19,15 +19,22 @@ LISTEN_FDS_START = 3
 
 
 def notify(*assignments: str, environ: MutableMapping[str, str] | None = None) -> bool:
-    """Send e.g. "READY=1", "STATUS=serving"; False when not run under systemd."""
+    """Send e.g. "READY=1", "STATUS=serving"; False when not under systemd or not delivered.
+
+    Like sd_notify(3) it never raises: a lost notification must not take the daemon down
+    (systemd then reports the start as timed out, which names the problem).
+    """
     env = os.environ if environ is None else environ
     target = env.get("NOTIFY_SOCKET", "")
     if not target:
         return False
     if target.startswith("@"):
         target = "\0" + target[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.sendto("\n".join(assignments).encode("utf-8"), target)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto("\n".join(assignments).encode("utf-8"), target)
+    except OSError:
+        return False
     return True
 
 
