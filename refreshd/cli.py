@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from refreshd import audit, config
+from refreshd.openpgp.packets import armor
 
 OK, FAILURE, USAGE, NOT_RUNNING = 0, 1, 2, 3
 NOT_RUNNING_HINT = (
@@ -123,10 +124,15 @@ def fingerprint(text: str) -> str:
     return compact
 
 
-def key_text(data: bytes, name: str) -> str:
-    """The socket carries armored keys; binary OpenPGP data is refused with the fix."""
-    if data[:1] and data[0] & 0x80:
-        raise UsageError(f"{name} holds a binary key; export it armored (gpg --armor --export)")
+def key_text(data: bytes, name: str, *, secret: bool = False) -> str:
+    """The socket carries text: a binary public key is armored, armored text goes as it is."""
+    if data[:1] and data[0] & 0x80:  # the first byte of an OpenPGP packet has its top bit set
+        if secret:
+            raise UsageError(
+                f"{name} holds a binary secret key; export it armored "
+                "(gpg --armor --export-secret-keys)"
+            )
+        return armor(data)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -187,7 +193,7 @@ def _own_generate(args: argparse.Namespace) -> Call:
 
 
 def _own_import(args: argparse.Namespace) -> Call:
-    params = {"key": key_text(_read(args.file), args.file)}
+    params = {"key": key_text(_read(args.file), args.file, secret=True)}
     if args.passphrase_file:
         lines = _read(args.passphrase_file).decode("utf-8", "replace").splitlines()
         params["passphrase"] = lines[0] if lines else ""
@@ -264,30 +270,46 @@ def render_used(result: dict[str, Any]) -> str:
     return f"recorded; key successfully used: {plain(bool(result.get('successfully_used')))}"
 
 
+def table(columns: dict[str, Callable[[dict[str, Any]], str]], rows: list[Any]) -> list[str]:
+    """Aligned columns, each row followed by its "why" line."""
+    records = [r for r in rows if isinstance(r, dict)]
+    cells = [tuple(columns)] + [tuple(cell(r) for cell in columns.values()) for r in records]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+
+    def line(row: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+
+    out = [line(cells[0])]
+    for row, record in zip(cells[1:], records, strict=True):
+        out += [line(row), *_why(record)]
+    return out
+
+
+KEY_COLUMNS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "STATUS": lambda k: plain(k.get("status")),
+    "VALIDATION": lambda k: plain(k.get("validation")),
+    "FINGERPRINT": lambda k: plain(k.get("fingerprint")),
+    "FIRST SEEN": lambda k: when(k.get("first_seen")),
+    "LAST SEEN": lambda k: when(k.get("last_seen")),
+    "SOURCE": lambda k: plain(k.get("source")),
+}
+DECISION_COLUMNS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "WHEN": lambda d: when(d.get("ts")),
+    "DECISION": lambda d: plain(d.get("decision")),
+    "FINGERPRINT": lambda d: plain(d.get("fingerprint")),
+    "LEVEL": lambda d: plain(d.get("level")),
+    "SOURCE": lambda d: plain(d.get("source")),
+    "RULE": lambda d: plain(d.get("rule")),
+}
+
+
 def render_history(result: dict[str, Any]) -> str:
-    keys = result.get("keys") or []
-    if not keys:
+    keys, decisions = result.get("keys") or [], result.get("decisions") or []
+    if not keys and not decisions:
         return "no key seen for this address"
-    header = ("STATUS", "VALIDATION", "FINGERPRINT", "FIRST SEEN", "LAST SEEN", "SOURCE")
-    rows = [
-        (
-            plain(k.get("status")),
-            plain(k.get("validation")),
-            plain(k.get("fingerprint")),
-            when(k.get("first_seen")),
-            when(k.get("last_seen")),
-            plain(k.get("source")),
-        )
-        for k in keys
-    ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: tuple[str, ...]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-
-    out = [line(header)]
-    for row, key in zip(rows, keys, strict=True):
-        out += [line(row), *_why(key)]
+    out = table(KEY_COLUMNS, keys)
+    if decisions:
+        out += ["", "decisions, oldest first:", *table(DECISION_COLUMNS, decisions)]
     return "\n".join(out)
 
 
@@ -316,15 +338,46 @@ def render_own(result: Any) -> str:
     return "\n".join(_own_entry(e) for e in entries)
 
 
+def span(seconds: float) -> str:
+    """A duration as people say it: "7 days", "2.5 hours", "10 minutes"."""
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{round(seconds / size, 1):g} {unit}"
+    return f"{seconds:g} seconds"
+
+
+def _refresh_lines(refresh: Any) -> list[str]:
+    """The refresh engine's progress, when the daemon reports it."""
+    if not isinstance(refresh, dict):
+        return []
+    lines = []
+    if refresh.get("keys_in_cycle"):
+        cycle = (
+            f"refresh cycle {refresh.get('cycle')}: {refresh.get('position')} of "
+            f"{refresh['keys_in_cycle']} keys done"
+        )
+        if isinstance(refresh.get("effective_period_seconds"), int | float):
+            cycle += f", a cycle takes {span(refresh['effective_period_seconds'])}"
+        if refresh.get("lengthened"):
+            cycle += " (longer than refresh.period: minimum_lapse bounds the rate)"
+        lines.append(cycle)
+    if refresh.get("last"):
+        lines.append(f"last refresh: {plain(refresh['last'])}")
+    if refresh.get("failures_by_host"):
+        lines.append(f"refresh failures: {plain(refresh['failures_by_host'])}")
+    return lines
+
+
 def render_status(result: dict[str, Any]) -> str:
     tor = result.get("tor") if isinstance(result.get("tor"), dict) else {}
     detail = f": {tor['detail']}" if tor.get("detail") else ""
-    known = ("version", "tor", "keys", "addresses", "next_refresh_at", "own")
+    known = ("version", "tor", "keys", "addresses", "next_refresh_at", "refresh", "own")
     lines = [
         f"daemon: running (refreshd {result.get('version')})",
         f"tor: {tor.get('state')} (mode {tor.get('mode')}){detail}",
         f"keys: {result.get('keys')} for {result.get('addresses')} addresses",
         f"next refresh: {when(result.get('next_refresh_at'))}",
+        *_refresh_lines(result.get("refresh")),
         *[f"{k.replace('_', ' ')}: {plain(v)}" for k, v in result.items() if k not in known],
     ]
     if not result.get("own"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -17,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pgpy
 import pytest
+from pgpy.constants import EllipticCurveOID, HashAlgorithm, KeyFlags, PubKeyAlgorithm
 
 from refreshd import cli
 
@@ -262,17 +265,39 @@ def test_own_import_sends_key_and_first_line_of_the_passphrase_file(
     assert out.startswith(f"{FPR} <me@example.org> expires 2026-11-01")
 
 
-def test_binary_or_missing_key_file_is_a_usage_error(
+def test_binary_public_key_is_sent_armored(run: Run, daemon: FakeDaemon, tmp_path: Path) -> None:
+    key = pgpy.PGPKey.new(PubKeyAlgorithm.EdDSA, EllipticCurveOID.Ed25519)
+    key.add_uid(pgpy.PGPUID.new("Bob", email="bob@example.org"), usage={KeyFlags.Sign},
+                hashes=[HashAlgorithm.SHA256])  # fmt: skip
+    binary = bytes(key.pubkey)
+    (tmp_path / "bob.gpg").write_bytes(binary)
+    daemon.answer("observe", DECISION)
+    code, _, _ = run("observe", "bob@example.org", "--key", str(tmp_path / "bob.gpg"),
+                     "--origin", "attachment")  # fmt: skip
+    assert code == 0
+    sent = daemon.last["params"]["key"]
+    assert sent.startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+    (tmp_path / "gnupg").mkdir(mode=0o700)
+    dearmored = subprocess.run(
+        ["gpg", "--homedir", str(tmp_path / "gnupg"), "--dearmor"],
+        input=sent.encode(), capture_output=True, check=True, timeout=30,
+    ).stdout  # fmt: skip
+    assert dearmored == binary
+
+
+def test_binary_secret_or_missing_key_file_is_a_usage_error(
     run: Run, daemon: FakeDaemon, tmp_path: Path
 ) -> None:
-    (tmp_path / "bin.gpg").write_bytes(b"\x99\x01\x0d\x04" + bytes(range(40)))
-    code, _, err = run("observe", "a@example.org", "--key", str(tmp_path / "bin.gpg"),
-                       "--origin", "attachment")  # fmt: skip
+    (tmp_path / "secret.gpg").write_bytes(b"\x95\x01\x0d\x04" + bytes(range(40)))
+    code, _, err = run("own", "import", str(tmp_path / "secret.gpg"))
     assert code == 2
-    assert "--armor" in err
+    assert "--export-secret-keys" in err
     code, _, err = run("own", "import", str(tmp_path / "absent.asc"))
     assert code == 2
     assert "absent.asc" in err
+    code, _, err = run("observe", "a@example.org", "--key", str(tmp_path / "absent.asc"),
+                       "--origin", "attachment")  # fmt: skip
+    assert code == 2
     assert daemon.requests == []
 
 
@@ -359,6 +384,29 @@ def test_history_is_a_table_with_reasons(run: Run, daemon: FakeDaemon) -> None:
     assert lines[1].index(FPR) == lines[3].index(OTHER) == lines[0].index("FINGERPRINT")
 
 
+def test_history_lists_every_decision_after_the_keys(run: Run, daemon: FakeDaemon) -> None:
+    decisions = [
+        {"ts": "2026-01-02T03:04:05Z", "fingerprint": FPR, "decision": "registered",
+         "level": "provider-trust", "source": "wkd", "rule": "5.2.1", "reason": "First contact."},
+        {"ts": "2026-02-01T00:00:00Z", "fingerprint": OTHER, "decision": "rejected",
+         "level": "weak-chain", "source": "hkp", "rule": "5.2.3", "reason": "No transition."},
+    ]  # fmt: skip
+    daemon.answer("history", HISTORY | {"decisions": decisions})
+    code, out, _ = run("history", "bob@example.org")
+    assert code == 0
+    lines = out.splitlines()
+    tail = lines[lines.index("decisions, oldest first:") + 1 :]
+    assert tail[0].split() == ["WHEN", "DECISION", "FINGERPRINT", "LEVEL", "SOURCE", "RULE"]
+    assert tail[1].split() == ["2026-01-02", "03:04", "UTC", "registered", FPR, "provider-trust",
+                               "wkd", "5.2.1"]  # fmt: skip
+    assert tail[2:] == [
+        "  why: First contact.",
+        tail[3],
+        "  why: No transition.",
+    ]
+    assert tail[3].split()[3:5] == ["rejected", OTHER]
+
+
 def test_history_of_an_unknown_address(run: Run, daemon: FakeDaemon) -> None:
     daemon.answer("history", {"keys": []})
     assert run("history", "nobody@example.org")[:2] == (0, "no key seen for this address\n")
@@ -377,6 +425,28 @@ def test_status_names_daemon_tor_counts_refresh_and_own_keys(run: Run, daemon: F
         "own keys:",
         f"  {FPR} <me@example.org> expires 2026-11-01, next extension 2026-09-03, "
         "last upload never",
+    ]
+
+
+def test_status_reports_refresh_progress_and_failures(run: Run, daemon: FakeDaemon) -> None:
+    refresh = {
+        "next_refresh_at": STATUS["next_refresh_at"],
+        "cycle": 2,
+        "position": 3,
+        "keys_in_cycle": 12,
+        "effective_period_seconds": 8 * 86400,
+        "lengthened": True,
+        "last": None,
+        "failures_by_host": {"keys.example.net": 2},
+    }
+    daemon.answer("status", STATUS | {"refresh": refresh, "own": []})
+    code, out, _ = run("status")
+    assert code == 0
+    assert out.splitlines()[4:] == [
+        "refresh cycle 2: 3 of 12 keys done, a cycle takes 8 days "
+        "(longer than refresh.period: minimum_lapse bounds the rate)",
+        "refresh failures: keys.example.net 2",
+        "own keys: none",
     ]
 
 
