@@ -212,9 +212,12 @@ def _value(section: str, key: str, kind: str, allowed: tuple[str, ...], raw: Any
 
     match kind:
         case "path":
-            if not isinstance(raw, str) or not raw:
+            if not isinstance(raw, str) or not raw or "\x00" in raw:
                 raise want("a non-empty path string")
-            return expand_path(raw)
+            try:
+                return expand_path(raw)
+            except (RuntimeError, ValueError, KeyError) as exc:  # e.g. ~unknownuser
+                raise ConfigError(f"{name}: cannot expand {raw!r} ({exc})") from None
         case "str":
             if not isinstance(raw, str):
                 raise want("a string")

@@ -299,7 +299,8 @@ class Store:
 
     def history(self, address: str) -> list[dict[str, Any]]:
         rows = self.db.execute(
-            "SELECT fingerprint, level, status, first_seen, last_seen, source, reason FROM seen "
+            "SELECT fingerprint, level AS validation, status, first_seen, last_seen, source, "
+            "reason FROM seen "
             "WHERE address = ? ORDER BY first_seen, fingerprint",
             (address,),
         ).fetchall()
