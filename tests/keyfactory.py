@@ -25,6 +25,7 @@ from refreshd.openpgp.packets import (
     Bundle,
     Cert,
     Packet,
+    armor,
     key_fingerprint,
     new_packet,
     strip_keys,
@@ -453,3 +454,8 @@ def build_zoo() -> Zoo:
 def zoo() -> Zoo:
     """The keys every openpgp test shares, made once per test process."""
     return build_zoo()
+
+
+def armor_secret(secret: bytes) -> bytes:
+    """A secret key in ASCII armor, as a careless server might publish it."""
+    return armor(secret).replace("PUBLIC KEY", "PRIVATE KEY").encode()

@@ -172,8 +172,8 @@ def key_fingerprint(body: bytes) -> bytes:
     return hashlib.sha1(b"\x99" + len(body).to_bytes(2, "big") + body).digest()
 
 
-def subpackets(data: bytes, start: int, end: int) -> Iterator[tuple[int, bool, bytes]]:
-    """(type, critical, payload) of each signature subpacket in data[start:end]."""
+def _spans(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(type octet, payload start, payload end) of each subpacket in data[start:end]."""
     i = start
     while i < end:
         first = data[i]
@@ -189,9 +189,27 @@ def subpackets(data: bytes, start: int, end: int) -> Iterator[tuple[int, bool, b
             size, i = int.from_bytes(data[i + 1 : i + 5], "big"), i + 5
         if size == 0 or i + size > end:
             raise KeyRejected("a signature subpacket runs past its area")
-        kind = data[i]
-        yield kind & 0x7F, bool(kind & 0x80), bytes(data[i + 1 : i + size])
+        yield data[i], i + 1, i + size
         i += size
+
+
+def subpackets(data: bytes, start: int, end: int) -> Iterator[tuple[int, bool, bytes]]:
+    """(type, critical, payload) of each signature subpacket in data[start:end]."""
+    for kind, first, last in _spans(data, start, end):
+        yield kind & 0x7F, bool(kind & 0x80), data[first:last]
+
+
+def _areas(body: bytes) -> tuple[int, int, int] | None:
+    """(hashed end, unhashed end, total) of a v4 signature body, None if they do not fit."""
+    if len(body) < 10 or body[0] != 4:
+        return None
+    hashed_end = 6 + int.from_bytes(body[4:6], "big")
+    if hashed_end + 2 > len(body):
+        return None
+    unhashed_end = hashed_end + 2 + int.from_bytes(body[hashed_end : hashed_end + 2], "big")
+    if unhashed_end + 2 > len(body):
+        return None
+    return hashed_end, unhashed_end, len(body)
 
 
 @dataclass(frozen=True)
@@ -222,16 +240,10 @@ class Signature:
 
 def parse_signature(body: bytes) -> Signature:
     """Parse a v4 signature packet body; KeyRejected when it is not one."""
-    if len(body) < 10 or body[0] != 4:
+    areas = _areas(body)
+    if areas is None:
         raise KeyRejected("a signature is not a well-formed version 4 signature")
-    hashed_len = int.from_bytes(body[4:6], "big")
-    hashed_end = 6 + hashed_len
-    if hashed_end + 2 > len(body):
-        raise KeyRejected("a signature's hashed area runs past the packet")
-    unhashed_len = int.from_bytes(body[hashed_end : hashed_end + 2], "big")
-    unhashed_end = hashed_end + 2 + unhashed_len
-    if unhashed_end + 2 > len(body):
-        raise KeyRejected("a signature's unhashed area runs past the packet")
+    hashed_end, unhashed_end, _ = areas
     return Signature(
         sigtype=body[1],
         pubalg=body[2],
@@ -248,19 +260,22 @@ def signature_issuer(body: bytes) -> tuple[bytes | None, bytes | None]:
     """(issuer key id, issuer fingerprint) of a v3 or v4 signature body; None when absent."""
     if len(body) >= 19 and body[0] == 3:
         return body[7:15], None
+    areas = _areas(body)
+    if areas is None:
+        return None, None
+    hashed_end, unhashed_end, _ = areas
+    key_id = fpr = None
     try:
-        sig = parse_signature(body)
+        for start, end in ((6, hashed_end), (hashed_end + 2, unhashed_end)):
+            for kind, first, last in _spans(body, start, end):
+                kind &= 0x7F
+                if kind == SUB_ISSUER_FPR and last - first == 21 and body[first] == 4:
+                    fpr = body[first + 1 : last]
+                elif kind == SUB_ISSUER and last - first == 8:
+                    key_id = body[first:last]
     except KeyRejected:
         return None, None
-    key_id = fpr = None
-    for kind, _critical, payload in sig.hashed + sig.unhashed:
-        if kind == SUB_ISSUER_FPR and len(payload) == 21 and payload[0] == 4:
-            fpr = payload[1:]
-        elif kind == SUB_ISSUER and len(payload) == 8:
-            key_id = payload
-    if fpr is not None:
-        key_id = fpr[-8:]
-    return key_id, fpr
+    return (fpr[-8:], fpr) if fpr is not None else (key_id, None)
 
 
 ALGORITHMS = {
@@ -351,14 +366,14 @@ def parse_public_key(body: bytes) -> PublicKey:
     return PublicKey(body, created, algorithm, curve, fields)
 
 
-def signature_fields(sig: Signature) -> tuple[bytes, ...]:
+def signature_fields(pubalg: int, material: bytes) -> tuple[bytes, ...]:
     """The signature values: MPIs, or the native signature for Ed25519/Ed448 (27, 28)."""
-    if sig.pubalg == 27:
-        return (sig.material[:64],) if len(sig.material) == 64 else ()
-    if sig.pubalg == 28:
-        return (sig.material[:114],) if len(sig.material) == 114 else ()
-    count = 1 if sig.pubalg in (1, 3) else 2
-    return _mpis(sig.material, 0, count)[0]
+    if pubalg == 27:
+        return (material,) if len(material) == 64 else ()
+    if pubalg == 28:
+        return (material,) if len(material) == 114 else ()
+    count = 1 if pubalg in (1, 3) else 2
+    return _mpis(material, 0, count)[0]
 
 
 # --- streaming filter -------------------------------------------------------------------------
@@ -689,12 +704,12 @@ class StreamingKeyFilter:
     def _open_cert(self, packet: Packet) -> None:
         self._close_cert()
         body = packet.body
-        if not body or body[0] != 4:
+        if len(body) < 6 or len(body) > 0xFFFF:
+            raise KeyRejected("a public key packet has an impossible length")
+        if body[0] != 4:
             self.unsupported_certificates += 1
             self._context = _CTX_SKIP
             return
-        if len(body) < 6 or len(body) > 0xFFFF:
-            raise KeyRejected("a public key packet has an impossible length")
         self._cur = _Builder(primary=packet, fpr=key_fingerprint(body), size=len(packet.raw))
         self._context = _CTX_PRIMARY
         self._check_size(self._cur)

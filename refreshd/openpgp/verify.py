@@ -76,7 +76,7 @@ def verify(key: PublicKey, sig: Signature, context: bytes) -> bool:
     created = sig.created
     if entry is None or created is None:
         return False
-    name, algorithm, cutoff = entry
+    name, _algorithm, cutoff = entry
     if cutoff is not None and created >= cutoff:
         return False
     if not (sig.pubalg == key.algorithm or {sig.pubalg, key.algorithm} <= _RSA):
@@ -84,9 +84,16 @@ def verify(key: PublicKey, sig: Signature, context: bytes) -> bool:
     digest = hashlib.new(name, hashed_data(context, sig)).digest()
     if digest[:2] != sig.left16:
         return False
+    return _verified(key.body, sig.pubalg, sig.material, sig.hashalg, digest)
+
+
+@lru_cache(maxsize=4096)
+def _verified(body: bytes, pubalg: int, material: bytes, hashalg: int, digest: bytes) -> bool:
+    """The public-key check alone, remembered: merges and refreshes see the same signatures
+    again and again."""
     try:
-        values = signature_fields(sig)
-        return _check(key, values, digest, algorithm())
+        key = parse_public_key(body)
+        return _check(key, signature_fields(pubalg, material), digest, HASHES[hashalg][1]())
     except (*_CRYPTO_ERRORS, KeyRejected):
         return False
 
