@@ -36,7 +36,10 @@ class Made:
 
 
 def run(*argv: str, stdin: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, input=stdin, capture_output=True, check=check, timeout=60)
+    done = subprocess.run(argv, input=stdin, capture_output=True, timeout=60)
+    if check and done.returncode:
+        raise AssertionError(f"{argv[:4]} exited {done.returncode}: {done.stderr.decode()[-800:]}")
+    return done
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +55,8 @@ def workdir() -> Iterator[Path]:
 def gpg_home(workdir: Path, name: str) -> Path:
     home = workdir / f"gpg-{name}"
     home.mkdir(mode=0o700)
+    # a fixed, small S2K count: calibrating it takes gpg-agent seconds on a busy machine
+    (home / "gpg-agent.conf").write_text("s2k-count 65536\n")
     return home
 
 
