@@ -1,0 +1,183 @@
+"""Nicknym: a provider's key directory for its own addresses (LEAP Nicknym API, reference 002).
+
+Rules:
+- A domain supports nicknym when https://<domain>/provider.json answers 200 with a JSON object
+  whose `nicknym_uri` is an https URL on the domain's registrable domain (that is where queries
+  go), or else when https://<domain>/.well-known/key-discovery answers 200 (queries then go to
+  LEAP's default https://nicknym.<domain>:6425).
+- A domain found not to support nicknym is not asked again for NEGATIVE_TTL seconds
+  (`NegativeCache`, a pure value: remember / knows, with `now` passed in).
+- Queries: GET <nicknym_uri>?address=<address> or ?fingerprint=<FPR>; redirects only to https on
+  the same registrable domain.
+- Answer codes: 200 key, 304 unchanged, 400 error, 404 never existed, 409 not yet endorsed,
+  410 gone, 500/502/504 (every 5xx) retry later.
+- A 200 body is the nickserver's JSON {"address": ..., "openpgp": "<armored key>"} or a bare
+  armored key; a JSON answer for another address, or no armored key, is rejected.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from urllib.parse import quote, urlsplit
+
+from refreshd.net.answers import LOOKUP_STATUS, Outcome, SourceError, lookup_outcome
+from refreshd.net.answers import normalize_fingerprint as _fingerprint
+from refreshd.net.fetch import Request, Validators, registrable_domain
+from refreshd.net.wkd import same_address, split_address
+
+NEGATIVE_TTL = 86400.0
+ARMOR_HEADER = "-----BEGIN PGP PUBLIC KEY BLOCK-----"
+STATUS: Mapping[int, Outcome] = {
+    **LOOKUP_STATUS,
+    400: Outcome.ERROR,
+    404: Outcome.NOT_FOUND,
+    409: Outcome.NOT_ENDORSED,
+    410: Outcome.GONE,
+}
+
+
+@dataclass(frozen=True)
+class Capability:
+    nicknym_uri: str | None  # None: the domain does not support nicknym
+    reason: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    outcome: Outcome
+    key: str | None  # the armored key, with outcome KEY
+    reason: str
+
+
+def capability_requests(domain: str) -> list[Request]:
+    """provider.json first (it names the nickserver), then the key-discovery marker."""
+    host = quote(domain.lower(), safe=".-")
+    return [
+        Request(f"https://{host}/provider.json", redirects="same-domain-https", kind="json"),
+        Request(
+            f"https://{host}/.well-known/key-discovery", redirects="same-domain-https", kind="text"
+        ),
+    ]
+
+
+def _nicknym_uri(domain: str, body: bytes) -> str:
+    try:
+        provider = json.loads(body)
+    except (ValueError, RecursionError):
+        raise SourceError("provider.json is not valid JSON") from None
+    if not isinstance(provider, dict):
+        raise SourceError("provider.json is not a JSON object")
+    uri = provider.get("nicknym_uri")
+    if not isinstance(uri, str) or not uri:
+        raise SourceError("provider.json names no nicknym_uri")
+    try:
+        parts = urlsplit(uri)
+        host = parts.hostname
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError:
+        raise SourceError(f"nicknym_uri is not a URL: {uri[:200]!r}") from None
+    if parts.scheme != "https" or not host:
+        raise SourceError(f"nicknym_uri is not an https URL: {uri[:200]!r}")
+    if registrable_domain(host) != registrable_domain(domain):
+        raise SourceError(f"nicknym_uri points to another domain ({host[:200]})")
+    return uri
+
+
+def read_capability(
+    domain: str,
+    provider: tuple[int, bytes] | None,
+    discovery: tuple[int, bytes] | None,
+) -> Capability:
+    """Whether and where `domain` runs nicknym, from the (status, body) of both probes.
+
+    None stands for a probe that got no answer at all (connection failed)."""
+    problem = "no answer"
+    if provider is not None:
+        status, body = provider
+        if status == 200:
+            try:
+                return Capability(_nicknym_uri(domain, body), "provider.json names the nickserver")
+            except SourceError as exc:
+                problem = exc.reason
+        else:
+            problem = f"provider.json answered {status}"
+    if discovery is not None and discovery[0] == 200:
+        return Capability(
+            f"https://nicknym.{domain.lower()}:6425", "key-discovery says nicknym is supported"
+        )
+    found = f"key-discovery answered {discovery[0]}" if discovery else "key-discovery: no answer"
+    return Capability(None, f"no nicknym at {domain}: {problem}; {found}")
+
+
+def _query(uri: str, name: str, value: str, validators: Validators | None) -> Request:
+    separator = "&" if urlsplit(uri).query else "?"
+    return Request(
+        f"{uri}{separator}{name}={quote(value, safe='@')}",
+        redirects="same-domain-https",
+        validators=validators,
+        kind="json",
+    )
+
+
+def by_address(uri: str, address: str, validators: Validators | None = None) -> Request:
+    split_address(address)
+    return _query(uri, "address", address, validators)
+
+
+def by_fingerprint(uri: str, fpr: str, validators: Validators | None = None) -> Request:
+    return _query(uri, "fingerprint", _fingerprint(fpr), validators)
+
+
+def _armored_key(body: bytes, address: str | None) -> str:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SourceError("nicknym answer is not UTF-8") from None
+    if text.lstrip().startswith(ARMOR_HEADER):
+        return text
+    try:
+        answer = json.loads(text)
+    except (ValueError, RecursionError):
+        raise SourceError("nicknym answer is neither JSON nor an armored key") from None
+    if not isinstance(answer, dict):
+        raise SourceError("nicknym answer is not a JSON object")
+    key = answer.get("openpgp")
+    if not isinstance(key, str) or ARMOR_HEADER not in key:
+        raise SourceError("nicknym answer carries no armored key in 'openpgp'")
+    named = answer.get("address")
+    if named is not None and (
+        not isinstance(named, str) or (address and not same_address(named, address))
+    ):
+        raise SourceError(f"nicknym answered for another address ({str(named)[:200]!r})")
+    return key
+
+
+def read_answer(status: int, body: bytes, address: str | None = None) -> Answer:
+    """The outcome of a query; `address` is the one asked for, if the query was by address."""
+    outcome = lookup_outcome(status, STATUS)
+    if outcome is not Outcome.KEY:
+        return Answer(outcome, None, f"nicknym answered {status} ({outcome.value})")
+    try:
+        return Answer(Outcome.KEY, _armored_key(body, address), "nicknym answered with a key")
+    except SourceError as exc:
+        return Answer(Outcome.REJECTED, None, exc.reason)
+
+
+@dataclass(frozen=True)
+class NegativeCache:
+    """Domains without nicknym, each until a time (seconds on the caller's clock)."""
+
+    until: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+
+    def knows(self, domain: str, now: float) -> bool:
+        """True while `domain` is remembered as not supporting nicknym."""
+        return self.until.get(domain.lower(), now) > now
+
+    def remember(self, domain: str, now: float, ttl: float = NEGATIVE_TTL) -> NegativeCache:
+        """A cache that also remembers `domain`, with expired entries dropped."""
+        kept = {d: t for d, t in self.until.items() if t > now}
+        kept[domain.lower()] = now + ttl
+        return NegativeCache(MappingProxyType(kept))
