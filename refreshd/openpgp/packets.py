@@ -257,24 +257,46 @@ def parse_signature(body: bytes) -> Signature:
 
 
 def signature_issuer(body: bytes) -> tuple[bytes | None, bytes | None]:
-    """(issuer key id, issuer fingerprint) of a v3 or v4 signature body; None when absent."""
-    if len(body) >= 19 and body[0] == 3:
+    """(issuer key id, issuer fingerprint) of a v3 or v4 signature body; None when absent.
+
+    This runs once per signature of a flooded key, so it scans inline instead of through
+    _spans."""
+    size = len(body)
+    if size >= 19 and body[0] == 3:
         return body[7:15], None
-    areas = _areas(body)
-    if areas is None:
+    if size < 10 or body[0] != 4:
         return None, None
-    hashed_end, unhashed_end, _ = areas
+    hashed_end = 6 + ((body[4] << 8) | body[5])
+    if hashed_end + 2 > size:
+        return None, None
+    unhashed_end = hashed_end + 2 + ((body[hashed_end] << 8) | body[hashed_end + 1])
+    if unhashed_end + 2 > size:
+        return None, None
     key_id = fpr = None
-    try:
-        for start, end in ((6, hashed_end), (hashed_end + 2, unhashed_end)):
-            for kind, first, last in _spans(body, start, end):
-                kind &= 0x7F
-                if kind == SUB_ISSUER_FPR and last - first == 21 and body[first] == 4:
-                    fpr = body[first + 1 : last]
-                elif kind == SUB_ISSUER and last - first == 8:
-                    key_id = body[first:last]
-    except KeyRejected:
-        return None, None
+    i, end = 6, hashed_end
+    while True:
+        if i >= end:
+            if end == unhashed_end:
+                break
+            i, end = hashed_end + 2, unhashed_end
+            continue
+        first = body[i]
+        if first < 192:
+            length, i = first, i + 1
+        elif first < 255 and i + 2 <= end:
+            length, i = ((first - 192) << 8) + body[i + 1] + 192, i + 2
+        elif first == 255 and i + 5 <= end:
+            length, i = int.from_bytes(body[i + 1 : i + 5], "big"), i + 5
+        else:
+            return None, None
+        if length == 0 or i + length > end:
+            return None, None
+        kind = body[i] & 0x7F
+        if kind == SUB_ISSUER_FPR and length == 22 and body[i + 1] == 4:
+            fpr = body[i + 2 : i + 22]
+        elif kind == SUB_ISSUER and length == 9:
+            key_id = body[i + 1 : i + 9]
+        i += length
     return (fpr[-8:], fpr) if fpr is not None else (key_id, None)
 
 
@@ -629,6 +651,16 @@ class StreamingKeyFilter:
 
     def _walk(self) -> None:
         buf = self._buf
+        pos = 0
+        view = memoryview(buf)
+        try:
+            pos = self._walk_view(view)
+        finally:
+            view.release()
+        del buf[:pos]
+
+    def _walk_view(self, buf: memoryview) -> int:
+        """Hand every complete packet in buf to _packet; the offset where parsing stopped."""
         pos, end = 0, len(buf)
         limit = self.max_key_bytes
         while end - pos >= 2:
@@ -662,11 +694,23 @@ class StreamingKeyFilter:
                 raise KeyRejected(f"a packet of {size} bytes is larger than the key size cap")
             if end - pos < head + size:
                 break
-            self._packet(tag, bytes(buf[pos : pos + head + size]), head)
+            self._packet(tag, buf[pos : pos + head + size].tobytes(), head)
             pos += head + size
-        del buf[:pos]
+        return pos
 
     def _packet(self, tag: int, raw: bytes, head: int) -> None:
+        cur = self._cur
+        if tag == TAG_SIGNATURE and cur is not None and self._context != _CTX_SKIP:
+            body = raw[head:]
+            if not self._keep(body, cur):
+                self.certifications_dropped += 1
+                return
+            (cur.components[-1][1] if cur.components else cur.primary_sigs).append(
+                Packet(tag, body, raw)
+            )
+            cur.size += len(raw)
+            self._check_size(cur)
+            return
         if tag in (TAG_SECRET_KEY, TAG_SECRET_SUBKEY):
             raise KeyRejected("secret key material is refused: public keys only")
         if tag == TAG_PUBLIC_KEY:
@@ -678,16 +722,10 @@ class StreamingKeyFilter:
             if self._context == _CTX_SKIP and self.unsupported_certificates:
                 return
             raise KeyRejected(f"a packet (tag {tag}) comes before any public key packet")
-        if self._context == _CTX_SKIP and tag == TAG_SIGNATURE:
+        if tag == TAG_SIGNATURE:  # after a skipped subkey
             return
-        cur = self._cur
         packet = Packet(tag, raw[head:], raw)
-        if tag == TAG_SIGNATURE:
-            if not self._keep(packet.body, cur):
-                self.certifications_dropped += 1
-                return
-            (cur.components[-1][1] if cur.components else cur.primary_sigs).append(packet)
-        elif tag in (TAG_USER_ID, TAG_USER_ATTRIBUTE):
+        if tag in (TAG_USER_ID, TAG_USER_ATTRIBUTE):
             cur.components.append((packet, []))
             self._context = _CTX_UID
         elif tag == TAG_PUBLIC_SUBKEY:
