@@ -5,17 +5,19 @@ scratch on loopback and stopped by PID whatever happens. Pytest fixtures (tests/
 start the pieces one by one; `World` starts them all at once for `python -m tests.world` and
 bench/.
 
-Routing: test names exist only in Tor's MapAddress and in our certificates. Web hosts map to
-a per-world loopback address (127.a.b.c) where nginx also listens on port 443 when the
-process may bind it, so `https://openpgpkey.example.org/...` works through Tor exactly as a
-real WKD URL does; otherwise they map to 127.0.0.1 and URLs carry nginx's port. The nicknym
-and HKP names map to 127.0.0.1, where those servers listen on free ports.
+Routing: test names exist only in Tor's MapAddress and in our certificates. Every name maps
+to one per-world loopback address W (127.a.b.c, chosen at random so concurrent worlds do not
+collide), which is also the exit relay's own address: in this network the client carries a
+stream only to the address of a relay whose policy accepts it (the stream is pinned to that
+relay as `W.<exit fingerprint>.exit`); streams to other loopback addresses find no exit. All
+servers listen on W; nginx also on 127.0.0.1 for direct tests and, when the process may bind
+it, on W:443 so that `https://openpgpkey.example.org/...` works through Tor exactly as a real
+WKD URL does (else URLs carry nginx's port).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import random
 import shutil
@@ -44,38 +46,44 @@ def missing_binaries(piece: str) -> list[str]:
 
 
 @functools.cache
-def service_address() -> str | None:
-    """A random 127.a.b.c on which port 443 can be bound now, or None (e.g. not privileged)."""
+def world_address() -> str:
+    """This process's loopback address W for every server and the exit (see above).
+
+    It stays below 127.192.0.0/10, Tor's default VirtualAddrNetworkIPv4: Tor refuses
+    connections to addresses in that range that it did not hand out itself.
+    """
     rng = random.SystemRandom()
-    for _ in range(5):
-        address = f"127.{rng.randrange(1, 255)}.{rng.randrange(0, 256)}.{rng.randrange(1, 255)}"
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((address, 443))
-            except PermissionError:
-                return None
-            except OSError as error:
-                if error.errno == errno.EADDRINUSE:
-                    continue
-                return None
-        return address
-    return None
+    while True:
+        address = f"127.{rng.randrange(1, 192)}.{rng.randrange(0, 256)}.{rng.randrange(1, 255)}"
+        if _bindable(address, 443) or _bindable(address, 0):
+            return address
 
 
-def tor_mapping(web_address: str | None) -> dict[str, str]:
-    """MapAddress targets: web hosts to the service address (if any), the rest to 127.0.0.1."""
-    mapping = dict.fromkeys(names.all_names(), "127.0.0.1")
-    if web_address is not None:
-        mapping.update(dict.fromkeys(names.web_hosts(), web_address))
-    return mapping
+@functools.cache
+def https_port_443() -> bool:
+    """Whether nginx can also listen on W:443 (needs privilege or a low unprivileged port)."""
+    return _bindable(world_address(), 443)
 
 
-def start_wkd_server(
-    ca: LocalCA, nicknym: NicknymServer, base_dir: Path | None, web_address: str | None
-) -> WkdServer:
-    """nginx for every web host, also on `web_address` (same port and 443) when given; the
+def _bindable(address: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def tor_mapping() -> dict[str, str]:
+    """MapAddress targets: every test name to W."""
+    return dict.fromkeys(names.all_names(), world_address())
+
+
+def start_wkd_server(ca: LocalCA, nicknym: NicknymServer, base_dir: Path | None) -> WkdServer:
+    """nginx for every web host on 127.0.0.1 and W (same port, plus 443 when allowed); the
     nicknym provider's capability files are published at https://<nicknym domain>/."""
-    extra = () if web_address is None else ((web_address, 0), (web_address, 443))
+    address = world_address()
+    extra = ((address, 0), (address, 443)) if https_port_443() else ((address, 0),)
     server = WkdServer(ca, names.web_hosts(), base_dir=base_dir, extra_listen=extra)
     server.start()
     try:
@@ -87,6 +95,11 @@ def start_wkd_server(
     return server
 
 
+def new_tor_network(base_dir: Path | None) -> TorNetwork:
+    """The private network with its exit on W and every test name mapped to W (not started)."""
+    return TorNetwork(mapping=tor_mapping(), exit_address=world_address(), base_dir=base_dir)
+
+
 class World(contextlib.AbstractContextManager["World"]):
     """Every piece at once; `endpoints()` describes it as plain data (JSON-able)."""
 
@@ -95,7 +108,7 @@ class World(contextlib.AbstractContextManager["World"]):
         self.with_tor = with_tor
         self._stack = contextlib.ExitStack()
         self.base_dir = Path()
-        self.web_address: str | None = None
+        self.address = ""
         self.ca: LocalCA
         self.nicknym: NicknymServer
         self.wkd: WkdServer
@@ -125,16 +138,16 @@ class World(contextlib.AbstractContextManager["World"]):
         self.base_dir = Path(tempfile.mkdtemp(prefix="refreshd-world-", dir=self._parent))
         if self._parent is None:
             self._stack.callback(shutil.rmtree, self.base_dir, True)
-        self.web_address = service_address()
+        self.address = world_address()
         self.ca = LocalCA(self.base_dir / "ca")
         self.nicknym = self._stack.enter_context(
-            NicknymServer(self.ca, names.NICKNYM_HOST, names.NICKNYM_DOMAIN)
+            NicknymServer(self.ca, names.NICKNYM_HOST, names.NICKNYM_DOMAIN, self.address)
         )
-        self.wkd = start_wkd_server(self.ca, self.nicknym, self.base_dir, self.web_address)
+        self.wkd = start_wkd_server(self.ca, self.nicknym, self.base_dir)
         self._stack.callback(self.wkd.stop)
-        self.sks = self._stack.enter_context(SksServer(self.base_dir))
+        self.sks = self._stack.enter_context(SksServer(self.base_dir, self.address))
         if self.with_tor:
-            tor = TorNetwork(mapping=tor_mapping(self.web_address), base_dir=self.base_dir)
+            tor = new_tor_network(self.base_dir)
             self.tor = self._stack.enter_context(tor)
 
     def endpoints(self) -> dict[str, object]:
@@ -142,10 +155,10 @@ class World(contextlib.AbstractContextManager["World"]):
         tor = self.tor
         return {
             "ca_file": str(self.ca.ca_file),
-            "web_address": self.web_address,
+            "address": self.address,
             "wkd": {
                 "port": self.wkd.port,
-                "default_port_via_tor": self.web_address is not None,
+                "default_port_via_tor": https_port_443(),
                 "hosts": list(self.wkd.hosts),
                 "www": str(self.wkd.www),
                 "access_log": str(self.wkd.access_log_path),
@@ -156,6 +169,7 @@ class World(contextlib.AbstractContextManager["World"]):
                 "uri": self.nicknym.nicknym_uri,
                 "domain": self.nicknym.domain,
                 "port": self.nicknym.port,
+                "address": self.nicknym.address,
             },
             "tor": None
             if tor is None

@@ -76,10 +76,11 @@ class Reply:
 
 
 class NicknymServer:
-    """The server on 127.0.0.1:<free port>, answering as `host` for `domain`."""
+    """The server on <address>:<free port>, answering as `host` for `domain`."""
 
-    def __init__(self, ca: LocalCA, host: str, domain: str) -> None:
+    def __init__(self, ca: LocalCA, host: str, domain: str, address: str = "127.0.0.1") -> None:
         self.host = host
+        self.address = address
         self.domain = domain.lower()
         self._ca = ca
         self._lock = threading.Lock()
@@ -101,7 +102,7 @@ class NicknymServer:
 
     def start(self) -> None:
         cert = self._ca.issue([self.host])
-        self._server = _TlsServer(("127.0.0.1", 0), cert.server_context(), self)
+        self._server = _TlsServer((self.address, 0), cert.server_context(), self)
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="nicknym", daemon=True

@@ -161,3 +161,14 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def reap_leftovers() -> list[int]:
+    """Kill whatever the world started that is still alive; return those PIDs (normally [])."""
+    leftover = live_world_pids()
+    if leftover:
+        stop_all()
+        for pid in live_world_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return leftover

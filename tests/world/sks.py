@@ -1,4 +1,4 @@
-"""SKS 1.1.6 with a fresh, empty database on 127.0.0.1, behind a counting tap.
+"""SKS 1.1.6 with a fresh, empty database on a loopback address, behind a counting tap.
 
 Why: a real HKP keyserver (HTTP/1.0, no ETag/Last-Modified, merges uploads) is the peer
 refreshd's HKP source and own-key upload meet in practice. Debian's sks resolves its config,
@@ -31,8 +31,9 @@ class SksStartError(RuntimeError):
 class SksServer:
     """A running `sks db`; context manager, stopped by PID on exit."""
 
-    def __init__(self, base_dir: Path | None = None) -> None:
+    def __init__(self, base_dir: Path | None = None, address: str = "127.0.0.1") -> None:
         self._parent = base_dir
+        self.address = address
         self.base_dir = Path()
         self.hkp_port = 0
         self._proc: procs.Proc | None = None
@@ -47,18 +48,18 @@ class SksServer:
 
     @property
     def direct_url(self) -> str:
-        return f"http://127.0.0.1:{self.hkp_port}"
+        return f"http://{self.address}:{self.hkp_port}"
 
     @property
     def url(self) -> str:
-        """The counted endpoint ("http://127.0.0.1:PORT"); give this one to clients."""
+        """The counted endpoint ("http://ADDRESS:PORT"); give this one to clients."""
         if self._tap is None:
             raise RuntimeError("SKS is not started")
-        return f"http://127.0.0.1:{self._tap.port}"
+        return f"http://{self.address}:{self._tap.port}"
 
     @property
     def port(self) -> int:
-        """The counted endpoint's port (for `hkp://127.0.0.1:PORT` or a mapped test name)."""
+        """The counted endpoint's port (for `hkp://ADDRESS:PORT` or a mapped test name)."""
         if self._tap is None:
             raise RuntimeError("SKS is not started")
         return self._tap.port
@@ -80,12 +81,12 @@ class SksServer:
         self.base_dir = Path(tempfile.mkdtemp(prefix="refreshd-sks-", dir=self._parent))
         for sub in ("etc/sks", "var/lib/sks", "var/log/sks", "var/run/sks"):
             (self.base_dir / sub).mkdir(parents=True)
-        self.hkp_port = procs.free_port()
+        self.hkp_port = procs.free_port(self.address)
         (self.base_dir / "etc/sks/sksconf").write_text(
-            "hkp_address: 127.0.0.1\n"
+            f"hkp_address: {self.address}\n"
             f"hkp_port: {self.hkp_port}\n"
-            "recon_address: 127.0.0.1\n"
-            f"recon_port: {procs.free_port()}\n"
+            f"recon_address: {self.address}\n"
+            f"recon_port: {procs.free_port(self.address)}\n"
             "disable_mailsync:\n"
             "dontgossip:\n"
         )
@@ -101,7 +102,7 @@ class SksServer:
         self._proc = procs.start("sks-db", [SKS, "db", *base], self.base_dir / "db.log")
         if not procs.wait_for(self._answers, START_TIMEOUT):
             raise SksStartError("sks db did not answer\n" + self._proc.log_tail())
-        self._tap = Tap("127.0.0.1", self.hkp_port)
+        self._tap = Tap(self.address, self.hkp_port, host=self.address)
 
     def _answers(self) -> bool:
         if self._proc is not None and not self._proc.running():

@@ -2,7 +2,7 @@
 
 Why: SKS keeps no usable access log, and tests must prove "zero connection attempts" (Tor
 down) or measure bytes on the wire (TLS included) for the benchmark. The tap listens on a free
-127.0.0.1 port, forwards each connection to the target and counts what passes.
+loopback port, forwards each connection to the target and counts what passes.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class TapCounts:
 
 
 class Tap:
-    """Forward 127.0.0.1:<port> to (target_host, target_port); a thread per direction."""
+    """Forward <host>:<free port> to (target_host, target_port); a thread per direction."""
 
     def __init__(self, target_host: str, target_port: int, host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)

@@ -6,6 +6,10 @@ authority keys with `tor-gencert`, relay identities with `tor --list-fingerprint
 files with the options that proved necessary on this kind of machine (each one below was
 found by a failure). Test domains reach loopback servers through the client's `MapAddress`,
 so no name ever meets a resolver; the exit may only connect to the mapped loopback addresses.
+The client carries streams only to the exit's own address (`exit_address`): Tor pins such a
+stream to that relay (target `<address>.<exit fingerprint>.exit`), while ordinary exit
+selection finds no relay for a loopback target. So servers listen on the exit's address and
+every name maps to it.
 
 Start order: keys, then authorities and relays, then (once the consensus lists every relay and
 flags the exit) the client, then a real fetch through SOCKS to a loopback probe server. A start
@@ -19,6 +23,7 @@ import contextlib
 import secrets
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -55,7 +60,6 @@ _COMMON = (
 # Nodes with an ORPort: stay on IPv4 loopback, never ask the host's resolver, keep descriptors
 # stable, and accept extends to exits whose descriptor the exit has not seen yet.
 _RELAY = (
-    "Address 127.0.0.1",
     "AddressDisableIPv6 1",
     "ServerDNSDetectHijacking 0",
     "TestingMinTimeToReportBandwidth 1 day",
@@ -100,6 +104,7 @@ class Node:
     data_dir: Path
     or_port: int = 0
     dir_port: int = 0
+    address: str = "127.0.0.1"
     fingerprint: str = ""
     v3ident: str = ""
     torrc: Path = field(init=False)
@@ -198,11 +203,13 @@ class TorNetwork:
         domains: Iterable[str] = DEFAULT_DOMAINS,
         *,
         mapping: Mapping[str, str] | None = None,
+        exit_address: str = "127.0.0.1",
         base_dir: Path | None = None,
         timeout: float = START_TIMEOUT,
         attempts: int = 2,
     ) -> None:
-        self.mapping: dict[str, str] = {name: "127.0.0.1" for name in domains}
+        self.exit_address = exit_address
+        self.mapping: dict[str, str] = dict.fromkeys(domains, exit_address)
         self.mapping.update(mapping or {})
         self._base_parent = base_dir
         self._own_base = False
@@ -239,8 +246,8 @@ class TorNetwork:
 
     @property
     def exit_addresses(self) -> tuple[str, ...]:
-        """Loopback addresses the exit may connect to: 127.0.0.1 and every mapping target."""
-        return tuple(sorted({"127.0.0.1", *self.mapping.values()}))
+        """Loopback addresses the exit may connect to: its own, 127.0.0.1, every mapping target."""
+        return tuple(sorted({self.exit_address, "127.0.0.1", *self.mapping.values()}))
 
     def socks_url(self, username: str, password: str) -> str:
         """A proxy URL for httpx: Tor resolves the name (socks5h), credentials isolate."""
@@ -285,7 +292,13 @@ class TorNetwork:
         self._await_client(deadline)
 
     def controller(self) -> Controller:
-        """A stem Controller on the client's ControlPort, cookie-authenticated; caller closes."""
+        """A stem Controller on the client's ControlPort, cookie-authenticated; caller closes.
+
+        Raises ConnectionRefusedError when the port is closed (checked first: stem leaks its
+        socket on a refused connection).
+        """
+        with socket.create_connection(("127.0.0.1", self.control_port), timeout=5):
+            pass
         ctl = Controller.from_port(address="127.0.0.1", port=self.control_port)
         try:
             ctl.authenticate()
@@ -348,7 +361,10 @@ class TorNetwork:
         nodes = [node(f"auth{i}", "authority") for i in range(N_AUTHORITIES)]
         for auth in nodes:
             auth.dir_port = procs.free_port()
-        nodes += [node("relay0", "relay"), node("exit0", "exit")]
+        exit_node = Node("exit0", "exit", self.base_dir / "exit0", address=self.exit_address)
+        exit_node.data_dir.mkdir(mode=0o700)
+        exit_node.or_port = procs.free_port(self.exit_address)
+        nodes += [node("relay0", "relay"), exit_node]
         self.client = Node("client", "client", self.base_dir / "client")
         self.client.data_dir.mkdir(mode=0o700)
         self.socks_port = procs.free_port()
@@ -396,7 +412,7 @@ class TorNetwork:
                 "--DataDirectory",
                 str(node.data_dir),
                 "--ORPort",
-                f"127.0.0.1:{node.or_port}",
+                f"{node.address}:{node.or_port}",
                 "--GeoIPFile",
                 str(empty),
                 "--GeoIPv6File",
@@ -432,7 +448,8 @@ class TorNetwork:
         if node.role != "client":
             lines += [
                 *_RELAY,
-                f"ORPort 127.0.0.1:{node.or_port}",
+                f"Address {node.address}",
+                f"ORPort {node.address}:{node.or_port}",
                 f"ServerDNSResolvConfFile {resolv}",
             ]
         if node.role == "authority":
@@ -492,7 +509,7 @@ class TorNetwork:
 
         if not procs.wait_for(bootstrapped, deadline - time.monotonic(), interval=0.2):
             raise TorStartError("client did not bootstrap in time\n" + client_log(client))
-        with _ProbeServer() as probe:
+        with _ProbeServer(self.exit_address) as probe:
             while True:
                 self._check_alive()
                 remaining = deadline - time.monotonic()
@@ -572,11 +589,11 @@ class _ProbeHandler(BaseHTTPRequestHandler):
 class _ProbeServer:
     """A one-purpose HTTP server on 127.0.0.1 proving a circuit reaches loopback via the exit."""
 
-    def __init__(self) -> None:
+    def __init__(self, address: str) -> None:
         self.body = secrets.token_hex(16).encode()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _ProbeHandler)
+        self._server = ThreadingHTTPServer((address, 0), _ProbeHandler)
         self._server.body = self.body  # type: ignore[attr-defined]
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/probe"
+        self.url = f"http://{address}:{self._server.server_address[1]}/probe"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def __enter__(self) -> _ProbeServer:

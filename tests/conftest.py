@@ -1,0 +1,78 @@
+"""Session fixtures for the loopback test world (see tests/world): each piece starts once,
+skips only when its program is not installed, and is stopped by PID at the end; the session
+fails if any process the world started is still alive after teardown."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import world
+from tests.world import names, procs
+from tests.world.ca import LocalCA
+from tests.world.nginx import WkdServer
+from tests.world.nicknym import NicknymServer
+from tests.world.sks import SksServer
+from tests.world.tornet import TorNetwork
+
+_PACKAGES = {"tor": "tor", "nginx": "nginx", "sks": "sks"}
+
+
+def _require(piece: str) -> None:
+    missing = world.missing_binaries(piece)
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not on PATH (apt-get install {_PACKAGES[piece]})")
+
+
+@pytest.fixture(scope="session")
+def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("world")
+
+
+@pytest.fixture(scope="session")
+def test_ca(world_dir: Path) -> LocalCA:
+    return LocalCA(world_dir / "ca")
+
+
+@pytest.fixture(scope="session")
+def nicknym_server(test_ca: LocalCA) -> Iterator[NicknymServer]:
+    address = world.world_address()
+    with NicknymServer(test_ca, names.NICKNYM_HOST, names.NICKNYM_DOMAIN, address) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def wkd_server(
+    test_ca: LocalCA, nicknym_server: NicknymServer, world_dir: Path
+) -> Iterator[WkdServer]:
+    _require("nginx")
+    server = world.start_wkd_server(test_ca, nicknym_server, world_dir)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def sks_server(world_dir: Path) -> Iterator[SksServer]:
+    _require("sks")
+    with SksServer(world_dir, world.world_address()) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def tor_network(world_dir: Path) -> Iterator[TorNetwork]:
+    _require("tor")
+    with world.new_tor_network(world_dir) as network:
+        yield network
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Runs after fixture teardown: a world process still alive is a failure (and is killed)."""
+    leftover = procs.reap_leftovers()
+    if leftover:
+        session.config.get_terminal_writer().line(f"world processes left running: {leftover}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
