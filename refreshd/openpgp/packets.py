@@ -225,9 +225,9 @@ class Signature:
     left16: bytes
     material: bytes  # algorithm-specific signature fields
 
-    def first(self, kind: int, *, hashed_only: bool = True) -> bytes | None:
-        areas = self.hashed if hashed_only else self.hashed + self.unhashed
-        for sub_kind, _critical, payload in areas:
+    def first(self, kind: int) -> bytes | None:
+        """Payload of the first hashed subpacket of this kind (only hashed ones are trusted)."""
+        for sub_kind, _critical, payload in self.hashed:
             if sub_kind == kind:
                 return payload
         return None
