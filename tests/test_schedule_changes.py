@@ -6,7 +6,7 @@ import random
 from itertools import pairwise
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refreshd.core import schedule
@@ -325,6 +325,7 @@ JSON_VALUES = st.recursive(
 )
 
 
+@settings(deadline=None)  # the machine may be busy; speed is not what is tested
 @given(st.fixed_dictionaries({k: JSON_VALUES for k in GOOD}) | JSON_VALUES)
 def test_any_json_is_parsed_or_refused_with_value_error(value: object) -> None:
     try:
@@ -334,6 +335,7 @@ def test_any_json_is_parsed_or_refused_with_value_error(value: object) -> None:
     assert schedule.from_json(schedule.to_json(state)) == state
 
 
+@settings(deadline=None)
 @given(st.text() | st.binary())
 def test_any_text_is_parsed_or_refused_with_value_error(text: str | bytes) -> None:
     with contextlib.suppress(ValueError):

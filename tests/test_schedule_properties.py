@@ -118,6 +118,7 @@ TestSchedule = Schedule.TestCase
 TestSchedule.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
 
 
+@settings(deadline=None)
 @given(
     before=st.lists(st.sampled_from(UNIVERSE), unique=True),
     position=st.integers(0, len(UNIVERSE)),
