@@ -211,8 +211,12 @@ class TorSupervisor:
         """True once Tor is ready, False if it was not within `timeout` seconds."""
         with trio.move_on_after(timeout):
             while not self.ready:
-                await self._changed.wait()
+                await self.changed()
         return self.ready
+
+    async def changed(self) -> None:
+        """Return at the next change of state or detail."""
+        await self._changed.wait()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self._emit("tor.state", mode=self.mode, state=self.status.state, detail=self.status.detail)
