@@ -194,6 +194,16 @@ def test_a_failing_key_backs_off_while_the_others_keep_their_schedule() -> None:
         assert windows[cycle + 1] == pytest.approx(windows[cycle] + PERIOD)
 
 
+def test_many_failing_keys_cannot_stall_the_cycle() -> None:
+    sim = Sim(names(0, 50), seed=13)
+    failing = frozenset(names(0, 20))
+    for cycle in range(1, 4):
+        fetched = sim.finish_cycle(fails=failing)
+        assert sim.state.cycle == cycle
+        assert sorted(k for k in fetched if k not in failing) == names(20, 50)
+        assert 50 < len(fetched) <= 2 * 50  # retries, but never two without the cycle moving on
+
+
 def test_success_clears_the_failure_count() -> None:
     sim = Sim(names(0, 10), seed=10)
     key = sim.state.order[0]
@@ -236,9 +246,12 @@ def test_backoff_grows_is_jittered_and_capped(failures: int) -> None:
         assert min(draws) >= previous / 2 and ceiling / 2 >= previous / 2
 
 
-def test_backoff_needs_a_failure() -> None:
+@pytest.mark.parametrize(
+    ("failures", "base", "cap"), [(0, 60.0, 600.0), (1, 0.0, 600.0), (1, 60.0, 30.0)]
+)
+def test_backoff_refuses_nonsense(failures: int, base: float, cap: float) -> None:
     with pytest.raises(ValueError):
-        schedule.backoff(0, base=60.0, cap=600.0, rng=random.Random(0))
+        schedule.backoff(failures, base=base, cap=cap, rng=random.Random(0))
 
 
 def test_no_keys_means_nothing_to_fetch_until_keys_arrive() -> None:
@@ -259,6 +272,7 @@ def test_state_round_trips_through_json() -> None:
         started_at=1.5e9,
         urgent=(Urgent('c\u00e9"\n', 1.5e9 + 3),),
         retries=(Retry("a", 1.5e9 + 600.25, 4),),
+        owed=True,
     )
     assert schedule.from_json(schedule.to_json(state)) == state
     assert schedule.from_json(schedule.to_json(state).encode()) == state
@@ -292,6 +306,8 @@ GOOD = json.loads(
         {"retries": [["a", 1.0, 0]]},
         {"retries": [["a", 1.0, 2.0]]},
         {"retries": [["a", 1.0]]},
+        {"owed": 1},
+        {"owed": None},
     ],
 )
 def test_malformed_state_is_refused(change: dict[str, object]) -> None:

@@ -11,13 +11,15 @@ from refreshd.core import schedule
 UNIVERSE = [f"k{i}" for i in range(12)]
 KEY_SETS = st.frozensets(st.sampled_from(UNIVERSE))
 PERIOD = 3600.0
+BASE = 30.0  # first retry after 15 to 30 s
 
 
 class Schedule(RuleBasedStateMachine):
     """A shell that registers and drops keys, gets requests, fails, crashes and restarts.
 
     The model: the keys attempted in the current cycle. A cycle turn never picks one of them;
-    when a new cycle starts every registered key has been attempted in the one that ended.
+    when a new cycle starts every registered key has been attempted in the one that ended;
+    between two retries the cycle moved on.
     """
 
     @initialize(keys=KEY_SETS, seed=st.integers(0, 2**64), floor=st.sampled_from([0, 60, 400]))
@@ -29,6 +31,7 @@ class Schedule(RuleBasedStateMachine):
         self.state = schedule.reconcile(None, keys, self.rng, self.now)
         self.cycle = self.state.cycle
         self.attempted: set[str] = set()
+        self.moved_on = True  # the cycle moved on since the last retry
 
     @rule(keys=KEY_SETS)
     def change(self, keys: frozenset[str]) -> None:
@@ -91,17 +94,21 @@ class Schedule(RuleBasedStateMachine):
             assert step.lapse >= self.floor
         if step.kind == "cycle":
             assert step.key not in self.attempted
+        if step.kind == "retry":
+            assert self.moved_on
+            self.moved_on = False
         self.now += step.lapse + duration
         self.state = step.state
         if during is not None:  # the keys changed while the fetch was under way
             self._change(during)
         if failed:
             self.state = schedule.mark_failed(
-                self.state, step.key, now=self.now, base=self.floor, cap=PERIOD, rng=self.rng
+                self.state, step.key, now=self.now, base=BASE, cap=PERIOD, rng=self.rng
             )
         else:
             self.state = schedule.mark_done(self.state, step.key)
         if step.key in self.registered:
+            self.moved_on |= step.key not in self.attempted
             self.attempted.add(step.key)
 
     @invariant()

@@ -18,7 +18,8 @@ Rules:
    request; the others wait the lapse of rule 3, never less than minimum_lapse.
 7. A failed fetch counts as done for the cycle (the cycle goes on without it) and is retried
    once `backoff(failures)` has passed, in the first slot drawn after that; a success clears
-   the count. Retries use slots of the cycle's budget, so the other keys keep their deadline.
+   the count. Retries use slots of the cycle's budget, and between two retries the cycle moves
+   on by at least one key, so failing sources can at most halve the pace of the others.
 
 Why this lapse law. The slack before the next of k remaining keys is the first of k points
 drawn uniformly in the remaining budget R = deadline - now - k * minimum_lapse: slack =
@@ -82,7 +83,10 @@ class Retry:
 
 @dataclass(frozen=True)
 class CycleState:
-    """One cycle: order[:position] are done, order[position:] wait their turn in that order."""
+    """One cycle: order[:position] are done, order[position:] wait their turn in that order.
+
+    `owed` is set when a retry took a slot, and cleared when the cycle moves on.
+    """
 
     cycle: int
     order: tuple[str, ...]
@@ -90,6 +94,7 @@ class CycleState:
     started_at: float
     urgent: tuple[Urgent, ...] = ()
     retries: tuple[Retry, ...] = ()
+    owed: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,10 +119,6 @@ class LapseLaw:
         if self.slack <= 0 or x >= self.slack:
             return 1.0
         return -math.expm1(self.draws * math.log1p(-x / self.slack))
-
-    @property
-    def mean(self) -> float:
-        return self.wait + self.floor + max(self.slack, 0.0) / (self.draws + 1)
 
 
 @dataclass(frozen=True)
@@ -188,9 +189,11 @@ def next_refresh(
     if state.position >= len(state.order):
         state = _next_cycle(state, now=now, period=period, minimum_lapse=minimum_lapse, rng=rng)
     pending = len(state.order) - state.position
-    due = [r for r in state.retries if r.due <= now]
+    due = [r for r in state.retries if r.due <= now and not state.owed]
+    kind: Kind
     if due:
         key, kind, draws = min(due, key=lambda r: (r.due, r.key)).key, "retry", pending + 1
+        state = replace(state, owed=True)
     else:
         key, kind, draws = state.order[state.position], "cycle", pending
     law = _law(state, now=now, period=period, minimum_lapse=minimum_lapse, draws=draws)
@@ -249,8 +252,8 @@ def mark_failed(
 ) -> CycleState:
     """A failed fetch of `key`: done for this cycle, retried after its backoff.
 
-    The shell passes base = minimum_lapse and cap = period, so a source that is down for good
-    costs one retry per period besides the key's cycle turn.
+    With base = max(minimum_lapse, 60 s) and cap = period (what the shell is meant to pass), a
+    source that is down for good costs one retry per period besides the key's cycle turn.
     """
     state = _attempted(state, key)
     if key not in state.order:
@@ -265,7 +268,7 @@ def _attempted(state: CycleState, key: str) -> CycleState:
         state = replace(state, urgent=tuple(u for u in state.urgent if u.key != key))
     order, position = state.order, state.position
     if position < len(order) and order[position] == key:
-        return replace(state, position=position + 1)
+        return replace(state, position=position + 1, owed=False)
     try:
         i = order.index(key, position)
     except ValueError:
@@ -274,6 +277,7 @@ def _attempted(state: CycleState, key: str) -> CycleState:
         state,
         order=(*order[:position], key, *order[position:i], *order[i + 1 :]),
         position=position + 1,
+        owed=False,
     )
 
 
@@ -285,6 +289,8 @@ def backoff(failures: int, *, base: float, cap: float, rng: random.Random) -> fl
     """
     if failures < 1:
         raise ValueError("failures must be at least 1")
+    if not 0 < base <= cap:
+        raise ValueError("backoff needs 0 < base <= cap")
     ceiling = min(cap, base * 2.0 ** min(failures - 1, 64))
     return ceiling / 2 + rng.uniform(0.0, ceiling / 2)
 
@@ -299,6 +305,7 @@ def to_json(state: CycleState) -> str:
             "started_at": state.started_at,
             "urgent": [[u.key, u.due] for u in state.urgent],
             "retries": [[r.key, r.due, r.failures] for r in state.retries],
+            "owed": state.owed,
         },
         separators=(",", ":"),
         allow_nan=False,
@@ -308,7 +315,7 @@ def to_json(state: CycleState) -> str:
 def from_json(text: str | bytes) -> CycleState:
     """Parse to_json's output; anything else raises ValueError."""
     data = json.loads(text, parse_constant=_no_constant)
-    fields = {"version", "cycle", "order", "position", "started_at", "urgent", "retries"}
+    fields = {"version", "cycle", "order", "position", "started_at", "urgent", "retries", "owed"}
     if not isinstance(data, dict) or set(data) != fields:
         raise ValueError(f"schedule state: expected the fields {sorted(fields)}")
     if data["version"] != STATE_VERSION or isinstance(data["version"], bool):
@@ -331,6 +338,8 @@ def from_json(text: str | bytes) -> CycleState:
     for name, entries in (("urgent", urgent), ("retries", retries)):
         if len({e.key for e in entries}) != len(entries):
             raise ValueError(f"schedule state: a key appears twice in {name}")
+    if not isinstance(data["owed"], bool):
+        raise ValueError("schedule state: owed must be true or false")
     return CycleState(
         cycle=_int(data["cycle"], "cycle", 1),
         order=tuple(order),
@@ -338,6 +347,7 @@ def from_json(text: str | bytes) -> CycleState:
         started_at=_time(data["started_at"], "started_at"),
         urgent=urgent,
         retries=retries,
+        owed=data["owed"],
     )
 
 
