@@ -58,7 +58,7 @@ def wkd_server(
 @pytest.fixture(scope="session")
 def sks_server(world_dir: Path) -> Iterator[SksServer]:
     _require("sks")
-    with SksServer(world_dir, world.world_address()) as server:
+    with SksServer(world.world_address()) as server:
         yield server
 
 

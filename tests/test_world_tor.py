@@ -127,9 +127,9 @@ async def test_wkd_through_tor_with_conditional_refetch(
         assert not any(name in host for name in names.all_names())
         socket.inet_aton(host)
     # nginx saw the requests arriving from the exit, with SNI for the test name.
-    served = [e for e in wkd_server.access_log() if e.uri == url[url.index("/.well-known") :]]
-    assert [e.status for e in served[-2:]] == [200, 304]
-    assert {e.sni for e in served[-2:]} == {"openpgpkey.example.org"}
+    served = wkd_server.wait_log(url[url.index("/.well-known") :], 2)
+    assert [e.status for e in served] == [200, 304]
+    assert {e.sni for e in served} == {"openpgpkey.example.org"}
 
 
 async def test_hkp_through_tor_reaches_sks(

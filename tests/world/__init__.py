@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from tests.world import names
+from tests.world import names, procs
 from tests.world.ca import LocalCA
 from tests.world.nginx import WkdServer
 from tests.world.nicknym import NicknymServer
@@ -145,7 +145,7 @@ class World(contextlib.AbstractContextManager["World"]):
         )
         self.wkd = start_wkd_server(self.ca, self.nicknym, self.base_dir)
         self._stack.callback(self.wkd.stop)
-        self.sks = self._stack.enter_context(SksServer(self.base_dir, self.address))
+        self.sks = self._stack.enter_context(SksServer(self.address))
         if self.with_tor:
             tor = new_tor_network(self.base_dir)
             self.tor = self._stack.enter_context(tor)
@@ -155,6 +155,7 @@ class World(contextlib.AbstractContextManager["World"]):
         tor = self.tor
         return {
             "ca_file": str(self.ca.ca_file),
+            "pids": {str(pid): name for pid, name in procs.registered().items()},
             "address": self.address,
             "wkd": {
                 "port": self.wkd.port,

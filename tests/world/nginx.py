@@ -329,6 +329,17 @@ http {{
             return []
         return [_entry(json.loads(line)) for line in lines if line.strip()]
 
+    def wait_log(self, uri: str, count: int, timeout: float = 10.0) -> list[AccessEntry]:
+        """Entries for `uri`, once there are at least `count` (nginx logs after replying)."""
+        entries: list[AccessEntry] = []
+
+        def enough() -> bool:
+            entries[:] = [e for e in self.access_log() if e.uri == uri]
+            return len(entries) >= count
+
+        procs.wait_for(enough, timeout, interval=0.05)
+        return entries
+
     def accepted_connections(self) -> int:
         """TCP connections nginx accepted on the HTTPS listeners since start."""
         accepts, _requests = self._stub_status()

@@ -172,3 +172,9 @@ def reap_leftovers() -> list[int]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     return leftover
+
+
+def registered() -> dict[int, str]:
+    """PID -> name of every process started here and not yet stopped."""
+    with _lock:
+        return {pid: proc.name for pid, proc in _registry.items()}

@@ -31,8 +31,7 @@ class SksStartError(RuntimeError):
 class SksServer:
     """A running `sks db`; context manager, stopped by PID on exit."""
 
-    def __init__(self, base_dir: Path | None = None, address: str = "127.0.0.1") -> None:
-        self._parent = base_dir
+    def __init__(self, address: str = "127.0.0.1") -> None:
         self.address = address
         self.base_dir = Path()
         self.hkp_port = 0
@@ -78,7 +77,8 @@ class SksServer:
             raise
 
     def _start(self) -> None:
-        self.base_dir = Path(tempfile.mkdtemp(prefix="refreshd-sks-", dir=self._parent))
+        # Its own short directory: sks binds a Unix socket below it (paths max ~107 bytes).
+        self.base_dir = Path(tempfile.mkdtemp(prefix="refreshd-sks-"))
         for sub in ("etc/sks", "var/lib/sks", "var/log/sks", "var/run/sks"):
             (self.base_dir / sub).mkdir(parents=True)
         self.hkp_port = procs.free_port(self.address)
@@ -120,7 +120,7 @@ class SksServer:
         if self._proc is not None:
             procs.stop(self._proc)
             self._proc = None
-        if self._parent is None and self.base_dir != Path():
+        if self.base_dir != Path():
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
     def add_key(self, key: bytes | str) -> int:
