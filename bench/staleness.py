@@ -131,12 +131,15 @@ def main() -> None:
             f" minimum lapse {minimum_lapse:g} s"
             f" (refreshd's effective period {result['effective_period_days']:.2f} d)"
         )
-        print("  staleness in periods   worst    p99  median  never  fetches  cycle (d)")
+        print(
+            f"  {'staleness in periods':<20} {'worst':>7} {'p99':>6} {'median':>7}"
+            f" {'never':>6} {'fetches':>8} {'cycle (d)':>10}"
+        )
         for name in ("refreshd", "parcimonie"):
             r = result[name]
             assert isinstance(r, dict)
             print(
-                f"  {name:<20} {r['worst']:7.2f} {r['p99']:6.2f} {r['median']:7.2f}"
+                f"  {name:<20} {r['worst']:7.3f} {r['p99']:6.3f} {r['median']:7.3f}"
                 f" {r['never_fetched']:6d} {r['fetches']:8d} {r['cycle_days']:10.2f}"
             )
 
