@@ -158,7 +158,14 @@ class Socks5Server:
     port: int = 0
     grants: list[SocksGrant] = field(default_factory=list)
 
-    async def start(self, nursery: trio.Nursery) -> Socks5Server:
+    async def start(self, nursery: trio.Nursery, unix_path: str = "") -> Socks5Server:
+        """Listen on 127.0.0.1, or on a Unix socket at `unix_path` (as a launched Tor does)."""
+        if unix_path:
+            sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+            await sock.bind(unix_path)
+            sock.listen()
+            await nursery.start(trio.serve_listeners, self._serve, [trio.SocketListener(sock)])
+            return self
         listeners = await nursery.start(partial(trio.serve_tcp, self._serve, 0, host="127.0.0.1"))
         self.port = listeners[0].socket.getsockname()[1]
         return self

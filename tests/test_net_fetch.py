@@ -14,8 +14,8 @@ from refreshd.net import vks
 from refreshd.net.answers import SourceError
 from refreshd.net.fetch import (
     HEADERS,
-    FetchFailed,
     Fetcher,
+    FetchFailed,
     Request,
     Validators,
     redirect_target,
@@ -143,14 +143,20 @@ async def test_trickling_server_is_cut_off(nursery: trio.Nursery, tmp_path: Path
     assert len(sink.body) < len(KEY)
 
 
-async def test_redirect_refused_without_policy(nursery: trio.Nursery, tmp_path: Path, tls: Tls) -> None:
+async def test_redirect_refused_without_policy(
+    nursery: trio.Nursery, tmp_path: Path, tls: Tls
+) -> None:
     server = await serve(nursery, tls, {"/": redirect("https://example.org/other")})
     fetcher = Fetcher(direct_config(tmp_path, tls, server.port), None)
-    assert "this source allows none" in await fetch_failure(fetcher, Request("https://example.org/k"))
+    assert "this source allows none" in await fetch_failure(
+        fetcher, Request("https://example.org/k")
+    )
     assert len(server.requests) == 1
 
 
-async def test_same_domain_redirect_is_followed(nursery: trio.Nursery, tmp_path: Path, tls: Tls) -> None:
+async def test_same_domain_redirect_is_followed(
+    nursery: trio.Nursery, tmp_path: Path, tls: Tls
+) -> None:
     handlers = {
         "/start": redirect("https://openpgpkey.example.org/hop"),
         "/hop": redirect("/key", 307),
@@ -260,8 +266,12 @@ async def test_conditional_request_gives_unchanged_without_body(
     assert second.validators == first.validators
 
 
-async def test_unchanged_body_detected_by_hash(nursery: trio.Nursery, tmp_path: Path, tls: Tls) -> None:
-    server = await serve(nursery, tls, {"/same": static(200, KEY), "/other": static(200, KEY + b"x")})
+async def test_unchanged_body_detected_by_hash(
+    nursery: trio.Nursery, tmp_path: Path, tls: Tls
+) -> None:
+    server = await serve(
+        nursery, tls, {"/same": static(200, KEY), "/other": static(200, KEY + b"x")}
+    )
     fetcher = Fetcher(direct_config(tmp_path, tls, server.port), None)
     first = await fetcher.fetch(Request("https://example.org/same"), sink=Sink())
     assert first.validators == Validators(body_sha256=first.validators.body_sha256)
@@ -346,6 +356,22 @@ async def test_fetches_through_socks_use_fresh_credentials_and_remote_names(
     assert server.accepts == 2  # one connection per fetch: no keep-alive reuse
 
 
+async def test_socks_port_on_a_unix_socket(nursery: trio.Nursery, tmp_path: Path, tls: Tls) -> None:
+    server = await serve(nursery, tls, {"/": static(200, KEY)})
+    socks = await Socks5Server({443: server.port}).start(nursery, str(tmp_path / "socks"))
+    control = await FakeControlPort().start(nursery)
+    cfg = tor_config(tmp_path, tls, f"127.0.0.1:{control.port}", f"unix:{tmp_path / 'socks'}")
+    tor = TorSupervisor(cfg, lambda event, **f: None)
+    await nursery.start(tor.run)
+    assert await tor.wait_ready(10)
+    sink = Sink()
+    answer = await Fetcher(cfg, tor).fetch(Request("https://example.org/k"), sink=sink)
+    assert sink.body == KEY and answer.status == 200
+    assert [(g.username, g.atyp, g.host) for g in socks.grants] == [
+        (answer.circuit_credentials, 3, "example.org")
+    ]
+
+
 async def test_socks_refusal_is_a_reason(nursery: trio.Nursery, tmp_path: Path, tls: Tls) -> None:
     socks = await Socks5Server({}).start(nursery)
     control = await FakeControlPort().start(nursery)
@@ -360,7 +386,12 @@ async def test_socks_refusal_is_a_reason(nursery: trio.Nursery, tmp_path: Path, 
 @pytest.mark.parametrize(
     ("first", "location", "hops", "outcome"),
     [
-        ("https://example.org/a", "https://openpgpkey.example.org/b", 0, "https://openpgpkey.example.org/b"),
+        (
+            "https://example.org/a",
+            "https://openpgpkey.example.org/b",
+            0,
+            "https://openpgpkey.example.org/b",
+        ),
         ("https://openpgpkey.example.org/a", "https://example.org/b", 0, "https://example.org/b"),
         ("https://example.org/a", "/b?x=1", 2, "https://example.org/b?x=1"),
         ("https://example.org/a", "https://example.org.evil.net/b", 0, "another domain"),
