@@ -274,6 +274,15 @@ def test_hkp_urls() -> None:
             hkp.base_url(bad)
 
 
+def test_hkp_lookup_by_address() -> None:
+    req = hkp.lookup_address("hkps://keys.example.net", "A+b@example.org")
+    assert urlsplit(req.url).path == "/pks/lookup"
+    query = parse_qs(urlsplit(req.url).query)
+    assert query == {"op": ["get"], "options": ["mr"], "search": ["A+b@example.org"]}
+    with pytest.raises(SourceError):
+        hkp.lookup_address("hkps://keys.example.net", "not an address")
+
+
 def test_hkp_upload() -> None:
     req = hkp.upload("hkps://keys.example.net", ARMORED)
     assert req.url == "https://keys.example.net:443/pks/add" and req.method == "POST"

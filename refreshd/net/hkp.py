@@ -15,6 +15,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from refreshd.net.answers import SourceError, normalize_fingerprint
 from refreshd.net.fetch import Request, Validators
+from refreshd.net.wkd import split_address
 
 SCHEMES = {
     "hkp": ("http", 11371),
@@ -43,10 +44,11 @@ def lookup(url: str, fpr: str, validators: Validators | None = None) -> Request:
     return Request(f"{base_url(url)}/pks/lookup?{query}", validators=validators)
 
 
-def lookup_address(url: str, address: str) -> Request:
-    """First contact by address: `search=<address>` (keyservers match it in the user IDs)."""
+def lookup_address(url: str, address: str, validators: Validators | None = None) -> Request:
+    """First contact: the keyserver's keys whose uids mention the address (may be several)."""
+    split_address(address)
     query = urlencode({"op": "get", "options": "mr", "search": address.strip()})
-    return Request(f"{base_url(url)}/pks/lookup?{query}")
+    return Request(f"{base_url(url)}/pks/lookup?{query}", validators=validators)
 
 
 def upload(url: str, armored: str) -> Request:
