@@ -372,6 +372,22 @@ async def test_socks_port_on_a_unix_socket(nursery: trio.Nursery, tmp_path: Path
     ]
 
 
+async def test_closed_socks_port_is_named(nursery: trio.Nursery, tmp_path: Path, tls: Tls) -> None:
+    control = await FakeControlPort().start(nursery)
+    cfg = tor_config(tmp_path, tls, f"127.0.0.1:{control.port}", f"127.0.0.1:{free_port()}")
+    tor = TorSupervisor(cfg, lambda event, **f: None)
+    await nursery.start(tor.run)
+    assert await tor.wait_ready(10)
+    reason = await fetch_failure(Fetcher(cfg, tor), Request("https://example.org/k"))
+    assert reason.startswith("could not connect to Tor's SOCKS port")
+
+
+async def test_invalid_url_is_a_reason(tmp_path: Path, tls: Tls) -> None:
+    fetcher = Fetcher(direct_config(tmp_path, tls, 1), None)
+    assert "invalid URL" in await fetch_failure(fetcher, Request("https://exa mple.org:x/k"))
+    assert "not an http(s) URL" in await fetch_failure(fetcher, Request("ftp://example.org/k"))
+
+
 async def test_socks_refusal_is_a_reason(nursery: trio.Nursery, tmp_path: Path, tls: Tls) -> None:
     socks = await Socks5Server({}).start(nursery)
     control = await FakeControlPort().start(nursery)

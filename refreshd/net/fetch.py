@@ -185,8 +185,10 @@ def parse_connect_to(entries: typing.Iterable[str]) -> dict[tuple[str, int], End
     return routes
 
 
-def describe_error(exc: BaseException, via_tor: bool) -> str:
-    """One sentence for a transport failure, from the exception and its causes."""
+def describe_error(exc: BaseException, socks_reached: bool | None) -> str:
+    """One sentence for a transport failure, from the exception and its causes.
+
+    `socks_reached` says, for a fetch through Tor, whether its SOCKS port answered at all."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ssl.SSLCertVerificationError):
@@ -195,10 +197,12 @@ def describe_error(exc: BaseException, via_tor: bool) -> str:
             return f"TLS handshake failed ({seen.reason or seen})"
         seen = seen.__cause__ or seen.__context__
     text = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.InvalidURL):
+        return f"invalid URL ({text})"
     if isinstance(exc, httpcore.ProxyError):
         return f"Tor could not open the connection ({text})"
     if isinstance(exc, httpcore.ConnectError):
-        where = "Tor's SOCKS port" if via_tor else "the server"
+        where = "Tor's SOCKS port" if socks_reached is False else "the server"
         return f"could not connect to {where} ({text})"
     if isinstance(exc, httpcore.ProtocolError):
         return f"the server broke the HTTP protocol ({text})"
@@ -216,6 +220,11 @@ class _Dialer(httpcore.AsyncNetworkBackend):
         self._only_routes = only_routes
         self._trio = httpcore.TrioBackend()
         self._opened: list[httpcore.AsyncNetworkStream] = []
+
+    @property
+    def connected(self) -> bool:
+        """Whether any connection of this fetch was opened."""
+        return bool(self._opened)
 
     async def abort(self) -> None:
         """Close every socket of this fetch (again: closing twice is harmless)."""
@@ -357,7 +366,8 @@ class Fetcher:
             try:
                 answer = await self._exchange(req, pool, dialer, sink)
             except _TRANSPORT_ERRORS as exc:
-                raise FetchFailed(describe_error(exc, via_tor=bool(username))) from exc
+                reached = dialer.connected if username else None
+                raise FetchFailed(describe_error(exc, reached)) from exc
             finally:
                 await dialer.abort()  # httpcore leaves the socket open when SOCKS fails
         if scope.cancelled_caught:
