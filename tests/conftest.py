@@ -4,6 +4,8 @@ fails if any process the world started is still alive after teardown."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,8 +29,13 @@ def _require(piece: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("world")
+def world_dir() -> Iterator[Path]:
+    """The world's files, outside pytest's basetemp (concurrent sessions rotate those away)."""
+    path = Path(tempfile.mkdtemp(prefix="refreshd-world-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -181,6 +181,7 @@ class World(contextlib.AbstractContextManager["World"]):
                 "exit_fingerprint": tor.exit_fingerprint,
                 "mapping": tor.mapping,
                 "start_seconds": round(tor.start_seconds, 2),
+                "phase_seconds": {k: round(v, 2) for k, v in tor.phase_seconds.items()},
                 "data_dirs": {k: str(v) for k, v in tor.data_dirs.items()},
             },
         }

@@ -195,7 +195,8 @@ class EventLog:
 class TorNetwork:
     """The private network; use as a context manager (stopped by PID on exit, always).
 
-    `mapping` gives each test domain the loopback address it maps to (default 127.0.0.1).
+    `mapping` gives each test domain the loopback address it maps to (default: the exit's
+    own `exit_address`, the only kind of target this network carries, see the module doc).
     """
 
     def __init__(
@@ -221,6 +222,7 @@ class TorNetwork:
         self.socks_port = 0
         self.control_port = 0
         self.start_seconds = 0.0
+        self.phase_seconds: dict[str, float] = {}
 
     # -- public API -------------------------------------------------------------------------
 
@@ -330,7 +332,8 @@ class TorNetwork:
         return self.client
 
     def _start_once(self) -> None:
-        deadline = time.monotonic() + self.timeout
+        began = time.monotonic()
+        deadline = began + self.timeout
         if self._base_parent is None:
             self.base_dir = Path(tempfile.mkdtemp(prefix="refreshd-tornet-"))
             self._own_base = True
@@ -342,15 +345,22 @@ class TorNetwork:
         resolv.write_text("nameserver 127.0.0.1\n")
         self.nodes = self._plan_nodes()
         self._make_identities()
+        keys_done = time.monotonic()
         for node in self.nodes:
             node.torrc.write_text(self._torrc(node, empty, resolv))
         for node in self.nodes:
             node.proc = procs.start(node.name, _tor_argv(node.torrc), node.data_dir / "log")
         self._await_consensus(deadline)
+        consensus_done = time.monotonic()
         client = self._client()
         client.torrc.write_text(self._torrc(client, empty, resolv))
         client.proc = procs.start(client.name, _tor_argv(client.torrc), client.data_dir / "log")
         self._await_client(deadline)
+        self.phase_seconds = {
+            "keys": keys_done - began,
+            "consensus": consensus_done - keys_done,
+            "client": time.monotonic() - consensus_done,
+        }
 
     def _plan_nodes(self) -> list[Node]:
         def node(name: str, role: str) -> Node:
@@ -508,14 +518,14 @@ class TorNetwork:
             return "PROGRESS=100" in phase
 
         if not procs.wait_for(bootstrapped, deadline - time.monotonic(), interval=0.2):
-            raise TorStartError("client did not bootstrap in time\n" + client_log(client))
+            raise TorStartError("client did not bootstrap in time\n" + _client_log(client))
         with _ProbeServer(self.exit_address) as probe:
             while True:
                 self._check_alive()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TorStartError(
-                        "no circuit through the exit in time\n" + client_log(client)
+                        "no circuit through the exit in time\n" + _client_log(client)
                     )
                 try:
                     answer = self.fetch_probe(probe.url, timeout=min(30.0, remaining))
@@ -536,7 +546,7 @@ class TorNetwork:
         )
 
 
-def client_log(client: Node) -> str:
+def _client_log(client: Node) -> str:
     return client.proc.log_tail() if client.proc else ""
 
 
