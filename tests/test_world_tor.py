@@ -12,7 +12,6 @@ import httpx
 import pytest
 import trio
 
-from tests import world
 from tests.world import names, procs
 from tests.world.ca import LocalCA
 from tests.world.keys import GpgKey, fingerprints_of, make_key
@@ -34,7 +33,7 @@ def published(wkd_server: WkdServer) -> GpgKey:
 
 def wkd_url(wkd_server: WkdServer, address: str) -> str:
     """The URL a WKD client would build (default HTTPS port when the world can offer it)."""
-    return wkd_server.wkd_url(address, port=443 if world.https_port_443() else None)
+    return wkd_server.wkd_url(address, port=443 if wkd_server.serves_443 else None)
 
 
 def isolated_client(tor: TorNetwork, ca: LocalCA) -> tuple[httpx.AsyncClient, str]:

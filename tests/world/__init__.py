@@ -53,15 +53,19 @@ def world_address() -> str:
     connections to addresses in that range that it did not hand out itself.
     """
     rng = random.SystemRandom()
-    while True:
+    for _ in range(20):
         address = f"127.{rng.randrange(1, 192)}.{rng.randrange(0, 256)}.{rng.randrange(1, 255)}"
         if _bindable(address, 443) or _bindable(address, 0):
             return address
+    return "127.0.0.1"
 
 
 @functools.cache
 def https_port_443() -> bool:
-    """Whether nginx can also listen on W:443 (needs privilege or a low unprivileged port)."""
+    """Whether this process may listen on W:443 (privilege or a low unprivileged port start).
+
+    Decided once, before any world server binds it; whether the port is still free when a
+    server starts is that server's own check (`WkdServer.serves_443`)."""
     return _bindable(world_address(), 443)
 
 
@@ -80,10 +84,12 @@ def tor_mapping() -> dict[str, str]:
 
 
 def start_wkd_server(ca: LocalCA, nicknym: NicknymServer, base_dir: Path | None) -> WkdServer:
-    """nginx for every web host on 127.0.0.1 and W (same port, plus 443 when allowed); the
-    nicknym provider's capability files are published at https://<nicknym domain>/."""
+    """nginx for every web host on 127.0.0.1 and W (same port, plus 443 when it can be bound:
+    privilege needed, and free in this process); the nicknym provider's capability files are
+    published at https://<nicknym domain>/."""
     address = world_address()
-    extra = ((address, 0), (address, 443)) if https_port_443() else ((address, 0),)
+    on_443 = https_port_443() and _bindable(address, 443)
+    extra = ((address, 0), (address, 443)) if on_443 else ((address, 0),)
     server = WkdServer(ca, names.web_hosts(), base_dir=base_dir, extra_listen=extra)
     server.start()
     try:
@@ -159,7 +165,7 @@ class World(contextlib.AbstractContextManager["World"]):
             "address": self.address,
             "wkd": {
                 "port": self.wkd.port,
-                "default_port_via_tor": https_port_443(),
+                "default_port_via_tor": self.wkd.serves_443,
                 "hosts": list(self.wkd.hosts),
                 "www": str(self.wkd.www),
                 "access_log": str(self.wkd.access_log_path),

@@ -190,6 +190,11 @@ class WkdServer:
             shutil.rmtree(self.prefix, ignore_errors=True)
 
     @property
+    def serves_443(self) -> bool:
+        """Whether an extra listener is on port 443 (then WKD URLs need no port via Tor)."""
+        return any(port == 443 for _address, port in self.extra_listen)
+
+    @property
     def error_log(self) -> Path:
         return self.prefix / "logs" / "error.log"
 
