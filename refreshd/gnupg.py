@@ -47,6 +47,7 @@ EXPORT_LIMIT = 1 << 40  # the keyring is the user's own: no size cap on the whol
 MAX_ATTEMPTS = 8
 RETRY_BASE = 30.0
 RETRY_CAP = 3600.0
+SETTLE = 1.0  # after the first change, wait this long so a burst becomes one gpg run
 ULTIMATE = "6"  # ownertrust value of an ultimately trusted key
 # IMPORT_OK flag bits (doc/DETAILS of GnuPG) -> what changed in the keyring
 IMPORT_FLAGS = ((1, "new key"), (2, "new user ids"), (4, "new signatures"), (8, "new subkeys"))
@@ -134,6 +135,31 @@ def parse_import_status(status: str) -> ImportReport:
     return ImportReport(changed, frozenset(unchanged), problems, summary)
 
 
+@dataclass(frozen=True)
+class WriteOutcome:
+    updated: Mapping[str, tuple[str, ...]]
+    unchanged: frozenset[str]
+    absent: frozenset[str]  # not in the keyring: merge-only left them out
+    retry: frozenset[str]
+
+
+def write_outcome(offered: frozenset[str], report: ImportReport, returncode: int) -> WriteOutcome:
+    """What one merge-only import did with the offered keys. gpg exits 0 only when every key
+    was merged, found unchanged or skipped as new; otherwise, and for every key it names a
+    problem with, a key it did not confirm is written again later."""
+    confirmed = (report.changed.keys() | report.unchanged) & offered
+    if not report.summary or returncode:
+        retry = offered - confirmed
+    else:
+        retry = (report.problems.keys() & offered) - confirmed
+    return WriteOutcome(
+        updated={f: w for f, w in report.changed.items() if f in offered},
+        unchanged=report.unchanged & offered,
+        absent=offered - confirmed - retry,
+        retry=frozenset(retry),
+    )
+
+
 def failure_reason(returncode: int, stderr: bytes) -> str:
     """gpg's last words, as one line."""
     lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
@@ -151,6 +177,7 @@ class GnupgBridge:
         self.audit = audit
         self.timeout = GPG_TIMEOUT
         self.retry_base = RETRY_BASE
+        self.settle = SETTLE
         self.rng = random.Random()
         self._gpg_lock = trio.Lock()  # never two gpg runs from here at once
         self._import_lock = trio.Lock()
@@ -302,6 +329,7 @@ class GnupgBridge:
             await trio.sleep_forever()
         while True:
             await self._wake.wait()
+            await trio.sleep(self.settle)
             self._wake = trio.Event()
             if self._pending:
                 await self.sync_pending()
@@ -330,11 +358,12 @@ class GnupgBridge:
             )
             if final:
                 for fpr in failed:
-                    self._pending.pop(fpr, None)
+                    if self._pending.get(fpr) is batch[fpr]:  # a newer copy gets its own tries
+                        del self._pending[fpr]
                 return
             await trio.sleep(delay)
 
-    async def _write(self, home: Path, batch: dict[str, bytes]) -> tuple[set[str], str]:
+    async def _write(self, home: Path, batch: dict[str, bytes]) -> tuple[frozenset[str], str]:
         """One merge-only import of the batch; the fingerprints to retry, and why."""
         try:
             code, out, err = await self._gpg(
@@ -342,18 +371,18 @@ class GnupgBridge:
                 stdin=b"".join(batch.values()),
             )  # fmt: skip
         except GpgFailed as exc:
-            return set(batch), exc.reason
+            return frozenset(batch), exc.reason
         report = parse_import_status(out.decode("utf-8", "replace"))
-        if not report.summary:
-            return set(batch), failure_reason(code, err)
-        self.audit.emit(
-            "gnupg.synced",
-            homedir=str(home),
-            written=len(batch),
-            updated={fpr: list(what) for fpr, what in report.changed.items() if fpr in batch},
-            unchanged=len(report.unchanged & batch.keys()),
-            not_in_keyring=len(batch.keys() - report.changed.keys() - report.unchanged
-                               - report.problems.keys()),
-        )  # fmt: skip
-        problems = {fpr: why for fpr, why in report.problems.items() if fpr in batch}
-        return set(problems), "; ".join(f"{f}: {w}" for f, w in sorted(problems.items()))
+        done = write_outcome(frozenset(batch), report, code)
+        if done.updated or done.unchanged or done.absent:
+            self.audit.emit(
+                "gnupg.synced",
+                homedir=str(home),
+                written=len(batch) - len(done.retry),
+                updated={fpr: list(what) for fpr, what in done.updated.items()},
+                unchanged=len(done.unchanged),
+                not_in_keyring=len(done.absent),
+            )
+        problems = {fpr: report.problems[fpr] for fpr in done.retry if fpr in report.problems}
+        reason = "; ".join(f"{f}: {w}" for f, w in sorted(problems.items()))
+        return done.retry, reason or failure_reason(code, err)

@@ -36,6 +36,7 @@ DOMAINS = ("example.org", "example.net", "Example.COM")
 class Listed:
     fingerprint: str
     validity: str  # gpg's key validity: e expired, r revoked, u ultimate, - f q ... live
+    expires: str  # seconds since the epoch, "" for none
     uids: list[tuple[str, str]]  # (uid validity, uid text)
 
 
@@ -53,7 +54,7 @@ def listing(home: Path) -> dict[str, Listed]:
     for line in out.splitlines():
         f = line.split(":")
         if f[0] == "pub":
-            current, want_fpr = Listed("", f[1], []), True
+            current, want_fpr = Listed("", f[1], f[6], []), True
         elif f[0] == "fpr" and want_fpr and current is not None:
             current.fingerprint, want_fpr = f[9], False
             keys[current.fingerprint] = current
@@ -104,11 +105,21 @@ class Rig:
     audit: AuditLog
 
     def events(self, event: str) -> list[dict]:
-        return audit_events(self.state, event)
+        lines = (self.state / "audit.jsonl").read_text().splitlines()
+        return [r for r in map(json.loads, lines) if r["event"] == event]
 
     def close(self) -> None:
         self.keys.store.close()
         self.audit.close()
+
+
+def make_rig(state: Path, *, sync: bool = False, homedir: str = "") -> Rig:
+    cfg = Config(
+        daemon=DaemonConfig(state_dir=state), gnupg=GnupgConfig(sync=sync, homedir=homedir)
+    )
+    audit = AuditLog(state / "audit.jsonl")
+    keys = KeyManager(Store(state / "refreshd.sqlite3"), audit, cfg)
+    return Rig(state, keys, GnupgBridge(cfg, keys, audit), audit)
 
 
 @pytest.fixture
@@ -116,23 +127,12 @@ def rigs(tmp_path: Path) -> Iterator[Callable[..., Rig]]:
     made: list[Rig] = []
 
     def make(*, sync: bool = False, homedir: str = "") -> Rig:
-        state = tmp_path / f"state{len(made)}"
-        cfg = Config(
-            daemon=DaemonConfig(state_dir=state), gnupg=GnupgConfig(sync=sync, homedir=homedir)
-        )
-        audit = AuditLog(state / "audit.jsonl")
-        keys = KeyManager(Store(state / "refreshd.sqlite3"), audit, cfg)
-        made.append(Rig(state, keys, GnupgBridge(cfg, keys, audit), audit))
+        made.append(make_rig(tmp_path / f"state{len(made)}", sync=sync, homedir=homedir))
         return made[-1]
 
     yield make
     for rig in made:
         rig.close()
-
-
-def audit_events(state: Path, event: str) -> list[dict]:
-    lines = (state / "audit.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["event"] == event]
 
 
 @dataclass(frozen=True)
@@ -152,27 +152,27 @@ def keyring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keyring]:
     past = NOW - timedelta(days=730)
     try:
         live = [
-            maker.generate(f"Person {i} <p{i}@{DOMAINS[i % 3]}>", "ed25519", "default", "1y")
+            maker.generate(f"Person {i} <p{i}@{DOMAINS[i % 3]}>", "future-default", "default", "1y")
             for i in range(27)
         ]
-        no_address = maker.generate("Only A Name", "ed25519", "default", "1y")
+        no_address = maker.generate("Only A Name", "future-default", "default", "1y")
         for i in range(4):
-            fpr = maker.generate(f"Multi {i} <m{i}@example.org>", "ed25519", "default", "2y")
+            fpr = maker.generate(f"Multi {i} <m{i}@example.org>", "future-default", "default", "2y")
             maker.add_uid(fpr, f"Multi {i} at work <m{i}.work@example.net>")
             maker.add_uid(fpr, f"Multi {i} old <m{i}.old@example.com>")
             if i == 0:
                 maker.revoke_uid(fpr, f"Multi {i} old <m{i}.old@example.com>")
         for i in range(4):
-            maker.generate(f"Expired {i} <x{i}@example.org>", "ed25519", "default", "1y", at=past)
+            maker.generate(f"Expired {i} <x{i}@example.org>", "future-default", "default", "1y", at=past)
         for i in range(3):
-            fpr = maker.generate(f"Revoked {i} <r{i}@example.net>", "ed25519", "default", "1y")
+            fpr = maker.generate(f"Revoked {i} <r{i}@example.net>", "future-default", "default", "1y")
             maker.run("--import", data=maker.revocation(fpr))
-        old = maker.generate("Mover <moving@example.org>", "ed25519", "default", "2y",
+        old = maker.generate("Mover <moving@example.org>", "future-default", "default", "2y",
                              at=NOW - timedelta(days=30))  # fmt: skip
-        new = maker.generate("Mover <moving@example.org>", "ed25519", "default", "2y")
+        new = maker.generate("Mover <moving@example.org>", "future-default", "default", "2y")
         maker.certify(old, new, "Mover <moving@example.org>")
-        maker.generate("Renewed <renewed@example.org>", "ed25519", "default", "1y", at=past)
-        maker.generate("Renewed <renewed@example.org>", "ed25519", "default", "2y")
+        maker.generate("Renewed <renewed@example.org>", "future-default", "default", "1y", at=past)
+        maker.generate("Renewed <renewed@example.org>", "future-default", "default", "2y")
         user.run("--import", data=maker.run("--export"))
         for i in range(4):
             user.run("--import", data=sq.cert(sq.generate(f"Sq {i} <sq{i}@example.net>")))
@@ -180,7 +180,7 @@ def keyring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keyring]:
                                                       "Sq two <sq.b@example.com>")))  # fmt: skip
         user.run("--import", data=sq.cert(sq.generate("Sq old <sq.x@example.org>",
                                                       expires_in="1y", created=past)))  # fmt: skip
-        own = user.generate("Me <me@example.org>", "ed25519", "default", "1y")
+        own = user.generate("Me <me@example.org>", "future-default", "default", "1y")
         trusted = live[0]  # ultimate ownertrust without a secret key; the own key the reverse
         user.run("--import-ownertrust", data=f"{trusted}:6:\n{own}:5:\n".encode())
         user.close()  # the agent started by keygen; the bridge must cope without it
