@@ -2,22 +2,24 @@
 
 Why: the byte and CPU cases drive the real refresh path (Discovery for first contact,
 Refresher.refresh for each key, KeyManager.consider for each key's bytes) one call at a time,
-so each measurement window holds exactly the work it names. Structured logging is silenced
-here (the audit file still gets every line): printing would cost CPU inside the windows.
+so each measurement window holds exactly the work it names. Logs are rendered as the daemon
+renders them (refreshd.daemon.configure_logging) and written to /dev/null, so their CPU cost
+is counted without filling the benchmark's output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from refreshd import config
 from refreshd.audit import AuditLog
+from refreshd.daemon import configure_logging
 from refreshd.discovery import Discovery
 from refreshd.keymanager import KeyManager
 from refreshd.net.fetch import Fetcher
@@ -27,10 +29,11 @@ from refreshd.retrieve import Retriever
 from refreshd.store import Store
 
 
-def quiet_logs() -> None:
-    structlog.configure(
-        processors=[], logger_factory=structlog.ReturnLoggerFactory(), cache_logger_on_first_use=True
-    )
+def discard_logs() -> None:
+    """Call before anything logs: structlog caches a logger on its first use."""
+    devnull = open(os.devnull, "w")  # noqa: SIM115 (kept open for the process's lifetime)
+    with contextlib.redirect_stderr(devnull):
+        configure_logging()
 
 
 def utcnow() -> datetime:

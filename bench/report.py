@@ -124,12 +124,12 @@ def markdown(cases: list[dict[str, Any]], machine: dict[str, Any]) -> str:
                 f"| {title} | {row['measure']} | {fmt_spread(r, unit)} | {peer} | {ratio} "
                 f"| {row['target']} | {met} |"
             )
+    quick = " (quick mode: smaller sizes, not figures to publish)" if machine["quick"] else ""
     lines += [
         "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['ram_gb']:.1f} GB RAM, "
         f"{machine['os']}; load average {machine['load_before']:.1f} before the run. "
-        f"Date: {machine['date']}. Whole run: {machine['run_seconds']:.0f} s"
-        f"{' (quick mode: smaller sizes, not the figures to publish)' if machine['quick'] else ''}.",
+        f"Date: {machine['date']}. Whole run: {machine['run_seconds']:.0f} s{quick}.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()) + ".",
     ]
     return "\n".join(lines) + "\n"
@@ -144,7 +144,7 @@ def _spread_of(raw: dict[str, Any] | None) -> Spread | None:
 # -- the machine -----------------------------------------------------------------------------
 
 
-def _first_line(argv: list[str], pattern: str = r"(\S*\d+\.\d+\S*)") -> str:
+def _first_line(argv: list[str], pattern: str) -> str:
     if shutil.which(argv[0]) is None:
         return "not installed"
     try:
@@ -169,13 +169,22 @@ def versions() -> dict[str, str]:
     return {
         "python": platform.python_version(),
         "refreshd": refreshd.__version__,
-        "gpg": _first_line(["gpg", "--version"]),
-        "sq": _first_line(["sq", "--version"]),
-        "tor": _first_line(["tor", "--version"]),
-        "nginx": _first_line(["nginx", "-v"]),
+        "gpg": _first_line(["gpg", "--version"], r"gpg \(GnuPG\) (\S+)"),
+        "sq": _first_line(["sq", "--version"], r"sq (\S+)"),
+        "tor": _first_line(["tor", "--version"], r"Tor version ([\d.]*\d)"),
+        "nginx": _first_line(["nginx", "-v"], r"nginx/(\S+)"),
         "sks": _first_line(["sks", "version"], r"SKS version (\S+)"),
         "parcimonie": _package_version("parcimonie"),
     }
+
+
+def _os_name() -> str:
+    try:
+        text = Path("/etc/os-release").read_text()
+    except OSError:
+        return platform.system()
+    found = re.search(r'^PRETTY_NAME="?([^"\n]*)', text, re.M)
+    return found.group(1) if found else platform.system()
 
 
 def machine() -> dict[str, Any]:
@@ -192,7 +201,7 @@ def machine() -> dict[str, Any]:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "ram_gb": mem_kb / 1024 / 1024,
-        "os": f"{platform.system()} {platform.release()}",
+        "os": f"{_os_name()}, {platform.system()} {platform.release()}",
         "python_executable": sys.executable,
         "load_before": os.getloadavg()[0],
     }

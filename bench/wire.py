@@ -236,9 +236,7 @@ def run(quick: bool = False, repeats: int = 3) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _measure(
-    world: World, root: Path, keys: list[keyset.BenchKey], repeats: int
-) -> dict[str, Any]:
+def _measure(world: World, root: Path, keys: list[keyset.BenchKey], repeats: int) -> dict[str, Any]:
     for key in keys:
         world.wkd.publish_wkd(key.address, key.data, methods=("advanced",))
         if world.sks.add_key(armor(key.data)) != 200:

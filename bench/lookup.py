@@ -1,0 +1,114 @@
+"""Socket `lookup` throughput and latency: a real `refreshd run` holding N registered keys,
+32 concurrent clients.
+
+The daemon runs as users run it (tests/daemon_proc.py: a subprocess with a config file) on a
+copy of bench/population.py's state. Each client is a separate process (fork) with one plain
+Unix socket connection, sending one JSON-RPC `lookup` for a random registered address, waiting
+for the answer line, and again, for a fixed time; latency is measured around each request.
+All clients start at the same moment. Lookups/s is all answers over the time from that moment
+to the last answer.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import random
+import shutil
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.population import Population, copy_state
+from bench.report import Row, spread
+from tests.daemon_proc import Daemon, write_config
+
+CLIENTS = 32
+
+
+def _client(
+    path: str, addresses: list[str], start_at: float, seconds: float, seed: int, out: Any
+) -> None:
+    rng = random.Random(seed)
+    latencies: list[float] = []
+    errors = 0
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(path)
+        reader = sock.makefile("rb")
+        while time.monotonic() < start_at:
+            time.sleep(0.0005)
+        end = start_at + seconds
+        n = 0
+        while time.monotonic() < end:
+            n += 1
+            request = {"jsonrpc": "2.0", "id": n, "method": "lookup",
+                       "params": {"address": rng.choice(addresses)}}  # fmt: skip
+            line = json.dumps(request).encode() + b"\n"
+            began = time.perf_counter()
+            sock.sendall(line)
+            answer = reader.readline()
+            latencies.append(time.perf_counter() - began)
+            if b'"state":"registered"' not in answer.replace(b" ", b""):
+                errors += 1
+    out.put({"latencies": latencies, "errors": errors, "finished": time.monotonic()})
+
+
+def load(path: Path, addresses: list[str], clients: int, seconds: float) -> dict[str, Any]:
+    """One run: `clients` processes for `seconds`; p50/p99 latency, answers per second."""
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    start_at = time.monotonic() + 1.0 + clients * 0.02
+    procs = [
+        ctx.Process(target=_client, args=(str(path), addresses, start_at, seconds, i, results))
+        for i in range(clients)
+    ]
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=seconds + 120) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    latencies = sorted(x for g in got for x in g["latencies"])
+    elapsed = max(g["finished"] for g in got) - start_at
+    q = statistics.quantiles(latencies, n=100)
+    return {
+        "lookups": len(latencies),
+        "errors": sum(g["errors"] for g in got),
+        "seconds": elapsed,
+        "per_second": len(latencies) / elapsed,
+        "p50": statistics.median(latencies),
+        "p99": q[98],
+        "max": latencies[-1],
+    }
+
+
+def run(population: Population, quick: bool = False, repeats: int = 3) -> dict[str, Any]:
+    seconds = 3.0 if quick else 10.0
+    repeats = 1 if quick else repeats
+    root = Path(tempfile.mkdtemp(prefix="refreshd-bench-lookup-"))
+    try:
+        copy_state(population, root)
+        daemon = Daemon(write_config(root, {}))
+        try:
+            if daemon.call("status")["addresses"] != len(population.addresses):
+                raise RuntimeError("the daemon does not hold the population")
+            load(daemon.socket, population.addresses, 2, 0.5)  # warm caches and imports
+            runs = [
+                load(daemon.socket, population.addresses, CLIENTS, seconds) for _ in range(repeats)
+            ]
+        finally:
+            daemon.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    n = len(population.addresses)
+    p50, p99 = spread(r["p50"] for r in runs), spread(r["p99"] for r in runs)
+    rate = spread(r["per_second"] for r in runs)
+    rows = [
+        Row(f"lookup p50, {n:,} keys, {CLIENTS} clients", "seconds", p50),
+        Row("lookup p99", "seconds", p99, "< 2 ms", p99.median < 0.002),
+        Row("lookups per second", "per-s", rate, "> 5,000/s", rate.median > 5000),
+    ]
+    return {"rows": rows, "details": {"keys": n, "clients": CLIENTS, "seconds": seconds,
+                                      "runs": runs}}  # fmt: skip

@@ -1,0 +1,122 @@
+"""Refresh over the private Tor network: seconds per key and circuits per key.
+
+refreshd runs in process (bench/engine.py) with tor.mode "system" against the loopback Tor
+network of tests/world (its client's SOCKS and control ports), so every fetch takes the path a
+user's would: Tor supervision, a fresh SOCKS username and password per fetch, the name handed
+to Tor (MapAddress sends the test names to the world's nginx on port 443). First contact
+(Discovery) fetches each key once; then Refresher.refresh runs for each key, one at a time,
+timed one by one, while stem records Tor's STREAM and CIRC events: the SOCKS usernames on the
+streams tell the fetches apart, the circuits built for those usernames are counted per key.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bench import keyset
+from bench.engine import Engine, engine
+from bench.report import Row, spread
+from tests.world import World
+from tests.world.tornet import EventLog
+
+READY_TIMEOUT = 60.0
+
+
+async def _refresh_all(eng: Engine, keys: list[keyset.BenchKey]) -> dict[str, Any]:
+    out: dict[str, Any] = {"discovery_seconds": [], "refresh_seconds": [], "outcomes": []}
+    assert eng.tor is not None
+    async with trio.open_nursery() as nursery:
+        await nursery.start(eng.tor.run)
+        if not await eng.tor.wait_ready(READY_TIMEOUT):
+            raise RuntimeError(f"Tor not ready: {eng.tor.detail}")
+        for key in keys:
+            began = time.perf_counter()
+            decision = await eng.discovery.discover(key.address)
+            out["discovery_seconds"].append(time.perf_counter() - began)
+            if decision is None or decision.fingerprint != key.fingerprint:
+                raise RuntimeError(f"first contact over Tor failed for {key.address}")
+        out["events_from"] = time.monotonic()
+        for key in keys:
+            began = time.perf_counter()
+            ok = await eng.refresher.refresh(key.fingerprint)
+            out["refresh_seconds"].append(time.perf_counter() - began)
+            if not ok:
+                raise RuntimeError(f"refresh over Tor failed: {eng.refresher.last}")
+            out["outcomes"].append(eng.refresher.last["outcome"])
+        nursery.cancel_scope.cancel()
+    return out
+
+
+def _circuits(log: EventLog, n: int) -> dict[str, Any]:
+    """Circuits Tor built for, and used by, the refresh fetches' SOCKS usernames."""
+
+    def done(events: EventLog) -> bool:
+        users = {s.socks_username for s in events.streams if s.status == "SUCCEEDED"}
+        return len(users - {None}) >= n
+
+    log.wait_until(done, 30)
+    streams = [s for s in log.streams if s.status == "SUCCEEDED" and s.socks_username]
+    users = {s.socks_username for s in streams}
+    built = {c.id for c in log.circuits if c.status == "BUILT" and c.socks_username in users}
+    carrying = {s.circ_id for s in streams}
+    return {
+        "fetches": len(users),
+        "circuits_built": len(built),
+        "circuits_carrying_streams": len(carrying),
+        "conflux_linked": sum(
+            1 for c in log.circuits if c.status == "BUILT" and c.purpose == "CONFLUX_LINKED"
+        ),
+    }
+
+
+def run(world: World, quick: bool = False) -> dict[str, Any]:
+    if world.tor is None:
+        raise RuntimeError("the Tor case needs a world with Tor")
+    if not world.wkd.serves_443:
+        why = "cannot run: nginx could not listen on port 443 of the world address"
+        return {"rows": [Row("refresh over Tor", "seconds", None, peer_note=why)], "details": {}}
+    n = 5 if quick else 20
+    keys = [keyset.make_key(keyset.address(i, "tor")) for i in range(n)]
+    for key in keys:
+        world.wkd.publish_wkd(key.address, key.data, methods=("advanced",))
+    root = Path(tempfile.mkdtemp(prefix="refreshd-bench-tor-"))
+    tor = world.tor
+    eng = engine(
+        root / "state",
+        {
+            "tor": {
+                "mode": "system",
+                "socks": f"127.0.0.1:{tor.socks_port}",
+                "control": f"127.0.0.1:{tor.control_port}",
+            },
+            "network": {"ca_file": str(world.ca.ca_file), "timeout": "60s"},
+            "discovery": {"order": ["wkd"], "vks": [], "hkp": []},
+        },
+    )
+    try:
+        with tor.record_events() as log:
+            timings = trio.run(_refresh_all, eng, keys)
+            circuits = _circuits(log, n)
+    finally:
+        eng.close()
+        shutil.rmtree(root, ignore_errors=True)
+    per_key = spread(timings["refresh_seconds"])
+    first = spread(timings["discovery_seconds"])
+    built = spread([circuits["circuits_built"] / n])
+    carrying = spread([circuits["circuits_carrying_streams"] / n])
+    rows = [
+        Row(f"refresh over Tor, {n} unchanged WKD keys: seconds per key", "seconds", per_key,
+            "report"),
+        Row("first contact over Tor: seconds per key", "seconds", first, "report"),
+        Row("circuits built per refreshed key", "count", built, "report"),
+        Row("distinct circuits carrying the refresh fetches, per key", "count", carrying,
+            "1 (isolation)", circuits["circuits_carrying_streams"] == n),
+    ]  # fmt: skip
+    return {"rows": rows, "details": {"keys": n, "timings": timings, "circuits": circuits,
+                                      "tor_start_seconds": tor.start_seconds}}  # fmt: skip
