@@ -1,9 +1,9 @@
 """Living beside GnuPG: import a keyring into refreshd, and write refreshed keys back into it.
 
 Rules:
-- Reading a keyring changes nothing in it: only `--export`, `--export-ownertrust`,
-  `--list-keys` and `--list-secret-keys` run, with `--no-auto-check-trustdb`, so not even the
-  trust db is written.
+- Reading a keyring changes nothing in it: only `--export`, `--export-ownertrust` (when there
+  is a trust db) and the listings run, with `--no-auto-check-trustdb` and the listings with
+  `--trust-model always`, so not even the trust db is written or created.
 - Every key goes through the decision engine once for each address of a valid self-signed
   user id: at weak-chain (source `gnupg`), or at known-key (source `gnupg-trusted`) when GnuPG
   trusts it ultimately or holds its secret key (the user's own keys).
@@ -12,8 +12,10 @@ Rules:
   (rule 3.1) from the older one.
 - Writing back (`gnupg.sync`) imports with `--import-options merge-only`: gpg updates the keys
   it has, never adds a key it does not have, and never removes anything. Changed keys are
-  coalesced by fingerprint and written in one gpg run; only one gpg runs from here at a time,
-  and gpg's own lock files keep the user's gpg runs safe.
+  coalesced by fingerprint and written in one gpg run after a short settle delay; only one gpg
+  runs from here at a time. gpg's lock file serialises our writes with the user's; GnuPG 2.2
+  readers take no lock, so a user's gpg started during a write may fail once (as beside any
+  other writer, parcimonie included), which is why writes happen only for real changes.
 - A failed write is retried with backoff, at most MAX_ATTEMPTS times; each outcome is audited
   (`gnupg.synced`, `gnupg.sync_failed`).
 """
@@ -58,6 +60,7 @@ IMPORT_PROBLEMS = {
     "3": "certificate chain too long",
     "4": "error storing certificate",
 }
+NO_TRUSTDB = ("--trust-model", "always")  # a listing that neither reads nor creates trustdb.gpg
 NO_ADDRESS = "The key has no valid self-signed user ID with an email address."
 
 
@@ -270,22 +273,40 @@ class GnupgBridge:
         if not home.is_dir():
             raise RpcError(INVALID_PARAMS, f"Invalid params: {home} is not a directory")
         async with self._import_lock:
+            trusted, warnings = await self._trusted(home)
             try:
-                listed = await self._read(home, "--with-colons", "--list-keys")
-                trusted = ultimately_trusted(await self._read(home, "--export-ownertrust"))
-                secret = await self._read(home, "--with-colons", "--list-secret-keys")
+                listed = await self._read(home, *NO_TRUSTDB, "--with-colons", "--list-keys")
                 keep = primary_fingerprints(listed, "pub") | frozenset(
                     self.keys.store.registered_fingerprints()
                 )
                 certs = await self._export(home, keep)
             except GpgFailed as exc:
                 raise RpcError(INTERNAL_ERROR, f"Reading {home} failed: {exc.reason}") from exc
-            trusted |= primary_fingerprints(secret, "sec")
             result = await self._consider_all(certs, trusted)
         self.audit.emit("gnupg.imported", homedir=str(home),
                         **{k: v for k, v in result.items() if k != "skipped"},
-                        skipped=len(result["skipped"]))  # fmt: skip
-        return {"homedir": str(home), **result}
+                        skipped=len(result["skipped"]), warnings=warnings)  # fmt: skip
+        return {"homedir": str(home), **result, "warnings": warnings}
+
+    async def _trusted(self, home: Path) -> tuple[frozenset[str], list[str]]:
+        """Keys GnuPG trusts ultimately or holds the secret of; what could not be read of that
+        (no gpg-agent, a read-only home) only lowers those keys to weak-chain, with a warning."""
+        trusted: frozenset[str] = frozenset()
+        warnings = []
+        if (home / "trustdb.gpg").exists():  # without one, nothing is trusted yet
+            try:
+                trusted = ultimately_trusted(await self._read(home, "--export-ownertrust"))
+            except GpgFailed as exc:
+                warnings.append(f"Ownertrust could not be read ({exc.reason}).")
+        try:
+            listing = await self._read(home, *NO_TRUSTDB, "--with-colons", "--list-secret-keys")
+            trusted |= primary_fingerprints(listing, "sec")
+        except GpgFailed as exc:
+            warnings.append(
+                f"Secret keys could not be listed ({exc.reason}); the user's own keys count as "
+                "known-key only if they are ultimately trusted."
+            )
+        return trusted, warnings
 
     async def _consider_all(self, certs: list[Cert], trusted: frozenset[str]) -> dict[str, Any]:
         counts = dict.fromkeys(("registered", "replaced", "merged", "kept", "rejected"), 0)

@@ -163,9 +163,13 @@ def keyring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keyring]:
             if i == 0:
                 maker.revoke_uid(fpr, f"Multi {i} old <m{i}.old@example.com>")
         for i in range(4):
-            maker.generate(f"Expired {i} <x{i}@example.org>", "future-default", "default", "1y", at=past)
+            maker.generate(
+                f"Expired {i} <x{i}@example.org>", "future-default", "default", "1y", at=past
+            )
         for i in range(3):
-            fpr = maker.generate(f"Revoked {i} <r{i}@example.net>", "future-default", "default", "1y")
+            fpr = maker.generate(
+                f"Revoked {i} <r{i}@example.net>", "future-default", "default", "1y"
+            )
             maker.run("--import", data=maker.revocation(fpr))
         old = maker.generate("Mover <moving@example.org>", "future-default", "default", "2y",
                              at=NOW - timedelta(days=30))  # fmt: skip
@@ -198,6 +202,7 @@ async def test_import_matches_gpg_for_every_address(
     before = files_digest(keyring.home)
     result = await bridge.import_keyring(str(keyring.home))
     assert files_digest(keyring.home) == before  # reading changed nothing, trust db included
+    assert result["warnings"] == []
     stop_agent(keyring.home)
 
     gpg = listing(keyring.home)
@@ -276,3 +281,24 @@ async def test_missing_homedir_and_empty_keyring(tmp_path: Path, rigs: Callable[
     stop_agent(empty)
     assert result["keys"] == result["addresses"] == 0 and result["skipped"] == []
     assert rig.events("gnupg.imported")[-1]["keys"] == 0
+
+
+async def test_no_trust_db_and_no_agent(tmp_path: Path, rigs: Callable[..., Rig]) -> None:
+    """A keyring without a trust db and where gpg-agent cannot start: the import creates
+    neither, and the user's own key, no longer recognisable, is only weak-chain."""
+    user = Gpg(tmp_path / "home")
+    own = user.generate("Me <me@example.org>")
+    user.close()
+    (user.home / "trustdb.gpg").unlink()
+    (user.home / "gpg.conf").write_text("agent-program /nonexistent/gpg-agent\n")
+    before = files_digest(user.home)
+    rig = rigs()
+    result = await rig.bridge.import_keyring(str(user.home))
+    assert files_digest(user.home) == before
+    assert (
+        len(result["warnings"]) == 1
+        and "Secret keys could not be listed" in (result["warnings"][0])
+    )
+    registration = rig.keys.store.registration("me@example.org")
+    assert (registration.fingerprint, registration.level) == (own, "weak-chain")
+    assert rig.events("gnupg.imported")[-1]["warnings"] == result["warnings"]
