@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ from tests.world import names
 from tests.world.ca import LocalCA
 from tests.world.nginx import WkdServer, wkd_path
 from tests.world.sks import SksServer
-from tests.world.tornet import EventLog, TorNetwork
+from tests.world.tornet import EventLog, StreamRecord, TorNetwork
 
 pytestmark = [
     pytest.mark.e2e,
@@ -84,8 +85,8 @@ def events(scene: Scene, name: str, after: int = 0, **fields: object) -> list[di
     ]
 
 
-def register_from_wkd(scene: Scene, wkd: WkdServer, address: str, **key_args: object) -> str:
-    fingerprint = scene.new_key(f"Someone <{address}>", **key_args)  # type: ignore[arg-type]
+def register_from_wkd(scene: Scene, wkd: WkdServer, address: str, **key_args: Any) -> str:
+    fingerprint = scene.new_key(f"Someone <{address}>", **key_args)
     publish(wkd, address, scene.public(fingerprint))
     answer = scene.lookup(address)
     assert answer["state"] == "registered", answer
@@ -403,7 +404,7 @@ def test_twenty_fetches_use_twenty_circuits_and_tor_resolves_the_names(
     assert {s.id for s in new} <= remapped
 
 
-def _user_streams(log: EventLog, status: str) -> list:  # type: ignore[type-arg]
+def _user_streams(log: EventLog, status: str) -> list[StreamRecord]:
     return [s for s in log.streams if s.status == status and s.socks_username]
 
 
