@@ -27,7 +27,7 @@ class Hit:
     host: str
     kind: str  # "fingerprint" | "email" | "other"
     subject: str  # the fingerprint (upper-case) or address asked for
-    status: int
+    status: int  # 0: no answer was sent (held, or the client left)
     start: float
     end: float
 
@@ -36,7 +36,7 @@ class Hit:
 class Behaviour:
     failing_hosts: set[str] = field(default_factory=set)  # lookups by fingerprint answer 500
     failing_keys: set[str] = field(default_factory=set)  # any lookup of these answers 500
-    hanging_keys: set[str] = field(default_factory=set)  # no answer until the server stops
+    hanging_keys: set[str] = field(default_factory=set)  # no answer: held until the client leaves
     delay: float = 0.0  # seconds every answer waits before it is sent
 
 
@@ -153,12 +153,14 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         owner = self.server.owner
         start = owner._enter()
+        self.close_connection = True
         host = (self.headers.get("Host") or "").rsplit(":", 1)[0].lower()
         status, body, kind, subject = 0, b"", "other", self.path
         try:
             status, body, kind, subject, hang = owner.answer(host, self.path)
             if hang:
-                owner._release.wait(60)
+                self._hold()
+                status = 0
                 return
             if owner.behaviour.delay:
                 time.sleep(owner.behaviour.delay)
@@ -173,4 +175,15 @@ class _Handler(BaseHTTPRequestHandler):
             status = 0
         finally:
             owner._leave(Hit(host, kind, subject, status, start, time.time()))
-        self.close_connection = True
+
+    def _hold(self) -> None:
+        """Send nothing until the client closes the connection (or the server stops)."""
+        self.connection.settimeout(0.05)
+        while not self.server.owner._release.is_set():
+            try:
+                if not self.connection.recv(1):
+                    return
+            except TimeoutError:
+                continue
+            except OSError:
+                return

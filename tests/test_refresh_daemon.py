@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -52,7 +54,15 @@ def server(test_ca: LocalCA, keyring: list[Key]) -> Iterator[KeyServer]:
         yield srv
 
 
-def start(root: Path, server: KeyServer, ca: LocalCA, *, period: str, minimum_lapse: str) -> Daemon:
+def start(
+    root: Path,
+    server: KeyServer,
+    ca: LocalCA,
+    *,
+    period: str,
+    minimum_lapse: str,
+    timeout: str = "5s",
+) -> Daemon:
     config = write_config(
         root,
         {
@@ -60,7 +70,7 @@ def start(root: Path, server: KeyServer, ca: LocalCA, *, period: str, minimum_la
             "network": {
                 "ca_file": str(ca.ca_file),
                 "connect_to": [f"{h}:443:127.0.0.1:{server.port}" for h in (GOOD, BAD)],
-                "timeout": "5s",
+                "timeout": timeout,
             },
             "refresh": {"period": period, "minimum_lapse": minimum_lapse},
             "discovery": {"order": ["vks"], "vks": [f"https://{GOOD}", f"https://{BAD}"]},
@@ -337,22 +347,62 @@ def test_failing_source_backs_off_with_growing_delays(
     assert len(refreshes(server.log(), BAD)) == 4
 
 
-def test_lengthened_cycle_keeps_the_minimum_lapse(
+def test_lengthened_cycle_keeps_the_minimum_lapse_and_waits_out_a_hung_server(
     tmp_path: Path, server: KeyServer, test_ca: LocalCA, keyring: list[Key]
 ) -> None:
-    """Four keys, a 2 s period and a 1 s minimum lapse do not fit: the cycle lengthens, status
-    says so, and no fetch follows the previous one sooner than the minimum lapse."""
-    keys = keyring[:4]
-    daemon = start(tmp_path, server, test_ca, period="2s", minimum_lapse="1s")
+    """Four keys, a 4 s period and a 1 s minimum lapse do not fit: the cycle lengthens, status
+    says so, and no fetch follows the previous one sooner than the minimum lapse. The server
+    never answers for one key: that fetch ends at network.timeout, and nothing else is
+    fetched meanwhile."""
+    keys, hung = keyring[:3], keyring[3]
+    server.behaviour.hanging_keys.add(hung.fpr)
+    daemon = start(tmp_path, server, test_ca, period="4s", minimum_lapse="1s", timeout="1s")
     try:
-        register(daemon, keys)
-        server.wait_for(lambda h: len(h) >= 2 * len(keys), timeout=60)
+        register(daemon, [*keys, hung])
+        server.wait_for(
+            lambda h: len([x for x in h if x.status == 200]) >= 2 * len(keys), timeout=90
+        )
         refresh = daemon.call("status")["refresh"]
     finally:
         daemon.stop()
     assert refresh["lengthened"] is True
     assert refresh["effective_period_seconds"] == pytest.approx(4 * 1 * 1.5)
     hits = server.log()
+    assert_one_at_a_time(server, hits)
     assert all(b.start - a.end >= 1.0 for a, b in itertools.pairwise(hits))
-    for cycle in blocks(hits, len(keys)):
+    answered = [h for h in hits if h.subject != hung.fpr]
+    for cycle in blocks(answered, len(keys)):
         assert sorted(h.subject for h in cycle) == sorted(k.fpr for k in keys)
+    held = [h for h in hits if h.subject == hung.fpr]
+    assert held and all(h.status == 0 and h.end - h.start >= 0.9 for h in held[:-1])
+    failed = audit_events(tmp_path, "refresh.failed")
+    assert failed and all(e["fingerprint"] == hung.fpr for e in failed)
+    assert all("timed out" in e["reason"] for e in failed)
+
+
+def test_the_server_sees_requests_that_overlap(test_ca: LocalCA, keyring: list[Key]) -> None:
+    """The instrument itself: two clients at once are two requests in flight."""
+    cert = test_ca.issue([GOOD])
+    key = keyring[0]
+    with KeyServer(cert.server_context()) as srv:
+        srv.add(key.fpr, key.armored.encode())
+        srv.behaviour.delay = 0.3
+
+        def get() -> None:
+            tls = test_ca.client_context()
+            raw = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            with raw, tls.wrap_socket(raw, server_hostname=GOOD) as conn:
+                request = f"GET /vks/v1/by-fingerprint/{key.fpr} HTTP/1.1\r\nHost: {GOOD}\r\n\r\n"
+                conn.sendall(request.encode())
+                while conn.recv(65536):
+                    pass
+
+        clients = [threading.Thread(target=get) for _ in range(2)]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join(10)
+        hits = srv.log()
+    assert [h.status for h in hits] == [200, 200] and srv.max_in_flight == 2
+    with pytest.raises(AssertionError):
+        assert_one_at_a_time(srv, hits)
