@@ -1,0 +1,181 @@
+"""The daemon: one nursery that owns every task (SPEC section 1).
+
+Start order: state directory, audit log, store, socket (so clients get answers at once, even
+before Tor is usable), then Tor supervision, discovery, the refresh loop, the own-key task and
+the scheduler's periodic jobs. SIGTERM or SIGINT cancels the nursery; the socket file is
+removed on the way out and systemd is told STOPPING.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import structlog
+import trio
+from apscheduler import AsyncScheduler
+from apscheduler.datastores.memory import MemoryDataStore
+from apscheduler.triggers.interval import IntervalTrigger
+
+from refreshd import __version__, sdnotify
+from refreshd.audit import AuditLog
+from refreshd.config import Config
+from refreshd.discovery import Discovery
+from refreshd.gnupg import GnupgBridge
+from refreshd.keymanager import KeyManager
+from refreshd.net.fetch import Fetcher
+from refreshd.net.tor import TorSupervisor
+from refreshd.own import OwnKeys
+from refreshd.refresher import Refresher
+from refreshd.retrieve import Retriever
+from refreshd.rpc import RpcServer
+from refreshd.service import Service
+from refreshd.store import Store
+
+# APScheduler references jobs by module-level name; they act on the running daemon.
+_running: Daemon | None = None
+
+
+async def own_key_check() -> None:
+    """Daily: the own-key expiry policy (SPEC 7)."""
+    if _running is not None:
+        await _running.own.check()
+
+
+async def database_maintenance() -> None:
+    """Nightly: checkpoint the WAL, refresh query statistics."""
+    if _running is not None:
+        _running.store.maintain()
+
+
+async def cycle_watchdog() -> None:
+    """Hourly: a refresh loop that fell far behind its deadline is reported, and woken."""
+    if _running is None:
+        return
+    status = _running.refresher.status()
+    nxt = status.get("next_refresh_at")
+    if nxt and datetime.fromisoformat(nxt) < datetime.now(UTC):
+        _running.audit.emit("refresh.stalled", next_refresh_at=nxt)
+        _running.refresher.wake()
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def configure_logging() -> None:
+    """Structured events to stderr (the journal under systemd), one JSON object per line."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(sort_keys=True),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    # Libraries would log every URL fetched (contacts' addresses) and stem's chatter: the
+    # audit log already records each fetch once, so keep them to real warnings.
+    for name in ("httpx", "httpcore", "hpack", "apscheduler"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("stem").setLevel(logging.CRITICAL)
+
+
+class Daemon:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        cfg.daemon.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.audit = AuditLog(cfg.audit_file)
+        self.store = Store(cfg.database)
+        self.keys = KeyManager(self.store, self.audit, cfg, utcnow)
+        self.tor = TorSupervisor(cfg, self.audit.emit)
+        self.fetcher = Fetcher(cfg, self.tor)
+        self.retriever = Retriever(cfg, self.fetcher)
+        self.discovery = Discovery(self.keys, self.retriever, cfg, self.audit, utcnow)
+        self.refresher = Refresher(self.keys, self.retriever, cfg, self.audit)
+        self.own = OwnKeys(cfg, self.store, self.audit, self.fetcher, utcnow)
+        self.gnupg = GnupgBridge(cfg, self.keys, self.audit)
+        self.service = Service(
+            self.keys,
+            discovery=self.discovery,
+            refresher=self.refresher,
+            own=self.own,
+            tor_status=self.tor_status,
+            import_gnupg=self.gnupg.import_keyring,
+        )
+        self.server = RpcServer(self.service.methods(), emit=self.audit.emit)
+
+    def tor_status(self) -> dict[str, Any]:
+        return {"mode": self.cfg.tor.mode, "state": self.tor.state, "detail": self.tor.detail}
+
+    async def serve(self) -> None:
+        global _running
+        _running = self
+        inherited = sdnotify.listen_fds()
+        if self.cfg.tor.allow_clearnet:
+            self.audit.emit(
+                "daemon.clearnet",
+                reason="tor.allow_clearnet = true: requests may "
+                "leave without Tor; for tests and diagnostics only",
+            )
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._signals, nursery.cancel_scope)
+                if inherited:  # socket activation: systemd owns the socket file
+                    await nursery.start(partial(self.server.serve, inherited=inherited[0]))
+                else:
+                    await nursery.start(self.server.serve, self.cfg.daemon.socket)
+                counts = self.store.counts()
+                self.audit.emit(
+                    "daemon.started",
+                    version=__version__,
+                    socket=str(self.cfg.daemon.socket),
+                    **counts,
+                )
+                sdnotify.notify(
+                    "READY=1", f"STATUS=serving {counts['keys']} keys; Tor {self.tor.state}"
+                )
+                await nursery.start(self.tor.run)
+                await nursery.start(self.discovery.run)
+                await nursery.start(self.refresher.run)
+                await nursery.start(self.own.run)
+                await nursery.start(self.gnupg.run)
+                nursery.start_soon(self._scheduler)
+        finally:
+            sdnotify.notify("STOPPING=1")
+            self.audit.emit("daemon.stopped")
+            self.store.close()
+            self.audit.close()
+            _running = None
+
+    async def _signals(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                self.audit.emit("daemon.stopping", signal=signal.Signals(signum).name)
+                scope.cancel()
+                return
+
+    async def _scheduler(self) -> None:
+        async with AsyncScheduler(data_store=MemoryDataStore()) as scheduler:
+            await scheduler.add_schedule(own_key_check, IntervalTrigger(days=1), id="own-key")
+            await scheduler.add_schedule(
+                database_maintenance, IntervalTrigger(days=1), id="maintenance"
+            )
+            await scheduler.add_schedule(cycle_watchdog, IntervalTrigger(hours=1), id="watchdog")
+            await scheduler.run_until_stopped()
+
+
+def run(cfg: Config) -> int:
+    configure_logging()
+    try:
+        daemon = Daemon(cfg)
+    except (OSError, RuntimeError) as exc:
+        print(f"refreshd: cannot start: {exc}", file=sys.stderr)
+        return 1
+    trio.run(daemon.serve)
+    return 0

@@ -1,0 +1,198 @@
+"""First contact: a person is waiting, so discovery runs at once (SPEC 6).
+
+The sources in discovery.order are tried one after another, each request on its own circuit;
+every answer is audited; what was found goes to the key manager, which registers the highest
+level (rule 1). The URL that gave the registered key is remembered for refreshes: WKD and
+nicknym by address, VKS and HKP by fingerprint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+
+import trio
+
+from refreshd.audit import AuditLog
+from refreshd.config import Config
+from refreshd.core import levels
+from refreshd.core.rules import Decision
+from refreshd.keymanager import Found, KeyManager
+from refreshd.net import hkp, vks
+from refreshd.net.answers import Outcome
+from refreshd.net.fetch import Request
+from refreshd.retrieve import Got, Retriever
+from refreshd.store import Source, iso
+
+CONCURRENT_DISCOVERIES = 4
+
+
+def refresh_url(got: Got, fingerprint: str, cfg: Config) -> str:
+    """Where a key found by `got` is refreshed from (SPEC 6)."""
+    if got.source == "vks":
+        base = got.url.split("/vks/")[0]
+        return vks.by_fingerprint(base, fingerprint).url
+    if got.source == "hkp":
+        base = got.url.split("/pks/")[0]
+        return hkp.lookup(base, fingerprint).url
+    return got.url
+
+
+def audit_fetch(audit: AuditLog, event: str, got: Got, **extra: object) -> None:
+    answer = got.answer
+    audit.emit(
+        event,
+        source=got.source,
+        url=got.url,
+        outcome=str(got.outcome),
+        status=answer.status if answer else None,
+        bytes=answer.body_bytes if answer else 0,
+        wire_bytes=answer.wire_bytes if answer else 0,
+        seconds=round(answer.seconds, 3) if answer else None,
+        reason=got.reason,
+        **extra,
+    )
+
+
+class Discovery:
+    def __init__(
+        self,
+        keys: KeyManager,
+        retriever: Retriever,
+        cfg: Config,
+        audit: AuditLog,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.keys = keys
+        self.retriever = retriever
+        self.cfg = cfg
+        self.audit = audit
+        self.clock = clock
+        self._done: dict[str, trio.Event] = {}
+        self._send, self._receive = trio.open_memory_channel[str](1000)
+
+    def pending(self, address: str) -> bool:
+        return address in self._done
+
+    def request(self, address: str) -> None:
+        if address in self._done:
+            return
+        try:
+            self._send.send_nowait(address)
+        except trio.WouldBlock:
+            return  # too many waiting; the client may ask again
+        self._done[address] = trio.Event()
+
+    async def wait(self, address: str, seconds: float) -> None:
+        event = self._done.get(address)
+        if event is not None:
+            with trio.move_on_after(seconds):
+                await event.wait()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        limiter = trio.CapacityLimiter(CONCURRENT_DISCOVERIES)
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            async for address in self._receive:
+                await limiter.acquire_on_behalf_of(address)
+                nursery.start_soon(self._one, address, limiter)
+
+    async def _one(self, address: str, limiter: trio.CapacityLimiter) -> None:
+        try:
+            await self.discover(address)
+        except Exception as exc:  # one failed discovery must not end the others or the daemon
+            self.audit.emit(
+                "discovery.error", address=address, error=f"{type(exc).__name__}: {exc}"[:300]
+            )
+        finally:
+            limiter.release_on_behalf_of(address)
+            self._done.pop(address).set()
+
+    def _sources(self) -> list[str]:
+        configured = {"vks": bool(self.cfg.discovery.vks), "hkp": bool(self.cfg.discovery.hkp)}
+        return [s for s in self.cfg.discovery.order if configured.get(s, True)]
+
+    async def discover(self, address: str) -> Decision | None:
+        found: list[tuple[bytes, Found, Got]] = []
+        for source in self._sources():
+            for got in await self.retriever.by_address(source, address):
+                ok = got.outcome is Outcome.KEY
+                audit_fetch(
+                    self.audit,
+                    "discovery.fetched" if ok else "discovery.failed",
+                    got,
+                    address=address,
+                )
+                if ok:
+                    level, positive = levels.for_source(source)
+                    found.extend(
+                        (key, Found(source, level, positive, url=got.url), got) for key in got.keys
+                    )
+        if not found:
+            return None
+        decision = self.keys.first_contact(address, [(k, f) for k, f, _ in found])
+        if decision is not None and decision.registers:
+            self._remember_sources(address, decision.fingerprint, [g for _, _, g in found])
+        return decision
+
+    def _remember_sources(self, address: str, fingerprint: str, gots: list[Got]) -> None:
+        now = iso(self.clock())
+        with self.keys.store.transaction():
+            for got in gots:
+                url = refresh_url(got, fingerprint, self.cfg)
+                same_url = url == got.url
+                self.keys.store.put_source(
+                    Source(
+                        url=url,
+                        kind=got.source,
+                        address=address if got.source in ("wkd", "nicknym") else None,
+                        fingerprint=fingerprint,
+                        etag=got.validators.etag if same_url else None,
+                        last_modified=got.validators.last_modified if same_url else None,
+                        body_sha256=got.validators.body_sha256 if same_url else None,
+                        last_fetch=now,
+                        last_status="200",
+                    )
+                )
+
+    async def from_header_url(self, address: str, url: str) -> Decision | None:
+        """An OpenPGP header URL in standard form on the From domain, fetched over
+        authenticated TLS through Tor, is provider-trust (SPEC 5.1); None if it gave no key."""
+        req = Request(url, redirects="same-domain-https")
+        got = await self.retriever.key_request("openpgp-header", req, frozenset())
+        ok = got.outcome is Outcome.KEY
+        audit_fetch(
+            self.audit, "discovery.fetched" if ok else "discovery.failed", got, address=address
+        )
+        if not ok:
+            return None
+        found = Found("openpgp-header", "provider-trust", True, url=got.url)
+        return self.keys.consider(address, b"".join(got.keys), found)
+
+    async def by_fingerprint(self, address: str, fingerprint: str, found: Found) -> Decision:
+        """A key named only by its fingerprint (a signature in mail): VKS, then HKP; a key
+        with another fingerprint is refused (SPEC 5.3)."""
+        found = replace(found, asked_fingerprint=fingerprint)
+        last: Decision | None = None
+        for got in await self.retriever.by_fingerprint(fingerprint):
+            ok = got.outcome is Outcome.KEY
+            audit_fetch(
+                self.audit, "discovery.fetched" if ok else "discovery.failed", got, address=address
+            )
+            if ok:
+                last = self.keys.consider(address, b"".join(got.keys), found)
+                if last.registers:
+                    self._remember_sources(address, last.fingerprint, [got])
+                    return last
+        if last is not None:
+            return last
+        return Decision(
+            "rejected",
+            fingerprint,
+            found.level,
+            found.source,
+            found.positive,
+            "8",
+            f"No source had the key {fingerprint}.",
+        )

@@ -1,0 +1,333 @@
+"""The user's own key: kept in own.key_file, extended by core/ownpolicy.py, uploaded (SPEC 7).
+
+The shell reads the key file and the passphrase (own.passphrase_file, else the systemd
+credential refreshd-passphrase), asks the pure policy what to do, re-signs with
+openpgp/resign.py, writes the file atomically (0600) and uploads the public part with each
+mechanism of own.upload over Tor, retrying with backoff. If the key cannot be unlocked,
+status says so and nothing else is affected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import secrets
+import tempfile
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from refreshd.audit import AuditLog
+from refreshd.config import Config
+from refreshd.core import ownpolicy, schedule
+from refreshd.net import hkp, vks
+from refreshd.net.answers import SourceError
+from refreshd.net.fetch import Fetcher, FetchFailed, Request
+from refreshd.openpgp import resign
+from refreshd.rpc import INVALID_PARAMS, RpcError
+from refreshd.store import Store, iso
+
+UPLOAD_RETRY_BASE = 300.0
+UPLOAD_RETRY_CAP = 86400.0
+UPLOAD_ATTEMPTS = 8
+
+
+def write_private(path: Path, text: str) -> None:
+    """Atomic 0600 write: a crash never leaves a half-written secret key."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".own-key.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class OwnKeys:
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        audit: AuditLog,
+        fetcher: Fetcher,
+        clock: Callable[[], datetime],
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.audit = audit
+        self.fetcher = fetcher
+        self.clock = clock
+        self.rng = rng or random.SystemRandom()
+        self.path = cfg.own_key_file
+        self.problem: str | None = None  # e.g. "own key locked: cannot extend"
+        self._session_passphrase: str | None = None
+        self._uploads: trio.MemorySendChannel[str] | None = None
+
+    # -- reading ----------------------------------------------------------------------------
+    def passphrase(self) -> str | None:
+        if self._session_passphrase is not None:
+            return self._session_passphrase
+        candidates = []
+        if self.cfg.own.passphrase_file:
+            candidates.append(Path(self.cfg.own.passphrase_file).expanduser())
+        if os.environ.get("CREDENTIALS_DIRECTORY"):
+            candidates.append(Path(os.environ["CREDENTIALS_DIRECTORY"]) / "refreshd-passphrase")
+        for path in candidates:
+            try:
+                return path.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError:
+                continue
+        return None
+
+    def _armored(self) -> str | None:
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+
+    def _row(self, fingerprint: str) -> dict[str, Any] | None:
+        row = self.store.db.execute(
+            "SELECT * FROM own_keys WHERE fingerprint = ?", (fingerprint,)
+        ).fetchone()
+        return None if row is None else dict(row)
+
+    def _seed(self, fingerprint: str, address: str) -> bytes:
+        row = self._row(fingerprint)
+        if row is None:
+            seed = secrets.randbits(62)
+            with self.store.transaction():
+                self.store.db.execute(
+                    "INSERT INTO own_keys(fingerprint, address, seed) VALUES (?,?,?)",
+                    (fingerprint, address, seed),
+                )
+            return seed.to_bytes(8, "big")
+        return int(row["seed"]).to_bytes(8, "big")
+
+    def _plan(self, key: resign.OwnKey) -> ownpolicy.Plan:
+        return ownpolicy.plan(
+            key.components,
+            now=self.clock(),
+            extend_by=timedelta(seconds=self.cfg.own.extend_by),
+            extend_when_left=timedelta(seconds=self.cfg.own.extend_when_left),
+            previous_signature=key.last_signature,
+            seed=self._seed(key.fingerprint, key.addresses[0] if key.addresses else ""),
+        )
+
+    def report(self) -> list[dict[str, Any]]:
+        armored = self._armored()
+        if armored is None:
+            return []
+        try:
+            key = resign.read_own(armored)
+        except resign.BadKey as exc:
+            return [{"fingerprint": None, "problem": f"own key file unreadable: {exc}"}]
+        plan = self._plan(key)
+        row = self._row(key.fingerprint) or {}
+        primary = next(c for c in key.components if c.role == "primary")
+        return [
+            {
+                "fingerprint": key.fingerprint,
+                "address": key.addresses[0] if key.addresses else None,
+                "addresses": list(key.addresses),
+                "expires": iso(primary.expires),
+                "components": [
+                    {
+                        "fingerprint": c.fingerprint,
+                        "role": c.role,
+                        "expires": iso(c.expires),
+                        "revoked": c.revoked,
+                    }
+                    for c in key.components
+                ],
+                "next_extension_at": iso(plan.planned_at),
+                "last_upload": row.get("last_upload"),
+                "protected": key.protected,
+                "problem": self.problem,
+            }
+        ]
+
+    # -- changing ---------------------------------------------------------------------------
+    async def import_key(self, armored: str, passphrase: str | None) -> dict[str, Any]:
+        try:
+            key = resign.read_own(armored)
+        except (resign.BadKey, ValueError) as exc:
+            raise RpcError(
+                INVALID_PARAMS, f"Invalid params: not a usable secret key ({exc})"
+            ) from None
+        if passphrase is not None:
+            self._session_passphrase = passphrase
+        write_private(self.path, armored)
+        self.audit.emit("own.imported", fingerprint=key.fingerprint, addresses=list(key.addresses))
+        await self.check()
+        return self.report()[0]
+
+    async def generate(self, address: str, name: str | None) -> dict[str, Any]:
+        if self._armored() is not None:
+            raise RpcError(
+                INVALID_PARAMS,
+                f"Invalid params: an own key exists in {self.path}; move it away first",
+            )
+        armored = resign.generate(
+            address,
+            name,
+            now=self.clock(),
+            expiry=timedelta(seconds=self.cfg.own.new_key_expiry),
+            passphrase=self.passphrase(),
+        )
+        write_private(self.path, armored)
+        key = resign.read_own(armored)
+        self.audit.emit("own.generated", fingerprint=key.fingerprint, address=address)
+        self.queue_upload()
+        await self.check()
+        return self.report()[0]
+
+    async def check(self) -> None:
+        """The expiry policy: at start, after import/generate, and daily. An unexpected
+        error is audited and reported by status; it never stops the daemon."""
+        try:
+            await self._check()
+        except Exception as exc:
+            self.problem = f"own key check failed: {type(exc).__name__}: {exc}"[:300]
+            self.audit.emit("own.error", error=self.problem)
+
+    async def _check(self) -> None:
+        armored = self._armored()
+        if armored is None:
+            return
+        try:
+            key = resign.read_own(armored)
+        except resign.BadKey as exc:
+            self.problem = f"own key file unreadable: {exc}"
+            return
+        plan = self._plan(key)
+        if not plan.extend_now or not plan.new_expiries or plan.signature_time is None:
+            if key.protected and self.passphrase() is None:
+                self.problem = "own key locked: cannot extend (no passphrase configured)"
+            return
+        try:
+            extended = resign.extend(
+                armored, self.passphrase(), plan.new_expiries, sig_time=plan.signature_time
+            )
+        except resign.Locked as exc:
+            self.problem = f"own key locked: cannot extend ({exc})"
+            self.audit.emit("own.locked", fingerprint=key.fingerprint, reason=str(exc))
+            return
+        write_private(self.path, extended)
+        self.problem = None
+        self.audit.emit(
+            "own.extended",
+            fingerprint=key.fingerprint,
+            reason=plan.reason,
+            signature_time=iso(plan.signature_time),
+            expiries={fpr: iso(t) for fpr, t in plan.new_expiries.items()},
+        )
+        self.queue_upload()
+
+    # -- uploading --------------------------------------------------------------------------
+    def queue_upload(self) -> None:
+        if self._uploads is not None:
+            for mechanism in self.cfg.own.upload:
+                with contextlib.suppress(trio.WouldBlock):  # an upload is already waiting
+                    self._uploads.send_nowait(mechanism)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        send, receive = trio.open_memory_channel[str](16)
+        self._uploads = send
+        task_status.started()
+        await self.check()
+        async with trio.open_nursery() as nursery:
+            async for mechanism in receive:
+                nursery.start_soon(self._upload_with_retries, mechanism)
+
+    async def _upload_with_retries(self, mechanism: str) -> None:
+        for attempt in range(1, UPLOAD_ATTEMPTS + 1):
+            ok, reason = await self.upload(mechanism)
+            if ok:
+                return
+            delay = schedule.backoff(
+                attempt, base=UPLOAD_RETRY_BASE, cap=UPLOAD_RETRY_CAP, rng=self.rng
+            )
+            self.audit.emit(
+                "own.upload_retry",
+                mechanism=mechanism,
+                attempt=attempt,
+                retry_in_seconds=round(delay),
+                reason=reason,
+            )
+            await trio.sleep(delay)
+
+    def _upload_requests(self, mechanism: str, armored_public: str) -> list[Request]:
+        if mechanism == "vks":
+            return [vks.upload(base, armored_public) for base in self.cfg.discovery.vks]
+        if mechanism == "hkp":
+            return [hkp.upload(base, armored_public) for base in self.cfg.discovery.hkp]
+        return []
+
+    async def upload(self, mechanism: str) -> tuple[bool, str]:
+        """One upload of the current public key; audited as own.uploaded either way."""
+        armored = self._armored()
+        if armored is None:
+            return True, "no own key"
+        fingerprint = resign.read_own(armored).fingerprint
+        public = resign.public_armored(armored)
+        requests = self._upload_requests(mechanism, public)
+        if not requests:
+            reason = (
+                f"no {mechanism} server configured"
+                if mechanism in ("vks", "hkp")
+                else f"{mechanism} upload needs a submission channel that is not configured"
+            )
+            self.audit.emit(
+                "own.uploaded",
+                fingerprint=fingerprint,
+                mechanism=mechanism,
+                ok=False,
+                reason=reason,
+            )
+            return True, reason  # nothing to retry
+        all_ok, reasons = True, []
+        for req in requests:
+            try:
+                answer = await self.fetcher.fetch(req)
+                if mechanism == "vks":
+                    vks.read_upload(answer.status, answer.body)
+                else:
+                    hkp.read_upload(answer.status, answer.body)
+            except (FetchFailed, SourceError) as exc:
+                all_ok = False
+                reasons.append(exc.reason)
+                self.audit.emit(
+                    "own.uploaded",
+                    fingerprint=fingerprint,
+                    mechanism=mechanism,
+                    url=req.url,
+                    ok=False,
+                    reason=exc.reason,
+                )
+                continue
+            self.audit.emit(
+                "own.uploaded",
+                fingerprint=fingerprint,
+                mechanism=mechanism,
+                url=req.url,
+                ok=True,
+                status=answer.status,
+            )
+        if all_ok:
+            with self.store.transaction():
+                self.store.db.execute(
+                    "UPDATE own_keys SET last_upload = ? WHERE fingerprint = ?",
+                    (iso(self.clock()), fingerprint),
+                )
+        return all_ok, "; ".join(reasons)

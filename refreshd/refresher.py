@@ -1,0 +1,295 @@
+"""The refresh loop: one key at a time, at the moments core/schedule.py draws (SPEC 6).
+
+The loop is a plain trio task; it owns the only refresh fetch in flight. Each step persists
+the cycle state before sleeping, so a restart resumes the cycle where it was. A key is fetched
+from where it was found (its first source row); keys seen only in mail or imported from GnuPG
+are refreshed by fingerprint from the configured VKS/HKP servers. An unchanged answer (304 or
+same body hash) updates only the bookkeeping; anything else goes through the key manager.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import trio
+
+from refreshd.audit import AuditLog
+from refreshd.config import Config
+from refreshd.core import levels, schedule
+from refreshd.discovery import audit_fetch
+from refreshd.keymanager import Found, KeyManager
+from refreshd.net import hkp, vks
+from refreshd.net.answers import Outcome
+from refreshd.net.fetch import Validators
+from refreshd.retrieve import Got, Retriever
+from refreshd.store import Source, iso
+
+STATE_NAME = "refresh.cycle"
+ERROR_PAUSE = 60.0  # after an unexpected error in one step
+HOST_FAILING = 3  # different keys failing in a row on one host before the host backs off
+# With no key registered the loop has nothing to wait for, and registering one does not wake
+# it: it looks for the first key this often (seconds).
+IDLE_RECHECK = 5.0
+# The first retry of a failed fetch waits about this long (never more than a period), however
+# short the minimum lapse: schedule.backoff needs 0 < base <= cap.
+BACKOFF_BASE = 60.0
+
+
+def epoch_iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+
+
+class Refresher:
+    def __init__(
+        self,
+        keys: KeyManager,
+        retriever: Retriever,
+        cfg: Config,
+        audit: AuditLog,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.keys = keys
+        self.store = keys.store
+        self.retriever = retriever
+        self.cfg = cfg
+        self.audit = audit
+        self.clock = clock
+        self.rng = rng or random.SystemRandom()
+        saved = self.store.get_state(STATE_NAME)
+        self.state: schedule.CycleState | None = None
+        if saved is not None:
+            try:
+                self.state = schedule.from_json(saved)
+            except ValueError:
+                audit.emit("refresh.state_reset", reason="the saved cycle state was unreadable")
+        self.next_at: float | None = None
+        self.next_key: str | None = None
+        self.last: dict[str, Any] = {}
+        # host -> (keys that failed there in a row, backoff steps, not before)
+        self._hosts: dict[str, tuple[frozenset[str], int, float]] = {}
+        self._wake = trio.Event()
+
+    # -- requests from the socket -----------------------------------------------------------
+    def _reconciled(self) -> schedule.CycleState:
+        keys = self.store.registered_fingerprints()
+        self.state = schedule.reconcile(self.state, keys, self.rng, self.clock())
+        return self.state
+
+    def urgent(self, fingerprint: str) -> str:
+        state = self._reconciled()
+        due, self.state = schedule.request(
+            state,
+            fingerprint,
+            now=self.clock(),
+            minimum_lapse=self.cfg.refresh.minimum_lapse,
+            rng=self.rng,
+        )
+        self._save()
+        self.wake()
+        return epoch_iso(due)
+
+    def wake(self) -> None:
+        """The set of keys or the urgent queue changed: draw the next step again."""
+        self._wake.set()
+
+    def status(self) -> dict[str, Any]:
+        state = self.state
+        n = len(state.order) if state else 0
+        period = schedule.effective_period(
+            self.cfg.refresh.period, self.cfg.refresh.minimum_lapse, n
+        )
+        return {
+            "next_refresh_at": epoch_iso(self.next_at) if self.next_at else None,
+            "cycle": state.cycle if state else 0,
+            "position": state.position if state else 0,
+            "keys_in_cycle": n,
+            "effective_period_seconds": period,
+            "lengthened": period > self.cfg.refresh.period,
+            "last": self.last,
+            "failures_by_host": self.store.failures_by_host(),
+            "hosts_backing_off": {
+                host: epoch_iso(until)
+                for host, (_, _, until) in self._hosts.items()
+                if until > self.clock()
+            },
+        }
+
+    def _save(self) -> None:
+        if self.state is not None:
+            with self.store.transaction():
+                self.store.put_state(STATE_NAME, schedule.to_json(self.state))
+
+    # -- the loop ---------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Steps forever; a bug in one step is audited and the loop goes on after a pause,
+        so the socket and the other tasks never go down with it."""
+        task_status.started()
+        while True:
+            try:
+                await self._step()
+            except Exception as exc:
+                self.audit.emit("refresh.error", error=f"{type(exc).__name__}: {exc}"[:300])
+                await trio.sleep(ERROR_PAUSE)
+
+    async def _step(self) -> None:
+        """One turn of the loop: draw the next fetch, sleep until then, fetch, record."""
+        self._wake = trio.Event()
+        state = self._reconciled()
+        step = schedule.next_refresh(
+            state,
+            now=self.clock(),
+            period=self.cfg.refresh.period,
+            minimum_lapse=self.cfg.refresh.minimum_lapse,
+            rng=self.rng,
+        )
+        self.state = step.state
+        self._save()
+        self.next_key = step.key
+        self.next_at = None if step.key is None else self.clock() + step.lapse
+        with trio.move_on_after(step.lapse if step.key is not None else IDLE_RECHECK):
+            await self._wake.wait()
+            return  # woken: something changed, draw again
+        if step.key is None:
+            return
+        ok = await self.refresh(step.key)
+        assert self.state is not None
+        if ok:
+            self.state = schedule.mark_done(self.state, step.key)
+        else:
+            period = self.cfg.refresh.period
+            self.state = schedule.mark_failed(
+                self.state,
+                step.key,
+                now=self.clock(),
+                base=min(max(self.cfg.refresh.minimum_lapse, BACKOFF_BASE), period),
+                cap=period,
+                rng=self.rng,
+            )
+            retry = next((r for r in self.state.retries if r.key == step.key), None)
+            if retry is not None:
+                self.audit.emit(
+                    "refresh.backoff",
+                    fingerprint=step.key,
+                    failures=retry.failures,
+                    retry_at=epoch_iso(retry.due),
+                )
+        self._save()
+
+    def _sources(self, fingerprint: str) -> list[Source]:
+        found = self.store.sources_of(fingerprint)
+        if found:
+            return found[:1]
+        fallback = [
+            Source(vks.by_fingerprint(b, fingerprint).url, "vks", None, fingerprint)
+            for b in self.cfg.discovery.vks
+        ]
+        fallback += [
+            Source(hkp.lookup(b, fingerprint).url, "hkp", None, fingerprint)
+            for b in self.cfg.discovery.hkp
+        ]
+        return fallback[:1]
+
+    async def refresh(self, fingerprint: str) -> bool:
+        """One refresh fetch; True when the source answered usably (changed or not)."""
+        sources = self._sources(fingerprint)
+        if not sources:
+            self.audit.emit(
+                "refresh.failed",
+                fingerprint=fingerprint,
+                reason="no source to refresh this key from",
+            )
+            return False
+        src = sources[0]
+        host = urlsplit(src.url).hostname or src.url
+        failing, _, not_before = self._hosts.get(host, (frozenset(), 0, 0.0))
+        if self.clock() < not_before:
+            self.audit.emit(
+                "refresh.failed",
+                fingerprint=fingerprint,
+                source=src.kind,
+                url=src.url,
+                reason=f"{host} failed for {len(failing)} different keys in a row; left "
+                f"alone until {epoch_iso(not_before)}",
+            )
+            return False
+        keep = frozenset({fingerprint, fingerprint[-16:]})
+        validators = Validators(src.etag, src.last_modified, src.body_sha256)
+        got = await self.retriever.again(src.kind, src.url, validators, keep, src.address)
+        ok = got.outcome in (Outcome.KEY, Outcome.UNCHANGED)
+        self._host_outcome(host, fingerprint, got)
+        audit_fetch(
+            self.audit, "refresh.fetched" if ok else "refresh.failed", got, fingerprint=fingerprint
+        )
+        self.last = {
+            "fingerprint": fingerprint,
+            "source": src.kind,
+            "outcome": str(got.outcome),
+            "at": epoch_iso(self.clock()),
+        }
+        if got.outcome is Outcome.KEY:
+            self._take(fingerprint, src, got)
+        self._book(src, got, ok)
+        return ok
+
+    def _host_outcome(self, host: str, fingerprint: str, got: Got) -> None:
+        """Per-host backoff: when HOST_FAILING different keys in a row fail on one host
+        (errors, 5xx; not Tor's absence, not a bad key), the host is left alone for a growing
+        delay. One key that keeps failing is that key's backoff, not its host's. Any usable
+        answer clears the host."""
+        if got.outcome not in (Outcome.ERROR, Outcome.RETRY_LATER):
+            self._hosts.pop(host, None)
+            return
+        if got.reason == "Tor unavailable":
+            return
+        failing, strikes, _ = self._hosts.get(host, (frozenset(), 0, 0.0))
+        failing = failing | {fingerprint}
+        if len(failing) < HOST_FAILING:
+            self._hosts[host] = (failing, 0, 0.0)
+            return
+        period = self.cfg.refresh.period
+        delay = schedule.backoff(
+            strikes + 1, base=min(BACKOFF_BASE, period), cap=period, rng=self.rng
+        )
+        self._hosts[host] = (failing, strikes + 1, self.clock() + delay)
+
+    def _take(self, fingerprint: str, src: Source, got: Got) -> None:
+        level, positive = levels.for_source(src.kind)
+        data = b"".join(got.keys)
+        addresses = [src.address] if src.address else self.store.addresses_of(fingerprint)
+        for address in addresses:
+            asked = None if src.kind in ("wkd", "nicknym") else fingerprint
+            found = Found(src.kind, level, positive, asked_fingerprint=asked, url=src.url)
+            self.keys.consider(address, data, found)
+
+    def _book(self, src: Source, got: Got, ok: bool) -> None:
+        v = got.validators
+        if ok and got.outcome is Outcome.UNCHANGED:  # a 304 carries no body to hash
+            v = Validators(
+                v.etag or src.etag,
+                v.last_modified or src.last_modified,
+                v.body_sha256 or src.body_sha256,
+            )
+        status = str(got.answer.status) if got.answer else str(got.outcome)
+        with self.store.transaction():
+            self.store.put_source(
+                Source(
+                    url=src.url,
+                    kind=src.kind,
+                    address=src.address,
+                    fingerprint=src.fingerprint,
+                    etag=v.etag if ok else src.etag,
+                    last_modified=v.last_modified if ok else src.last_modified,
+                    body_sha256=v.body_sha256 if ok else src.body_sha256,
+                    last_fetch=iso(datetime.now(UTC)),
+                    last_status=status,
+                    failures=0 if ok else src.failures + 1,
+                    next_retry=None,
+                )
+            )

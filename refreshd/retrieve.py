@@ -1,0 +1,183 @@
+"""One fetch from one key source, read into what the key manager needs.
+
+Shared by first-contact discovery and the refresh engine, so both go through the same isolated
+fetch (a fresh circuit each), the same streaming packet filter and the same answer readers.
+WKD and nicknym are asked by address; VKS and HKP by fingerprint when refreshing (by address
+only at first contact). Nothing here decides which key is registered: that is the rules' job.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from refreshd.config import Config
+from refreshd.net import hkp, nicknym, vks, wkd
+from refreshd.net.answers import Outcome, SourceError, lookup_outcome
+from refreshd.net.fetch import Answer, Fetcher, FetchFailed, Request, Validators
+from refreshd.openpgp.packets import KeyRejected, StreamingKeyFilter
+
+
+@dataclass(frozen=True)
+class Got:
+    """What one request to one source produced."""
+
+    source: str  # wkd | nicknym | vks | hkp
+    url: str
+    outcome: Outcome
+    reason: str
+    keys: tuple[bytes, ...] = ()  # stripped binary keys, when outcome is KEY
+    answer: Answer | None = None
+    validators: Validators = field(default_factory=Validators)
+
+
+def _failed(
+    source: str, url: str, outcome: Outcome, reason: str, answer: Answer | None = None
+) -> Got:
+    validators = answer.validators if answer is not None else Validators()
+    return Got(source, url, outcome, reason, answer=answer, validators=validators)
+
+
+class Retriever:
+    def __init__(self, cfg: Config, fetcher: Fetcher) -> None:
+        self.cfg = cfg
+        self.fetcher = fetcher
+        self._no_nicknym = nicknym.NegativeCache()
+
+    def _filter(self, keep: frozenset[str]) -> StreamingKeyFilter:
+        return StreamingKeyFilter(
+            max_response_bytes=self.cfg.network.max_response_bytes,
+            max_key_bytes=self.cfg.network.max_key_bytes,
+            keep_issuers=keep,
+        )
+
+    async def key_request(self, source: str, req: Request, keep: frozenset[str]) -> Got:
+        """A request whose body is a key (WKD, VKS, HKP): streamed through the filter."""
+        flt = self._filter(keep)
+        try:
+            answer = await self.fetcher.fetch(req, sink=flt.feed)
+        except FetchFailed as exc:
+            return _failed(source, req.url, Outcome.ERROR, exc.reason)
+        except KeyRejected as exc:
+            return _failed(source, req.url, Outcome.REJECTED, exc.reason)
+        outcome = Outcome.UNCHANGED if answer.unchanged else lookup_outcome(answer.status)
+        if outcome is not Outcome.KEY:
+            return _failed(
+                source, answer.url, outcome, f"{source} answered {answer.status}", answer
+            )
+        try:
+            keys = tuple(flt.finish())
+        except KeyRejected as exc:
+            return _failed(source, answer.url, Outcome.REJECTED, exc.reason, answer)
+        return Got(source, answer.url, Outcome.KEY, "key received", keys, answer, answer.validators)
+
+    async def nicknym_request(self, req: Request, address: str | None, keep: frozenset[str]) -> Got:
+        try:
+            answer = await self.fetcher.fetch(req)
+        except FetchFailed as exc:
+            return _failed("nicknym", req.url, Outcome.ERROR, exc.reason)
+        if answer.unchanged:
+            return _failed("nicknym", answer.url, Outcome.UNCHANGED, "unchanged", answer)
+        try:
+            read = nicknym.read_answer(answer.status, answer.body, address)
+        except SourceError as exc:
+            return _failed("nicknym", answer.url, Outcome.REJECTED, exc.reason, answer)
+        if read.outcome is not Outcome.KEY or not read.key:
+            return _failed(
+                "nicknym",
+                answer.url,
+                read.outcome,
+                f"nicknym answered {answer.status} ({read.outcome})",
+                answer,
+            )
+        flt = self._filter(keep)
+        try:
+            flt.feed(read.key.encode("utf-8"))
+            keys = tuple(flt.finish())
+        except KeyRejected as exc:
+            return _failed("nicknym", answer.url, Outcome.REJECTED, exc.reason, answer)
+        return Got(
+            "nicknym", answer.url, Outcome.KEY, "key received", keys, answer, answer.validators
+        )
+
+    async def nicknym_uri(self, domain: str) -> str | Got:
+        """The domain's nicknym endpoint, or why there is none (remembered for a while)."""
+        if self._no_nicknym.knows(domain, time.time()):
+            return _failed(
+                "nicknym", domain, Outcome.NOT_FOUND, f"no nicknym at {domain} (checked recently)"
+            )
+        probes = nicknym.capability_requests(domain)
+        answers: list[tuple[int, bytes] | None] = []
+        for req in probes:
+            try:
+                answer = await self.fetcher.fetch(req)
+            except FetchFailed as exc:
+                if exc.reason == "Tor unavailable":
+                    return _failed("nicknym", req.url, Outcome.ERROR, exc.reason)
+                answers.append(None)
+            else:
+                answers.append((answer.status, answer.body))
+        capability = nicknym.read_capability(domain, answers[0], answers[1])
+        if capability.nicknym_uri is None:
+            self._no_nicknym = self._no_nicknym.remember(domain, time.time())
+            return _failed("nicknym", probes[0].url, Outcome.NOT_FOUND, capability.reason)
+        return capability.nicknym_uri
+
+    async def by_address(
+        self, source: str, address: str, keep: frozenset[str] = frozenset()
+    ) -> list[Got]:
+        """First contact: ask one source for the address; WKD tries advanced then direct."""
+        if source == "wkd":
+            results = []
+            for req in wkd.requests_for(address):
+                got = await self.key_request("wkd", req, keep)
+                results.append(got)
+                if got.outcome is Outcome.KEY:
+                    break
+            return results
+        if source == "nicknym":
+            uri = await self.nicknym_uri(address.rpartition("@")[2])
+            if isinstance(uri, Got):
+                return [uri]
+            return [await self.nicknym_request(nicknym.by_address(uri, address), address, keep)]
+        if source == "vks":
+            return [
+                await self.key_request("vks", vks.by_email(base, address), keep)
+                for base in self.cfg.discovery.vks
+            ]
+        if source == "hkp":
+            return [
+                await self.key_request("hkp", hkp.lookup_address(base, address), keep)
+                for base in self.cfg.discovery.hkp
+            ]
+        raise ValueError(source)
+
+    async def again(
+        self,
+        source: str,
+        url: str,
+        validators: Validators | None,
+        keep: frozenset[str],
+        address: str | None,
+    ) -> Got:
+        """Refresh: the same URL that gave the key, with the stored validators."""
+        if source == "nicknym":
+            return await self.nicknym_request(
+                Request(url, validators=validators, kind="json"), address, keep
+            )
+        redirects = "same-domain-https" if source == "wkd" else "none"
+        return await self.key_request(
+            source, Request(url, validators=validators, redirects=redirects), keep
+        )
+
+    async def by_fingerprint(self, fpr: str, keep: frozenset[str] = frozenset()) -> list[Got]:
+        """A key named by a signature: VKS then HKP by fingerprint."""
+        out = [
+            await self.key_request("vks", vks.by_fingerprint(base, fpr), keep)
+            for base in self.cfg.discovery.vks
+        ]
+        out += [
+            await self.key_request("hkp", hkp.lookup(base, fpr), keep)
+            for base in self.cfg.discovery.hkp
+        ]
+        return out

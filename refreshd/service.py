@@ -1,0 +1,252 @@
+"""The socket methods of SPEC section 4: parameter checks, then a call into the daemon's parts.
+
+Parameters are checked against a small table per method (types, allowed values, required);
+anything else is -32602 with the parameter named, so a client learns its mistake at once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from refreshd import __version__
+from refreshd.core import levels
+from refreshd.keymanager import Found, KeyManager, address_or_none
+from refreshd.rpc import INVALID_PARAMS, Param, RpcError, checked
+
+FPR = re.compile(r"^[0-9A-Fa-f]{40}$")
+MAX_KEY_TEXT = 1 << 20  # the line limit bounds it anyway; say so clearly
+
+
+class Discovery(Protocol):
+    def pending(self, address: str) -> bool: ...
+    def request(self, address: str) -> None: ...
+    async def wait(self, address: str, seconds: float) -> None: ...
+    async def by_fingerprint(self, address: str, fingerprint: str, found: Found) -> Any: ...
+    async def from_header_url(self, address: str, url: str) -> Any: ...
+
+
+class Refresher(Protocol):
+    def urgent(self, fingerprint: str) -> str: ...
+    def status(self) -> dict[str, Any]: ...
+
+
+class Own(Protocol):
+    def report(self) -> list[dict[str, Any]]: ...
+    async def import_key(self, armored: str, passphrase: str | None) -> dict[str, Any]: ...
+    async def generate(self, address: str, name: str | None) -> dict[str, Any]: ...
+
+
+def address_param(value: str) -> str:
+    address = address_or_none(value)
+    if address is None or "<" in value:
+        raise RpcError(INVALID_PARAMS, f"Invalid params: {value[:80]!r} is not an email address")
+    return address
+
+
+def fingerprint_param(value: str) -> str:
+    compact = value.replace(" ", "")
+    if not FPR.match(compact):
+        raise RpcError(INVALID_PARAMS, "Invalid params: fingerprint must be 40 hex digits")
+    return compact.upper()
+
+
+class Service:
+    def __init__(
+        self,
+        keys: KeyManager,
+        *,
+        discovery: Discovery,
+        refresher: Refresher,
+        own: Own,
+        tor_status: Callable[[], dict[str, Any]],
+        import_gnupg: Callable[[str], Awaitable[dict[str, Any]]],
+    ) -> None:
+        self.keys = keys
+        self.discovery = discovery
+        self.refresher = refresher
+        self.own_keys = own
+        self.tor_status = tor_status
+        self._import_gnupg = import_gnupg
+
+    def methods(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
+        return {
+            "lookup": self.lookup,
+            "observe": self.observe,
+            "used": self.used,
+            "verify": self.verify,
+            "history": self.history,
+            "refresh": self.refresh,
+            "status": self.status,
+            "own": self.own,
+            "own_import": self.own_import,
+            "own_generate": self.own_generate,
+            "import_gnupg": self.import_gnupg,
+        }
+
+    async def lookup(self, params: dict[str, Any]) -> dict[str, Any]:
+        p = checked(
+            params,
+            {
+                "address": Param(str),
+                "discover": Param(bool, True),
+                "wait": Param((int, float), 0),
+                "armor": Param(bool, False),
+            },
+        )
+        address = address_param(p["address"])
+        if not 0 <= p["wait"] <= 600:
+            raise RpcError(INVALID_PARAMS, "Invalid params: 'wait' must be 0 to 600 seconds")
+        answer = self.keys.describe(address, with_key=p["armor"])
+        if answer["state"] == "registered" or not p["discover"]:
+            return answer
+        if not self.discovery.pending(address):
+            self.discovery.request(address)
+        if p["wait"]:
+            await self.discovery.wait(address, p["wait"])
+            answer = self.keys.describe(address, with_key=p["armor"])
+            if answer["state"] == "registered" or not self.discovery.pending(address):
+                if answer["state"] == "unknown":
+                    answer["reason"] = (
+                        f"Discovery found no key for {address} that could be registered; see "
+                        "`refreshd history` for what was seen."
+                    )
+                return answer
+        answer.update(state="pending", reason=f"Discovery for {address} is under way.")
+        return answer
+
+    async def observe(self, params: dict[str, Any]) -> dict[str, Any]:
+        p = checked(
+            params,
+            {
+                "address": Param(str),
+                "key": Param(str, None),
+                "fingerprint": Param(str, None),
+                "origin": Param(str, choices=levels.MAIL_ORIGINS),
+                "dkim": Param(str, "none", levels.DKIM_VALUES),
+                "url": Param(str, None),
+            },
+        )
+        address = address_param(p["address"])
+        header_url = p["origin"] == "openpgp-header" and p["url"] is not None
+        given = (p["key"] is not None) + (p["fingerprint"] is not None)
+        if given > 1 or (given == 0 and not header_url):
+            raise RpcError(
+                INVALID_PARAMS,
+                "Invalid params: give exactly one of 'key' or 'fingerprint'"
+                " (or, for an OpenPGP header, its 'url')",
+            )
+        level, positive = levels.for_mail(p["origin"], p["dkim"])
+        found = Found(p["origin"], level, positive, url=p["url"])
+        if header_url and levels.standard_header_url(p["url"], address):
+            fetched = await self.discovery.from_header_url(address, p["url"])
+            if fetched is not None:
+                return _decision(fetched)
+        if given == 0:
+            return {
+                "decision": "rejected",
+                "fingerprint": None,
+                "validation": None,
+                "reason": f"The OpenPGP header URL {p['url'][:200]} is not in a standard "
+                "form on the sender's domain, or gave no usable key (SPEC 5.1).",
+            }
+        if p["fingerprint"] is not None:
+            fpr = fingerprint_param(p["fingerprint"])
+            found = Found(p["origin"], level, positive, asked_fingerprint=fpr, url=p["url"])
+            stored = self.keys.store.get_key(fpr)
+            decision = (
+                self.keys.consider(address, stored, found)
+                if stored is not None
+                else await self.discovery.by_fingerprint(address, fpr, found)
+            )
+        else:
+            if len(p["key"]) > MAX_KEY_TEXT:
+                raise RpcError(INVALID_PARAMS, "Invalid params: 'key' is larger than 1 MiB")
+            decision = self.keys.consider(address, p["key"].encode("utf-8", "replace"), found)
+        return _decision(decision)
+
+    async def used(self, params: dict[str, Any]) -> dict[str, Any]:
+        p = checked(
+            params,
+            {
+                "address": Param(str),
+                "fingerprint": Param(str),
+                "event": Param(str, choices=("sent-encrypted", "received-signed")),
+            },
+        )
+        done = self.keys.used(
+            address_param(p["address"]), fingerprint_param(p["fingerprint"]), p["event"]
+        )
+        return {"successfully_used": done}
+
+    async def verify(self, params: dict[str, Any]) -> dict[str, Any]:
+        p = checked(params, {"address": Param(str), "fingerprint": Param(str)})
+        decision = self.keys.verify(
+            address_param(p["address"]), fingerprint_param(p["fingerprint"])
+        )
+        return _decision(decision)
+
+    async def history(self, params: dict[str, Any]) -> dict[str, Any]:
+        p = checked(params, {"address": Param(str)})
+        return self.keys.history(address_param(p["address"]))
+
+    async def refresh(self, params: dict[str, Any]) -> dict[str, Any]:
+        p = checked(params, {"address": Param(str, None), "fingerprint": Param(str, None)})
+        if (p["address"] is None) == (p["fingerprint"] is None):
+            raise RpcError(
+                INVALID_PARAMS, "Invalid params: give exactly one of 'address' or 'fingerprint'"
+            )
+        if p["fingerprint"] is not None:
+            fpr = fingerprint_param(p["fingerprint"])
+            if fpr not in self.keys.store.registered_fingerprints():
+                raise RpcError(INVALID_PARAMS, f"Invalid params: {fpr} is not a registered key")
+        else:
+            reg = self.keys.store.registration(address_param(p["address"]))
+            if reg is None:
+                raise RpcError(
+                    INVALID_PARAMS,
+                    "Invalid params: no key is registered for "
+                    f"{p['address']}; use lookup to discover one",
+                )
+            fpr = reg.fingerprint
+        return {"fingerprint": fpr, "scheduled_at": self.refresher.urgent(fpr)}
+
+    async def status(self, params: dict[str, Any]) -> dict[str, Any]:
+        checked(params, {})
+        counts = self.keys.store.counts()
+        refresh = self.refresher.status()
+        return {
+            "version": __version__,
+            "tor": self.tor_status(),
+            "keys": counts["keys"],
+            "addresses": counts["addresses"],
+            "next_refresh_at": refresh.get("next_refresh_at"),
+            "refresh": refresh,
+            "own": self.own_keys.report(),
+        }
+
+    async def own(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        checked(params, {})
+        return self.own_keys.report()
+
+    async def own_import(self, params: dict[str, Any]) -> dict[str, Any]:
+        p = checked(params, {"key": Param(str), "passphrase": Param(str, None)})
+        return await self.own_keys.import_key(p["key"], p["passphrase"])
+
+    async def own_generate(self, params: dict[str, Any]) -> dict[str, Any]:
+        p = checked(params, {"address": Param(str), "name": Param(str, None)})
+        return await self.own_keys.generate(address_param(p["address"]), p["name"])
+
+    async def import_gnupg(self, params: dict[str, Any]) -> dict[str, Any]:
+        p = checked(params, {"homedir": Param(str, "")})
+        return await self._import_gnupg(p["homedir"])
+
+
+def _decision(d: Any) -> dict[str, Any]:
+    return {
+        "decision": d.decision,
+        "fingerprint": d.fingerprint or None,
+        "validation": d.level,
+        "reason": d.reason,
+    }

@@ -1,0 +1,226 @@
+"""`refreshd run` as a real process: every socket method of SPEC section 4 over the real socket,
+bad input while a good client is served, clean SIGTERM, bad config."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import stat
+import subprocess
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+
+from refreshd.openpgp.keyview import read_key
+from refreshd.openpgp.packets import armor
+from tests.daemon_proc import REFRESHD, Daemon, RpcFailed, write_config
+from tests.keyfactory import Workshop, pgpy_key
+
+BOB = "bob@example.org"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    ws = Workshop(tmp_path_factory.mktemp("k"))
+    try:
+        a = ws.gpg.generate(f"Bob <{BOB}>", expire="1y")
+        return {
+            "a": armor(ws.gpg.export(a)),
+            "a_fpr": a,
+            "p": armor(pgpy_key(f"P <{BOB}>", expires=timedelta(days=400))),
+        }
+    finally:
+        ws.close()
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = Daemon(write_config(tmp_path, {}))
+    yield d
+    d.stop()
+
+
+def test_every_method_over_the_socket(daemon, keys):
+    assert stat.S_IMODE(os.stat(daemon.socket).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(daemon.socket.parent).st_mode) == 0o700
+    status = daemon.call("status")
+    assert status["tor"]["mode"] == "system"
+    assert status["tor"]["state"] in ("starting", "unavailable")
+    assert status["keys"] == 0 and status["addresses"] == 0 and status["own"] == []
+
+    unknown = daemon.call("lookup", address=BOB, discover=False)
+    assert unknown["state"] == "unknown" and unknown["fingerprint"] is None
+
+    obs = daemon.call("observe", address=BOB, key=keys["a"], origin="autocrypt", dkim="none")
+    assert obs["decision"] == "registered" and obs["validation"] == "weak-chain"
+    assert obs["fingerprint"] == keys["a_fpr"] and "rule 1" in obs["reason"]
+
+    found = daemon.call("lookup", address="bob@EXAMPLE.org", armor=True)
+    assert found["address"] == BOB and found["state"] == "registered"
+    assert found["usable"] and found["encrypt"] and not found["revoked"]
+    assert found["source"] == "autocrypt" and found["expires"] is not None
+    assert read_key(found["key"].encode()).fingerprint == keys["a_fpr"]
+
+    other = daemon.call("observe", address=BOB, key=keys["p"], origin="attachment")
+    assert other["decision"] == "rejected" and "rules 3.1-3.5" in other["reason"]
+    p_fpr = other["fingerprint"]
+
+    assert daemon.call("used", address=BOB, fingerprint=keys["a_fpr"], event="sent-encrypted") == {
+        "successfully_used": False
+    }
+    assert daemon.call("used", address=BOB, fingerprint=keys["a_fpr"], event="received-signed") == {
+        "successfully_used": True
+    }
+
+    ver = daemon.call("verify", address=BOB, fingerprint=p_fpr)
+    assert ver["decision"] == "replaced" and ver["validation"] == "fingerprint"
+
+    hist = daemon.call("history", address=BOB)
+    statuses = {k["fingerprint"]: k["status"] for k in hist["keys"]}
+    assert statuses == {keys["a_fpr"]: "retired", p_fpr: "registered"}
+    assert {
+        "fingerprint",
+        "validation",
+        "status",
+        "first_seen",
+        "last_seen",
+        "source",
+        "reason",
+    } <= set(hist["keys"][0]) | {"validation"}
+
+    scheduled = daemon.call("refresh", address=BOB)
+    assert scheduled["scheduled_at"] and scheduled["fingerprint"] == p_fpr
+
+    pending = daemon.call("lookup", address="carol@example.net")
+    assert pending["state"] == "pending"
+
+    own = daemon.call("own_generate", address="alice@example.net", name="Alice")
+    assert own["address"] == "alice@example.net" and own["expires"]
+    assert own["next_extension_at"] and "last_upload" in own
+    assert [k["fingerprint"] for k in daemon.call("own")] == [own["fingerprint"]]
+    with pytest.raises(RpcFailed) as bad:
+        daemon.call("own_import", key="not a key")
+    assert bad.value.code == -32602
+
+    status = daemon.call("status")
+    assert status["keys"] == 1 and status["addresses"] == 1
+    assert status["own"][0]["fingerprint"] == own["fingerprint"]
+    assert status["next_refresh_at"] is not None
+
+    events = [e["event"] for e in daemon.audit()]
+    for name in (
+        "daemon.started",
+        "key.registered",
+        "key.rejected",
+        "key.replaced",
+        "own.generated",
+    ):
+        assert name in events
+
+
+@pytest.mark.parametrize(
+    ("params", "code"),
+    [
+        ({"address": 5}, -32602),
+        ({"address": "not an address"}, -32602),
+        ({"address": BOB, "wait": "soon"}, -32602),
+        ({"address": BOB, "bogus": 1}, -32602),
+    ],
+)
+def test_bad_params(daemon, params, code):
+    with pytest.raises(RpcFailed) as err:
+        daemon.call("lookup", **params)
+    assert err.value.code == code
+
+
+def test_hostile_clients_do_not_stop_a_good_one(daemon, keys):
+    stop = threading.Event()
+    answered = []
+
+    def good():
+        while not stop.is_set():
+            answered.append(daemon.call("status")["version"])
+            time.sleep(0.02)
+
+    t = threading.Thread(target=good)
+    t.start()
+    try:
+        assert daemon.raw(b"{oops\n")["error"]["code"] == -32700
+        assert daemon.raw(b"[1]\n")["error"]["code"] == -32600
+        assert daemon.raw(b'{"jsonrpc":"2.0","id":1,"method":"nope"}\n')["error"]["code"] == -32601
+        held = []
+        for _ in range(200):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(str(daemon.socket))
+            s.sendall(b'{"jsonrpc":')
+            held.append(s)
+        big = socket.socket(socket.AF_UNIX)
+        big.connect(str(daemon.socket))
+        with contextlib.suppress(OSError):  # refused and closed before we finished: fine
+            big.sendall(b"a" * (2 << 20))
+        big.close()
+        obs = daemon.call(
+            "observe",
+            address=BOB,
+            key="-----BEGIN PGP PUBLIC KEY BLOCK-----\n"
+            "\n!!!garbage!!!\n-----END PGP PUBLIC KEY BLOCK-----\n",
+            origin="autocrypt",
+        )
+        assert obs["decision"] == "rejected"
+        # 200 stalled connections are still open: the good client is still answered
+        assert [daemon.call("status")["keys"] for _ in range(10)] == [0] * 10
+        for s in held:
+            s.close()
+    finally:
+        stop.set()
+        t.join()
+    assert answered and all(v == answered[0] for v in answered)
+    assert daemon.call("status")["keys"] == 0
+
+
+def test_sigterm_stops_quickly_and_removes_the_socket(tmp_path):
+    d = Daemon(write_config(tmp_path, {}))
+    assert d.socket.exists()
+    took = d.stop()
+    assert took < 2.0, took
+    assert d.proc.returncode == 0
+    assert not d.socket.exists()
+    result = d.cli("status")
+    assert result.returncode == 3 and "not running" in result.stderr
+
+
+def test_bad_config_exits_2_naming_the_key(tmp_path):
+    cfg = write_config(tmp_path, {"refresh": {"period": "7x"}})
+    done = subprocess.run(
+        [*REFRESHD, "--config", str(cfg), "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert done.returncode == 2 and "refresh.period" in done.stderr
+    cfg.write_text(cfg.read_text() + "\n[tor]\nbogus = 1\n")
+    done = subprocess.run(
+        [*REFRESHD, "--config", str(cfg), "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert done.returncode == 2
+
+
+def test_restart_keeps_state(tmp_path, keys):
+    config = write_config(tmp_path, {})
+    d = Daemon(config)
+    d.call("observe", address=BOB, key=keys["a"], origin="autocrypt")
+    d.stop()
+    d = Daemon(config)
+    try:
+        assert d.call("lookup", address=BOB, discover=False)["fingerprint"] == keys["a_fpr"]
+    finally:
+        d.stop()
+    assert d.cli("audit", "verify").returncode == 0
