@@ -10,7 +10,8 @@ Rules:
    random slack drawn from what is left of the cycle's budget (law below). A cycle starts at
    the previous cycle's deadline, or at once if that has passed.
 4. Keys added mid-cycle join the part not yet done at a random position; removed keys leave
-   the cycle, the urgent queue and the retry list.
+   the cycle, the urgent queue and the retry list. Keys that arrive while the cycle is empty
+   restart its clock at that moment.
 5. Any fetch attempt of a key counts as its refresh for the current cycle, whatever asked for
    it; the cycle walk never fetches a key twice in one cycle.
 6. Priority of the next fetch: a `refresh` request (urgent), then a due retry, then the
@@ -149,10 +150,13 @@ def reconcile(
 ) -> CycleState:
     """The state for the registered `keys`: a first cycle, or the current one updated."""
     wanted = set(keys)
-    if state is None:
+    if state is None or (not state.order and wanted):
+        # the first keys start a cycle of their own: an empty cycle's clock (begun when the
+        # daemon started) must not squeeze them into what is left of it
         order = sorted(wanted)
         rng.shuffle(order)
-        return CycleState(cycle=1, order=tuple(order), position=0, started_at=now)
+        cycle = 1 if state is None else state.cycle
+        return CycleState(cycle=cycle, order=tuple(order), position=0, started_at=now)
     present = set(state.order)
     if wanted == present:
         return state
