@@ -13,7 +13,8 @@ Rules:
   bootstrap makes no progress for STALL_SECONDS. Each change of state is audited once as
   `tor.state` with a one-line detail.
 - Tor is polled every POLL_SECONDS, and at once on a STATUS_CLIENT event; an unreachable Tor is
-  tried again every RETRY_SECONDS, forever, without ever stopping the daemon.
+  tried again after 1, 2, 4 ... seconds, then every RETRY_SECONDS, forever, without ever
+  stopping the daemon.
 - stem is blocking: every call runs in a worker thread under a CONTROL_SECONDS timeout.
 - httpx cannot reach a SOCKS proxy on a Unix socket; the fetcher bridges it with its own dialer
   (see `Endpoint` and refreshd.net.fetch), so `socks_proxy_url` exists only for TCP ports.
@@ -224,13 +225,18 @@ class TorSupervisor:
         if self.mode == "off":
             await trio.sleep_forever()
         token = trio.lowlevel.current_trio_token()
+        misses = 0
         try:
             while True:
                 if self._controller is None:
                     await self._attach(token)
                 if self._controller is not None:
                     await self._observe()
-                interval = self._poll_seconds if self._controller else self._retry_seconds
+                misses = 0 if self._controller else misses + 1
+                # a Tor that just went away usually comes back soon: look again after 1, 2,
+                # 4 ... seconds, then every retry_seconds
+                retry = min(self._retry_seconds, 2.0 ** max(misses - 1, 0))
+                interval = self._poll_seconds if self._controller else retry
                 with trio.move_on_after(interval):
                     await self._wake.wait()
                 self._wake = trio.Event()
