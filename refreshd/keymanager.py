@@ -66,7 +66,7 @@ class KeyManager:
         self.audit = audit
         self.cfg = cfg
         self.clock = clock
-        self.on_key_changed: Callable[[str, bytes], None] | None = None
+        self.on_key_changed: Callable[[str, bytes], None] | None = None  # new key bytes stored
 
     # -- keys in --------------------------------------------------------------------------
     def strip(self, data: bytes, address: str | None) -> list[bytes]:
