@@ -16,8 +16,8 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,49 +109,50 @@ def _case(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-@contextmanager
-def _shared(selected: list[str], quick: bool) -> Iterator[dict[str, Any]]:
-    """What several cases share: the 10,000-key population and the Tor world."""
-    from bench import population
-    from tests.world import World
-
-    shared: dict[str, Any] = {}
-    with ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="refreshd-bench-")))
-        if {"lookup", "idle", "startup"} & set(selected):
-            began = time.monotonic()
-            n = POPULATION_QUICK if quick else POPULATION
-            shared["population"] = population.build(tmp / "population", n)
-            shared["population_seconds"] = time.monotonic() - began
-        if {"idle", "tor"} & set(selected):
-            shared["world"] = stack.enter_context(World(tmp, with_tor=True))
-        yield shared
+ORDER = ("wire", "cpu", "flood", "lookup", "startup", "staleness", "idle", "tor")
 
 
 def run_cases(selected: list[str], quick: bool) -> list[dict[str, Any]]:
-    from bench import cpu, idle, lookup, startup, tor_refresh, wire
+    """Cases in ORDER; the Tor world starts only for the last two, so its relays' CPU does not
+    share the machine with the other cases."""
+    from bench import cpu, idle, lookup, population, startup, tor_refresh, wire
+    from tests.world import World
 
     results = []
-    with _shared(selected, quick) as shared:
-        pop = shared.get("population")
-        world = shared.get("world")
-        tor = None
-        if world is not None and world.tor is not None:
-            tor = {
-                "socks": f"127.0.0.1:{world.tor.socks_port}",
-                "control": f"127.0.0.1:{world.tor.control_port}",
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="refreshd-bench-")))
+        pop = None
+        if {"lookup", "idle", "startup"} & set(selected):
+            print("bench: building the daemon population ...", file=sys.stderr, flush=True)
+            pop = population.build(tmp / "population", POPULATION_QUICK if quick else POPULATION)
+        world: World | None = None
+
+        def tor_world() -> World:
+            nonlocal world
+            if world is None:
+                print("bench: starting the private Tor network ...", file=sys.stderr, flush=True)
+                world = stack.enter_context(World(tmp, with_tor=True))
+            return world
+
+        def tor_ports() -> dict[str, str]:
+            tor = tor_world().tor
+            assert tor is not None
+            return {
+                "socks": f"127.0.0.1:{tor.socks_port}",
+                "control": f"127.0.0.1:{tor.control_port}",
             }
+
         cases: dict[str, Callable[[], dict[str, Any]]] = {
             "wire": lambda: wire.run(quick),
             "cpu": lambda: cpu.run(quick),
             "flood": lambda: flood_case(quick),
             "lookup": lambda: lookup.run(pop, quick),
-            "idle": lambda: idle.run(pop, tor, quick),
             "startup": lambda: startup.run(pop, quick),
             "staleness": lambda: staleness_case(quick),
-            "tor": lambda: tor_refresh.run(world, quick),
+            "idle": lambda: idle.run(pop, tor_ports(), quick),
+            "tor": lambda: tor_refresh.run(tor_world(), quick),
         }
-        for name in TITLES:
+        for name in ORDER:
             if name in selected:
                 results.append(_case(name, cases[name]))
     return results

@@ -55,7 +55,8 @@ async def _refresh_all(eng: Engine, keys: list[keyset.BenchKey]) -> dict[str, An
 def _circuits(log: EventLog, n: int) -> dict[str, Any]:
     """For each refresh fetch (its SOCKS username; fetches run one after another, so the last n
     usernames to appear are the refreshes): the circuits its streams used (STREAM events) and
-    the circuits Tor tagged with its username (CIRC events); circuits serving two fetches."""
+    the circuits Tor tagged with its username (CIRC events). Isolation is judged on streams:
+    a circuit that carried streams of two fetches is shared."""
 
     def done(events: EventLog) -> bool:
         users = {s.socks_username for s in events.streams if s.status == "SUCCEEDED"}
@@ -72,15 +73,26 @@ def _circuits(log: EventLog, n: int) -> dict[str, Any]:
     for c in log.circuits:
         if c.socks_username in by_circ:
             by_circ[c.socks_username].add(c.id)
-    owners: dict[str, set[str]] = {}
-    for user, circs in [*by_stream.items(), *by_circ.items()]:
-        for circ in circs:
-            owners.setdefault(circ, set()).add(user)
+    carried: dict[str, set[str]] = {}  # circuit -> fetches whose streams it carried
+    tagged: dict[str, set[str]] = {}  # circuit -> fetch usernames on its CIRC events
+    for table, by_user in ((carried, by_stream), (tagged, by_circ)):
+        for user, circs in by_user.items():
+            for circ in circs:
+                table.setdefault(circ, set()).add(user)
     return {
         "refresh_fetches": len(refreshes),
         "circuits_per_fetch_streams": [len(by_stream[u]) for u in refreshes],
         "circuits_per_fetch_circ_events": [len(by_circ[u]) for u in refreshes],
-        "circuits_shared_by_fetches": sum(1 for users in owners.values() if len(users) > 1),
+        "circuits_shared_by_fetches": sum(1 for users in carried.values() if len(users) > 1),
+        "circuits_tagged_for_several_fetches": {
+            circ: {
+                "tagged": sorted(users),
+                "carried": sorted(carried.get(circ, ())),
+                "events": [c.raw for c in log.circuits if c.id == circ],
+            }
+            for circ, users in tagged.items()
+            if len(users) > 1
+        },
     }
 
 
