@@ -4,13 +4,14 @@ bad input while a good client is served, clean SIGTERM, bad config."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import stat
 import subprocess
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -224,3 +225,87 @@ def test_restart_keeps_state(tmp_path, keys):
     finally:
         d.stop()
     assert d.cli("audit", "verify").returncode == 0
+
+
+def test_no_config_and_no_tor_still_serves_the_socket(tmp_path):
+    """The README's first command: embedded defaults, no Tor anywhere (here: no tor binary on
+    PATH and no system Tor), and the daemon still starts, serves the socket and says so."""
+    home = tmp_path / "home"
+    env = {
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_RUNTIME_DIR": str(tmp_path / "run"),
+        "PATH": str(tmp_path / "empty-bin"),
+        "PYTHONPATH": os.getcwd(),
+    }
+    (tmp_path / "run").mkdir(mode=0o700)
+    proc = subprocess.Popen(
+        [*REFRESHD, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    socket_path = tmp_path / "run" / "refreshd" / "socket"
+    try:
+        deadline = time.monotonic() + 30
+        status = None
+        while time.monotonic() < deadline:
+            done = subprocess.run(
+                [*REFRESHD, "status", "--json"], env=env, capture_output=True, text=True, timeout=30
+            )
+            if done.returncode == 0:
+                status = json.loads(done.stdout)
+                if status["tor"]["state"] == "unavailable":
+                    break
+            time.sleep(0.2)
+        assert status is not None, "the socket was never served"
+        assert status["tor"]["mode"] == "auto" and status["tor"]["state"] == "unavailable"
+        assert status["tor"]["detail"]
+        assert (home / ".local" / "state" / "refreshd" / "refreshd.sqlite3").exists()
+        assert stat.S_IMODE(os.stat(socket_path).st_mode) == 0o600
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert not socket_path.exists()
+
+
+def test_locked_own_key_is_reported_and_nothing_else_breaks(tmp_path, keys):
+    """Issue 6: a protected own key due for extension, without (or with a wrong) passphrase:
+    nothing is written, status says why, lookups keep working."""
+    ws = Workshop()  # a short home: gpg-agent's socket path must fit
+    try:
+        past = datetime.now(UTC) - timedelta(days=170)
+        g = ws.gpg
+        fpr = g._created(
+            "--passphrase",
+            "right horse",
+            "--quick-gen-key",
+            "<me@example.net>",
+            "ed25519",
+            "default",
+            "180d",
+            at=past,
+        )
+        armored = g.run("--passphrase", "right horse", "--armor", "--export-secret-keys", fpr)
+    finally:
+        ws.close()
+    d = Daemon(write_config(tmp_path, {}))
+    try:
+        own = d.call("own_import", key=armored.decode(), passphrase="wrong")
+        assert own["fingerprint"] == fpr and "locked" in own["problem"]
+        key_file = tmp_path / "state" / "own-key.asc"
+        assert key_file.read_bytes() == armored  # nothing rewritten
+        assert "own key locked: cannot extend" in d.call("status")["own"][0]["problem"]
+        d.call("observe", address=BOB, key=keys["a"], origin="autocrypt")
+        assert d.call("lookup", address=BOB, discover=False)["state"] == "registered"
+        assert "own.extended" not in [e["event"] for e in d.audit()]
+    finally:
+        d.stop()
+    # with the right passphrase from own.passphrase_file, the next start extends it
+    secret = tmp_path / "pass"
+    secret.write_text("right horse\n")
+    d = Daemon(write_config(tmp_path, {"own": {"passphrase_file": str(secret), "upload": []}}))
+    try:
+        own = d.call("own")[0]
+        assert own["problem"] is None
+        assert datetime.fromisoformat(own["expires"]) > datetime.now(UTC) + timedelta(days=90)
+        assert "own.extended" in [e["event"] for e in d.audit()]
+    finally:
+        d.stop()
