@@ -187,12 +187,4 @@ class Discovery:
                     return last
         if last is not None:
             return last
-        return Decision(
-            "rejected",
-            fingerprint,
-            found.level,
-            found.source,
-            found.positive,
-            "8",
-            f"No source had the key {fingerprint}.",
-        )
+        return found.rejected(fingerprint, f"No source had the key {fingerprint}.")

@@ -57,6 +57,12 @@ class Found:
     asked_fingerprint: str | None = None
     url: str | None = None
 
+    def rejected(self, fingerprint: str, reason: str) -> Decision:
+        """A rejection of something from this source that never reached the rules."""
+        return Decision(
+            "rejected", fingerprint, self.level, self.source, self.positive, "8", reason
+        )
+
 
 class KeyManager:
     def __init__(
@@ -252,15 +258,7 @@ class KeyManager:
     def _reject_unparsed(
         self, address: str, found: Found, reason: str, fingerprint: str = ""
     ) -> Decision:
-        decision = Decision(
-            "rejected",
-            fingerprint,
-            found.level,
-            found.source,
-            found.positive,
-            "8",
-            f"The key could not be used: {reason}",
-        )
+        decision = found.rejected(fingerprint, f"The key could not be used: {reason}")
         self.audit.emit(
             "key.rejected",
             address=address,

@@ -300,29 +300,19 @@ class OwnKeys:
         for req in requests:
             try:
                 answer = await self.fetcher.fetch(req)
-                if mechanism == "vks":
-                    vks.read_upload(answer.status, answer.body)
-                else:
-                    hkp.read_upload(answer.status, answer.body)
+                read = vks.read_upload if mechanism == "vks" else hkp.read_upload
+                read(answer.status, answer.body)
             except (FetchFailed, SourceError) as exc:
-                all_ok = False
+                all_ok, outcome = False, {"ok": False, "reason": exc.reason}
                 reasons.append(exc.reason)
-                self.audit.emit(
-                    "own.uploaded",
-                    fingerprint=fingerprint,
-                    mechanism=mechanism,
-                    url=req.url,
-                    ok=False,
-                    reason=exc.reason,
-                )
-                continue
+            else:
+                outcome = {"ok": True, "status": answer.status}
             self.audit.emit(
                 "own.uploaded",
                 fingerprint=fingerprint,
                 mechanism=mechanism,
                 url=req.url,
-                ok=True,
-                status=answer.status,
+                **outcome,
             )
         if all_ok:
             with self.store.transaction():

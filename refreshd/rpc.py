@@ -200,15 +200,7 @@ class RpcServer:
             newline = buf.find(b"\n")
             if newline < 0:
                 if len(buf) > MAX_LINE:
-                    await stream.send_all(
-                        _line(
-                            error(
-                                None,
-                                INVALID_REQUEST,
-                                f"Invalid request: line longer than {MAX_LINE} bytes",
-                            )
-                        )
-                    )
+                    await stream.send_all(TOO_LONG)
                     return
                 with trio.move_on_after(self.idle_timeout) as idle:
                     chunk = await stream.receive_some(65536)
@@ -219,15 +211,7 @@ class RpcServer:
             line = bytes(buf[:newline])
             del buf[: newline + 1]
             if len(line) > MAX_LINE:
-                await stream.send_all(
-                    _line(
-                        error(
-                            None,
-                            INVALID_REQUEST,
-                            f"Invalid request: line longer than {MAX_LINE} bytes",
-                        )
-                    )
-                )
+                await stream.send_all(TOO_LONG)
                 return
             if not line.strip():
                 continue
@@ -297,3 +281,8 @@ async def _bind(path: Path) -> trio.SocketListener:
 
 def _line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+TOO_LONG = _line(
+    error(None, INVALID_REQUEST, f"Invalid request: line longer than {MAX_LINE} bytes")
+)
