@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -309,3 +310,45 @@ def test_locked_own_key_is_reported_and_nothing_else_breaks(tmp_path, keys):
         assert "own.extended" in [e["event"] for e in d.audit()]
     finally:
         d.stop()
+
+
+@pytest.mark.skipif(not shutil.which("systemd-socket-activate"), reason="needs systemd")
+def test_socket_activation_serves_the_inherited_socket(tmp_path):
+    """systemd's own socket activator holds the socket; the first client starts the daemon,
+    which serves that very socket and leaves the file to its owner when it stops."""
+    config = write_config(tmp_path, {})  # its own socket path is elsewhere: only the
+    path = tmp_path / "activation" / "socket"  # inherited socket can answer here
+    path.parent.mkdir(mode=0o700)
+    proc = subprocess.Popen(
+        [
+            "systemd-socket-activate",
+            "-l",
+            str(path),
+            "-E",
+            f"PYTHONPATH={os.getcwd()}",
+            *REFRESHD,
+            "--config",
+            str(config),
+            "run",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(30)
+            s.connect(str(path))  # this connection starts the daemon
+            s.sendall(b'{"jsonrpc": "2.0", "id": 1, "method": "status"}\n')
+            reply = b""
+            while not reply.endswith(b"\n"):
+                reply += s.recv(65536)
+        assert json.loads(reply)["result"]["version"]
+        events = (tmp_path / "state" / "audit.jsonl").read_text()
+        assert '"daemon.started"' in events
+        assert not (tmp_path / "run" / "socket").exists()
+    finally:
+        proc.terminate()
+        proc.wait(10)
