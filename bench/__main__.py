@@ -155,7 +155,7 @@ def run_cases(selected: list[str], quick: bool) -> list[dict[str, Any]]:
         for name in ORDER:
             if name in selected:
                 results.append(_case(name, cases[name]))
-    return results
+    return sorted(results, key=lambda case: list(TITLES).index(case["name"]))
 
 
 def main(argv: list[str] | None = None) -> int:

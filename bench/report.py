@@ -90,9 +90,10 @@ def fmt_spread(s: Spread | None, unit: str) -> str:
     if s is None:
         return "—"
     suffix = {"per-s": "/s", "cpu-s/min": " CPU-s/min", "periods": " periods"}.get(unit, "")
-    if s.min == s.max:
+    low, high = fmt(s.min, unit), fmt(s.max, unit)
+    if low == high:
         return fmt(s.median, unit) + suffix
-    return f"{fmt(s.median, unit)}{suffix} ({fmt(s.min, unit)}–{fmt(s.max, unit)})"
+    return f"{fmt(s.median, unit)}{suffix} ({low}–{high})"
 
 
 def markdown(cases: list[dict[str, Any]], machine: dict[str, Any]) -> str:
