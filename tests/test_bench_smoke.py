@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 
 def test_quick_bench_writes_table_and_json(tmp_path: Path) -> None:
     done = subprocess.run(
