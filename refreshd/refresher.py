@@ -2,9 +2,9 @@
 
 The loop is a plain trio task; it owns the only refresh fetch in flight. Each step persists
 the cycle state before sleeping, so a restart resumes the cycle where it was. A key is fetched
-from where it was found (its first source row); keys seen only in mail or imported from GnuPG
-are refreshed by fingerprint from the configured VKS/HKP servers. An unchanged answer (304 or
-same body hash) updates only the bookkeeping; anything else goes through the key manager.
+from where it was found; keys seen only in mail or imported from GnuPG are refreshed from WKD
+by address or from VKS/HKP by fingerprint (see _sources). An unchanged answer (304 or same
+body hash) updates only the bookkeeping; anything else goes through the key manager.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from refreshd.config import Config
 from refreshd.core import levels, schedule
 from refreshd.discovery import audit_fetch
 from refreshd.keymanager import Found, KeyManager
-from refreshd.net import hkp, vks
+from refreshd.net import hkp, vks, wkd
 from refreshd.net.answers import Outcome
 from refreshd.net.fetch import Validators
 from refreshd.retrieve import Got, Retriever
@@ -31,6 +31,7 @@ from refreshd.store import Source, iso
 
 STATE_NAME = "refresh.cycle"
 ERROR_PAUSE = 60.0  # after an unexpected error in one step
+DIRECTORIES = frozenset({"wkd", "nicknym", "vks", "hkp"})
 HOST_FAILING = 3  # different keys failing in a row on one host before the host backs off
 # With no key registered the loop has nothing to wait for, and registering one does not wake
 # it: it looks for the first key this often (seconds).
@@ -183,18 +184,36 @@ class Refresher:
         self._save()
 
     def _sources(self, fingerprint: str) -> list[Source]:
-        found = self.store.sources_of(fingerprint)
-        if found:
-            return found[:1]
-        fallback = [
-            Source(vks.by_fingerprint(b, fingerprint).url, "vks", None, fingerprint)
-            for b in self.cfg.discovery.vks
-        ]
-        fallback += [
-            Source(hkp.lookup(b, fingerprint).url, "hkp", None, fingerprint)
-            for b in self.cfg.discovery.hkp
-        ]
-        return fallback[:1]
+        """Where to ask. A key a directory gave us is asked there again (SPEC 6): its stored
+        URLs, the one with the fewest failures in a row first. A key met only in mail or a
+        GnuPG keyring has no such place: it is also offered WKD for each of its addresses and
+        VKS/HKP by fingerprint, in discovery.order, and a source that keeps failing gives way
+        to the next (every URL tried is remembered by _book)."""
+        stored = self.store.sources_of(fingerprint)
+        addresses = self.store.addresses_of(fingerprint)
+        registered_from = {
+            reg.source for a in addresses if (reg := self.store.registration(a)) is not None
+        }
+        fallback: list[Source] = []
+        if not stored or not registered_from & DIRECTORIES:
+            for kind in self.cfg.discovery.order:
+                if kind == "wkd":
+                    fallback += [
+                        Source(wkd.requests_for(a)[0].url, "wkd", a, fingerprint) for a in addresses
+                    ]
+                elif kind == "vks":
+                    fallback += [
+                        Source(vks.by_fingerprint(b, fingerprint).url, "vks", None, fingerprint)
+                        for b in self.cfg.discovery.vks
+                    ]
+                elif kind == "hkp":
+                    fallback += [
+                        Source(hkp.lookup(b, fingerprint).url, "hkp", None, fingerprint)
+                        for b in self.cfg.discovery.hkp
+                    ]
+        known = {s.url for s in stored}
+        candidates = [*stored, *(f for f in fallback if f.url not in known)]
+        return sorted(candidates, key=lambda s: s.failures)[:1]  # stable: order breaks ties
 
     async def refresh(self, fingerprint: str) -> bool:
         """One refresh fetch; True when the source answered usably (changed or not)."""

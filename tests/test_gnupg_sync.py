@@ -30,10 +30,11 @@ WKD = Found("wkd", "provider-trust", True)
 # - pubring.kbx is replaced by two renames (old -> pubring.kbx~, new -> pubring.kbx); a run
 #   that opens the file between them fails with "No such file or directory";
 # - a writer finds its key before it takes the lock; if another write replaced the file
-#   meanwhile, the update refuses the stale offset ("Provided object is too large/short").
+#   meanwhile, the update refuses the stale offset ("Provided object is too large/short") or
+#   no longer finds the block there ("keydb_get_keyblock failed: Value not found").
 GNUPG_RACE = re.compile(
-    r"gpg: (keydb_search\w* failed|update failed): "
-    r"(No such file or directory|Provided object is too (large|short))"
+    r"gpg: (keydb_search\w* failed|update failed|keydb_get_keyblock failed): "
+    r"(No such file or directory|Provided object is too (large|short)|Value not found)"
 )
 # gpg's lock protocol logs an error when the holder releases the lock while it reads the lock
 # file, says "lockfile disappeared" and takes the lock; waiting for the lock is no error either
