@@ -182,14 +182,24 @@ def normalize_address(text: str) -> str | None:
     local, at, domain = text.rpartition("@")
     if not at or not _LOCAL.fullmatch(local) or not domain:
         return None
-    try:
-        ascii_domain = idna.encode(domain, uts46=True).decode("ascii").lower()
-    except (idna.IDNAError, UnicodeError):
+    ascii_domain = _ascii_domain(domain)
+    if ascii_domain is None:
         return None
     labels = ascii_domain.split(".")
     if len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
         return None
     return f"{local}@{ascii_domain}"
+
+
+def _ascii_domain(domain: str) -> str | None:
+    """The domain in lower-case ASCII. A plain ASCII name without punycode labels maps to its
+    lower case under UTS 46, so only the others need the (slow) IDNA codec."""
+    if domain.isascii() and "xn--" not in domain.lower():
+        return domain.lower()
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii").lower()
+    except (idna.IDNAError, UnicodeError):
+        return None
 
 
 # --- signatures --------------------------------------------------------------------------------
