@@ -2,8 +2,8 @@
 
 The loop is a plain trio task; it owns the only refresh fetch in flight. Each step persists
 the cycle state before sleeping, so a restart resumes the cycle where it was. A key is fetched
-from where it was found; keys seen only in mail or imported from GnuPG are refreshed from WKD
-by address or from VKS/HKP by fingerprint (see _sources). An unchanged answer (304 or same
+from where it was found; keys seen only in mail or imported from GnuPG are refreshed from
+VKS/HKP by fingerprint or from WKD by address (see _sources). An unchanged answer (304 or same
 body hash) updates only the bookkeeping; anything else goes through the key manager.
 """
 
@@ -186,9 +186,9 @@ class Refresher:
     def _sources(self, fingerprint: str) -> list[Source]:
         """Where to ask. A key a directory gave us is asked there again (SPEC 6): its stored
         URLs, the one with the fewest failures in a row first. A key met only in mail or a
-        GnuPG keyring has no such place: it is also offered WKD for each of its addresses and
-        VKS/HKP by fingerprint, in discovery.order, and a source that keeps failing gives way
-        to the next (every URL tried is remembered by _book)."""
+        GnuPG keyring has no such place: it is asked by fingerprint at the configured VKS/HKP
+        servers (where such keys usually are), then at WKD for each of its addresses, and a
+        source that keeps failing gives way to the next (every URL tried is remembered)."""
         stored = self.store.sources_of(fingerprint)
         addresses = self.store.addresses_of(fingerprint)
         registered_from = {
@@ -196,21 +196,26 @@ class Refresher:
         }
         fallback: list[Source] = []
         if not stored or not registered_from & DIRECTORIES:
-            for kind in self.cfg.discovery.order:
-                if kind == "wkd":
-                    fallback += [
-                        Source(wkd.requests_for(a)[0].url, "wkd", a, fingerprint) for a in addresses
-                    ]
-                elif kind == "vks":
-                    fallback += [
-                        Source(vks.by_fingerprint(b, fingerprint).url, "vks", None, fingerprint)
-                        for b in self.cfg.discovery.vks
-                    ]
-                elif kind == "hkp":
-                    fallback += [
-                        Source(hkp.lookup(b, fingerprint).url, "hkp", None, fingerprint)
-                        for b in self.cfg.discovery.hkp
-                    ]
+            by_kind = {
+                "vks": [
+                    Source(vks.by_fingerprint(b, fingerprint).url, "vks", None, fingerprint)
+                    for b in self.cfg.discovery.vks
+                ],
+                "hkp": [
+                    Source(hkp.lookup(b, fingerprint).url, "hkp", None, fingerprint)
+                    for b in self.cfg.discovery.hkp
+                ],
+                "wkd": [
+                    Source(wkd.requests_for(a)[0].url, "wkd", a, fingerprint) for a in addresses
+                ],
+            }
+            order = [k for k in self.cfg.discovery.order if k != "wkd"] + ["wkd"]
+            fallback = [
+                s
+                for kind in order
+                if kind in self.cfg.discovery.order
+                for s in by_kind.get(kind, [])
+            ]
         known = {s.url for s in stored}
         candidates = [*stored, *(f for f in fallback if f.url not in known)]
         return sorted(candidates, key=lambda s: s.failures)[:1]  # stable: order breaks ties

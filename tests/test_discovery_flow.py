@@ -186,23 +186,22 @@ async def test_host_backs_off_only_when_different_keys_fail(world, keys):
     assert "left alone" in world.events()[-1]["reason"]
 
 
-async def test_key_met_in_mail_is_refreshed_from_wkd_then_hkp(world, keys):
-    fpr = world.keys.consider(BOB, keys["p"], Found("autocrypt", "weak-chain", True)).fingerprint
-    refresher = Refresher(world.keys, world.retriever, world.cfg, world.audit, rng=random.Random(3))
-    world.https.handlers.pop("/")  # nothing but WKD on the HTTPS host
-    assert await refresher.refresh(fpr) is True  # WKD by address comes first in the order
-    assert world.https.requests[-1].target.startswith(advanced_path(BOB))
-    assert world.keys.describe(BOB)["source"] == "wkd"  # confirmed by the provider: its source
-
-
-async def test_key_met_in_mail_falls_back_to_hkp_when_wkd_fails(world, keys):
+async def test_key_met_in_mail_is_refreshed_by_fingerprint_first(world, keys):
     fpr = world.keys.consider(BOB, keys["a"], Found("autocrypt", "weak-chain", True)).fingerprint
-    refresher = Refresher(world.keys, world.retriever, world.cfg, world.audit, rng=random.Random(4))
-    world.https.handlers.pop(advanced_path(BOB))
-    world.https.handlers.pop("/")  # WKD answers 404
-    assert await refresher.refresh(fpr) is False
-    assert world.hkp.accepts == 0
-    assert await refresher.refresh(fpr) is True  # the failed source gives way to HKP
+    refresher = Refresher(world.keys, world.retriever, world.cfg, world.audit, rng=random.Random(3))
+    assert await refresher.refresh(fpr) is True
     assert world.hkp.accepts == 1 and "search=0x" + fpr in world.hkp.requests[-1].target
+    assert world.https.accepts == 0
+
+
+async def test_key_met_in_mail_falls_back_to_wkd_when_the_keyserver_fails(world, keys):
+    fpr = world.keys.consider(BOB, keys["p"], Found("autocrypt", "weak-chain", True)).fingerprint
+    refresher = Refresher(world.keys, world.retriever, world.cfg, world.audit, rng=random.Random(4))
+    world.hkp.handlers["/pks/lookup"] = static(404)
+    assert await refresher.refresh(fpr) is False
+    assert world.https.accepts == 0
+    assert await refresher.refresh(fpr) is True  # the failed source gives way to WKD
+    assert world.https.requests[-1].target.startswith(advanced_path(BOB))
     kinds = {s.kind: s.failures for s in world.store.sources_of(fpr)}
-    assert kinds == {"wkd": 1, "hkp": 0}
+    assert kinds == {"hkp": 1, "wkd": 0}
+    assert world.keys.describe(BOB)["source"] == "wkd"  # confirmed by the provider

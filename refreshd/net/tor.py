@@ -12,7 +12,8 @@ Rules:
   circuit established; "unavailable" again when no circuit can be built after bootstrap or when
   bootstrap makes no progress for STALL_SECONDS. Each change of state is audited once as
   `tor.state` with a one-line detail.
-- Tor is polled every POLL_SECONDS, and at once on a STATUS_CLIENT event; an unreachable Tor is
+- Tor is polled every POLL_SECONDS (READY_POLL_SECONDS once ready), and at once on a
+  STATUS_CLIENT event or when the control connection closes; an unreachable Tor is
   tried again after 1, 2, 4 ... seconds, then every RETRY_SECONDS, forever, without ever
   stopping the daemon.
 - stem is blocking: every call runs in a worker thread under a CONTROL_SECONDS timeout.
@@ -43,6 +44,8 @@ import trio
 from refreshd.config import Config
 
 POLL_SECONDS = 5.0
+READY_POLL_SECONDS = 30.0  # a ready Tor is checked less often: its events and the control
+# connection's closing wake the supervisor at once
 RETRY_SECONDS = 30.0
 CONTROL_SECONDS = 20.0
 STALL_SECONDS = 300.0
@@ -236,7 +239,12 @@ class TorSupervisor:
                 # a Tor that just went away usually comes back soon: look again after 1, 2,
                 # 4 ... seconds, then every retry_seconds
                 retry = min(self._retry_seconds, 2.0 ** max(misses - 1, 0))
-                interval = self._poll_seconds if self._controller else retry
+                if self._controller is None:
+                    interval = retry
+                elif self.ready:  # events and the closed-connection listener wake us sooner
+                    interval = max(self._poll_seconds, READY_POLL_SECONDS)
+                else:
+                    interval = self._poll_seconds
                 with trio.move_on_after(interval):
                     await self._wake.wait()
                 self._wake = trio.Event()
@@ -350,6 +358,11 @@ class TorSupervisor:
             with contextlib.suppress(trio.RunFinishedError):
                 trio.from_thread.run_sync(self._wake.set, trio_token=token)
 
+        def on_status(_controller: object, state: object, _when: float) -> None:
+            if state == stem.control.State.CLOSED:  # tor went away: look at once
+                on_event(state)
+
+        controller.add_status_listener(on_status, spawn=False)
         with contextlib.suppress(TimeoutError, stem.ControllerError, stem.SocketError):
             await self._blocking(
                 lambda: controller.add_event_listener(
