@@ -216,6 +216,16 @@ class KeyManager:
         if stored is None:
             return raw, view, True, False
         result = merge(stored, raw)
+        if result.dropped:  # SPEC 8: forged or damaged parts end in a rejection with a reason
+            self.audit.emit(
+                "key.rejected",
+                address=address,
+                fingerprint=view.fingerprint,
+                source=found.source,
+                part="signatures",
+                reason=f"{result.dropped} signature(s) in this copy do not verify (forged or "
+                "damaged); they were dropped and the rest of the copy was considered.",
+            )
         if result.expiry_refused:
             self.audit.emit(
                 "key.expiry_refused",

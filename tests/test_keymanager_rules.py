@@ -210,3 +210,19 @@ def test_hkp_alone_is_no_positive_indication(km, keys):
     assert "5.4" in answer["reason"]
     km.consider(BOB, keys.a, Found("autocrypt", "weak-chain", True))
     assert km.describe(BOB)["encrypt"] is True
+
+
+def test_forged_uid_in_a_copy_is_rejected_and_changes_nothing(km, keys):
+    from refreshd.openpgp.keyview import parse_one
+    from refreshd.openpgp.packets import Bundle, Cert, new_packet
+
+    register(km, keys.a)
+    cert = parse_one(keys.a)
+    forged_uid = Bundle(new_packet(13, b"Mallory <bob@example.org>"), cert.uids[0].sigs)
+    forged = Cert(cert.primary, (forged_uid, *cert.uids[1:]), cert.subkeys).serialize()
+    before = km.store.get_key(keys.a_fpr)
+    d = km.consider(BOB, forged, WKD)
+    assert d.fingerprint == keys.a_fpr and d.decision in ("kept", "rejected")
+    assert km.store.get_key(keys.a_fpr) == before
+    rejected = [e for e in events(km) if e["event"] == "key.rejected"]
+    assert rejected and "do not verify" in rejected[-1]["reason"]

@@ -63,6 +63,7 @@ class MergeResult:
     changed: bool
     expiry_refused: bool
     reason: str
+    dropped: int = 0  # signatures in the fresh copy that do not verify (forged or damaged)
 
 
 @dataclass
@@ -228,4 +229,5 @@ def merge(stored: bytes, fresh: bytes) -> MergeResult:
         changed=bool(tally.sigs or tally.uids or tally.subkeys),
         expiry_refused=refused,
         reason=_reason(tally, refused),
+        dropped=tally.dropped,
     )
