@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,3 +84,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if leftover:
         session.config.get_terminal_writer().line(f"world processes left running: {leftover}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def rigs(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Key manager + GnuPG bridge rigs on temporary state, closed at the end (gnupg tests)."""
+    from tests.test_gnupg_import import make_rig
+
+    made: list[Any] = []
+
+    def make(*, sync: bool = False, homedir: str = "") -> Any:
+        made.append(make_rig(tmp_path / f"state{len(made)}", sync=sync, homedir=homedir))
+        return made[-1]
+
+    yield make
+    for rig in made:
+        rig.close()

@@ -122,19 +122,6 @@ def make_rig(state: Path, *, sync: bool = False, homedir: str = "") -> Rig:
     return Rig(state, keys, GnupgBridge(cfg, keys, audit), audit)
 
 
-@pytest.fixture
-def rigs(tmp_path: Path) -> Iterator[Callable[..., Rig]]:
-    made: list[Rig] = []
-
-    def make(*, sync: bool = False, homedir: str = "") -> Rig:
-        made.append(make_rig(tmp_path / f"state{len(made)}", sync=sync, homedir=homedir))
-        return made[-1]
-
-    yield make
-    for rig in made:
-        rig.close()
-
-
 @dataclass(frozen=True)
 class Keyring:
     home: Path

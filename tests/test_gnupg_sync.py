@@ -21,7 +21,7 @@ import trio
 
 from refreshd.keymanager import Found
 from tests.keyfactory import Gpg
-from tests.test_gnupg_import import Rig, listing, make_rig, stop_agent
+from tests.test_gnupg_import import Rig, listing, stop_agent
 
 WKD = Found("wkd", "provider-trust", True)
 # How GnuPG 2.2 itself fails beside any other writer of the same keyring (a plain
@@ -48,19 +48,6 @@ def lock_errors(stderr: str) -> list[str]:
     return [
         line for line in stderr.splitlines() if "lock" in line and not LOCK_NOISE.fullmatch(line)
     ]
-
-
-@pytest.fixture
-def rigs(tmp_path: Path) -> Iterator[Callable[..., Rig]]:
-    made: list[Rig] = []
-
-    def make(*, sync: bool = False, homedir: str = "") -> Rig:
-        made.append(make_rig(tmp_path / f"state{len(made)}", sync=sync, homedir=homedir))
-        return made[-1]
-
-    yield make
-    for rig in made:
-        rig.close()
 
 
 @dataclass
