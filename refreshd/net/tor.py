@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import re
 import socket
 import subprocess
@@ -39,11 +40,13 @@ import stem
 import stem.connection
 import stem.control
 import stem.process
+import stem.socket
 import trio
 
 from refreshd.config import Config
 
 POLL_SECONDS = 5.0
+EVENT_THREAD_WAIT = 60.0  # stem's event thread, between events (see QuietController)
 READY_POLL_SECONDS = 30.0  # a ready Tor is checked less often: its events and the control
 # connection's closing wake the supervisor at once
 RETRY_SECONDS = 30.0
@@ -156,6 +159,29 @@ def _probe(endpoint: Endpoint) -> None:
             sock.connect(endpoint.path)
     else:
         socket.create_connection((endpoint.host, endpoint.port), timeout=CONTROL_SECONDS).close()
+
+
+class QuietController(stem.control.Controller):
+    """stem's Controller, minus its event thread's 20 wake-ups a second.
+
+    stem polls its event queue every 50 ms for as long as it is connected: most of an idle
+    daemon's CPU. Clearing the notice before looking at the queue makes a longer wait safe
+    (an event or close() that arrives after the clear sets the notice and ends the wait), so
+    events are still handled at once and the thread otherwise sleeps.
+    """
+
+    def _event_loop(self) -> None:
+        while True:
+            self._event_notice.clear()
+            try:
+                event_message = self._event_queue.get_nowait()
+            except queue.Empty:
+                if not self.is_alive():
+                    break
+                self._event_notice.wait(EVENT_THREAD_WAIT)
+                continue
+            self._handle_event(event_message)
+            self._event_queue.task_done()
 
 
 class TorSupervisor:
@@ -290,9 +316,11 @@ class TorSupervisor:
         def connect() -> stem.control.Controller:
             _probe(endpoint)
             if endpoint.path:
-                controller = stem.control.Controller.from_socket_file(endpoint.path)
+                controller = QuietController(stem.socket.ControlSocketFile(endpoint.path))
             else:
-                controller = stem.control.Controller.from_port(endpoint.host, endpoint.port)
+                controller = QuietController(
+                    stem.socket.ControlPort(address=endpoint.host, port=endpoint.port)
+                )
             try:
                 controller.authenticate()
             except BaseException:
