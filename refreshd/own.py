@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -27,9 +27,13 @@ from refreshd.core import ownpolicy, schedule
 from refreshd.net import hkp, vks
 from refreshd.net.answers import SourceError
 from refreshd.net.fetch import Fetcher, FetchFailed, Request
-from refreshd.openpgp import resign
 from refreshd.rpc import INVALID_PARAMS, RpcError
 from refreshd.store import Store, iso
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from refreshd.openpgp.resign import OwnKey
 
 UPLOAD_RETRY_BASE = 300.0
 UPLOAD_RETRY_CAP = 86400.0
@@ -50,6 +54,14 @@ def write_private(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _resign() -> ModuleType:
+    """The re-signing module, loaded on first use: it brings pgpy (several MB), which a daemon
+    without an own key never needs."""
+    from refreshd.openpgp import resign
+
+    return resign
 
 
 class OwnKeys:
@@ -114,7 +126,7 @@ class OwnKeys:
             return seed.to_bytes(8, "big")
         return int(row["seed"]).to_bytes(8, "big")
 
-    def _plan(self, key: resign.OwnKey) -> ownpolicy.Plan:
+    def _plan(self, key: OwnKey) -> ownpolicy.Plan:
         return ownpolicy.plan(
             key.components,
             now=self.clock(),
@@ -128,6 +140,7 @@ class OwnKeys:
         armored = self._armored()
         if armored is None:
             return []
+        resign = _resign()
         try:
             key = resign.read_own(armored)
         except resign.BadKey as exc:
@@ -159,6 +172,7 @@ class OwnKeys:
 
     # -- changing ---------------------------------------------------------------------------
     async def import_key(self, armored: str, passphrase: str | None) -> dict[str, Any]:
+        resign = _resign()
         try:
             key = resign.read_own(armored)
         except (resign.BadKey, ValueError) as exc:
@@ -173,6 +187,7 @@ class OwnKeys:
         return self.report()[0]
 
     async def generate(self, address: str, name: str | None) -> dict[str, Any]:
+        resign = _resign()
         if self._armored() is not None:
             raise RpcError(
                 INVALID_PARAMS,
@@ -205,6 +220,7 @@ class OwnKeys:
         armored = self._armored()
         if armored is None:
             return
+        resign = _resign()
         try:
             key = resign.read_own(armored)
         except resign.BadKey as exc:
@@ -279,6 +295,7 @@ class OwnKeys:
         armored = self._armored()
         if armored is None:
             return True, "no own key"
+        resign = _resign()
         fingerprint = resign.read_own(armored).fingerprint
         public = resign.public_armored(armored)
         requests = self._upload_requests(mechanism, public)
