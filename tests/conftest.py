@@ -100,3 +100,13 @@ def rigs(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     yield make
     for rig in made:
         rig.close()
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory short enough for AF_UNIX paths (108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="rd-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)

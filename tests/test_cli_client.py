@@ -8,10 +8,8 @@ its own tests.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -124,15 +122,6 @@ class FakeDaemon:
     @property
     def last(self) -> dict[str, Any]:
         return self.requests[-1]
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="rd-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path)
 
 
 def write_config(directory: Path, socket_path: Path) -> Path:

@@ -7,25 +7,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from refreshd import sdnotify
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A directory short enough for AF_UNIX paths (108 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="rd-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path)
 
 
 def _receiver(address: str) -> socket.socket:
