@@ -307,8 +307,11 @@ class Workshop:
 def gpg_oracle(key: bytes, home: Path) -> bytes:
     """gpg --with-colons listing of key imported into a fresh home."""
     gpg = Gpg(home)
-    gpg.run("--import", data=key)
-    return gpg.run("--with-colons", "--fixed-list-mode", "--list-keys")
+    try:
+        gpg.run("--import", data=key)
+        return gpg.run("--with-colons", "--fixed-list-mode", "--list-keys")
+    finally:
+        gpg.close()  # no gpg-agent left behind
 
 
 def add_primary_sig(public: bytes, raw: bytes) -> bytes:
