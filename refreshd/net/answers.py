@@ -11,6 +11,7 @@ Rules:
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from enum import StrEnum
@@ -59,3 +60,15 @@ def normalize_fingerprint(fpr: str) -> str:
     if not _FPR.match(text):
         raise SourceError(f"not an OpenPGP fingerprint: {fpr[:80]!r}")
     return text
+
+
+def json_object(body: bytes | str, what: str, *, not_json: str = "is not valid JSON") -> dict:
+    """The body as a JSON object; SourceError naming `what` otherwise (bad JSON, too deep,
+    not an object)."""
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        raise SourceError(f"{what} {not_json}") from None
+    if not isinstance(value, dict):
+        raise SourceError(f"{what} is not a JSON object")
+    return value

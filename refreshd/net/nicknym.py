@@ -17,13 +17,12 @@ Rules:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from urllib.parse import quote, urlsplit
 
-from refreshd.net.answers import LOOKUP_STATUS, Outcome, SourceError, lookup_outcome
+from refreshd.net.answers import LOOKUP_STATUS, Outcome, SourceError, json_object, lookup_outcome
 from refreshd.net.answers import normalize_fingerprint as _fingerprint
 from refreshd.net.fetch import Request, Validators, registrable_domain
 from refreshd.net.wkd import same_address, split_address
@@ -64,12 +63,7 @@ def capability_requests(domain: str) -> list[Request]:
 
 
 def _nicknym_uri(domain: str, body: bytes) -> str:
-    try:
-        provider = json.loads(body)
-    except (ValueError, RecursionError):
-        raise SourceError("provider.json is not valid JSON") from None
-    if not isinstance(provider, dict):
-        raise SourceError("provider.json is not a JSON object")
+    provider = json_object(body, "provider.json")
     uri = provider.get("nicknym_uri")
     if not isinstance(uri, str) or not uri:
         raise SourceError("provider.json names no nicknym_uri")
@@ -138,12 +132,7 @@ def _armored_key(body: bytes, address: str | None) -> str:
         raise SourceError("nicknym answer is not UTF-8") from None
     if text.lstrip().startswith(ARMOR_HEADER):
         return text
-    try:
-        answer = json.loads(text)
-    except (ValueError, RecursionError):
-        raise SourceError("nicknym answer is neither JSON nor an armored key") from None
-    if not isinstance(answer, dict):
-        raise SourceError("nicknym answer is not a JSON object")
+    answer = json_object(text, "nicknym answer", not_json="is neither JSON nor an armored key")
     key = answer.get("openpgp")
     if not isinstance(key, str) or ARMOR_HEADER not in key:
         raise SourceError("nicknym answer carries no armored key in 'openpgp'")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import quote
 
-from refreshd.net.answers import SourceError, normalize_fingerprint
+from refreshd.net.answers import SourceError, json_object, normalize_fingerprint
 from refreshd.net.fetch import Request, Validators
 from refreshd.net.wkd import split_address
 
@@ -76,12 +76,7 @@ def read_upload(status: int, body: bytes) -> UploadResult:
     """The answer to `upload` or `request_verify`; SourceError when it is unusable."""
     if status != 200:
         raise SourceError(f"keyserver answered {status}{_error_text(body)}")
-    try:
-        answer = json.loads(body)
-    except (ValueError, RecursionError):
-        raise SourceError("keyserver answer is not valid JSON") from None
-    if not isinstance(answer, dict):
-        raise SourceError("keyserver answer is not a JSON object")
+    answer = json_object(body, "keyserver answer")
     fpr, states, token = answer.get("key_fpr"), answer.get("status"), answer.get("token")
     if not isinstance(fpr, str):
         raise SourceError("keyserver answer has no key_fpr")
