@@ -27,8 +27,9 @@ LEVELS = (
     "known-key",
     "fingerprint",
 )
-SOURCES = ("nicknym", "wkd", "vks", "hkp")
-UPLOADS = ("vks", "hkp", "wks", "nicknym")
+SOURCES = ("nicknym", "wkd", "vks", "hkp", "smtp")
+DEFAULT_ORDER = ("nicknym", "wkd", "vks", "hkp")
+UPLOADS = ("vks", "hkp", "wks", "kpp", "nicknym")
 
 _UNITS = {
     "s": 1,
@@ -108,7 +109,7 @@ class RefreshConfig:
 
 @dataclass(frozen=True)
 class DiscoveryConfig:
-    order: tuple[str, ...] = SOURCES
+    order: tuple[str, ...] = DEFAULT_ORDER
     vks: tuple[str, ...] = ("https://keys.openpgp.org",)
     hkp: tuple[str, ...] = ()
     minimum_validation: str = "weak-chain"
@@ -122,12 +123,38 @@ class OwnConfig:
     extend_by: int = 90 * 86400
     extend_when_left: int = 60 * 86400
     upload: tuple[str, ...] = ("vks",)
+    audit: bool = True
+    audit_period: int = 86400
+    audit_command: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class GnupgConfig:
     sync: bool = False
     homedir: str = ""
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    known_keys: tuple[tuple[str, str], ...] = ()
+    endorsers: tuple[str, ...] = ()
+    consensus: int = 2
+    provider_keys: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    perspectives: int = 2
+
+
+@dataclass(frozen=True)
+class MailConfig:
+    submission: str = ""
+    imap: str = ""
+    password_file: str = ""
+    sendmail: str = ""
+    via_tor: bool = True
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    keyserver: str = ""
 
 
 @dataclass(frozen=True)
@@ -139,6 +166,9 @@ class Config:
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     own: OwnConfig = field(default_factory=OwnConfig)
     gnupg: GnupgConfig = field(default_factory=GnupgConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    mail: MailConfig = field(default_factory=MailConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     path: Path | None = None
 
     @property
@@ -188,8 +218,26 @@ _SCHEMA: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "extend_by": ("duration", ()),
         "extend_when_left": ("duration", ()),
         "upload": ("choice-list", UPLOADS),
+        "audit": ("bool", ()),
+        "audit_period": ("duration", ()),
+        "audit_command": ("argv", ()),
     },
     "gnupg": {"sync": ("bool", ()), "homedir": ("str", ())},
+    "validation": {
+        "known_keys": ("pin-table", ()),
+        "endorsers": ("fingerprint-list", ()),
+        "consensus": ("count", ()),
+        "provider_keys": ("provider-pins", ()),
+        "perspectives": ("count", ()),
+    },
+    "mail": {
+        "submission": ("mail-url", ("smtp+starttls", "smtps")),
+        "imap": ("mail-url", ("imaps",)),
+        "password_file": ("str", ()),
+        "sendmail": ("str", ()),
+        "via_tor": ("bool", ()),
+    },
+    "serve": {"keyserver": ("listen", ())},
 }
 _SECTIONS = {
     "daemon": DaemonConfig,
@@ -199,9 +247,24 @@ _SECTIONS = {
     "discovery": DiscoveryConfig,
     "own": OwnConfig,
     "gnupg": GnupgConfig,
+    "validation": ValidationConfig,
+    "mail": MailConfig,
+    "serve": ServeConfig,
 }
 _CONNECT_TO = re.compile(r"^[^:\s]+:\d{1,5}:[^:\s]+:\d{1,5}$")
 _ENDPOINT = re.compile(r"^(unix:/\S+|[^:\s]+:\d{1,5})$")
+_FINGERPRINT = re.compile(r"^[0-9A-F]{40}$|^[0-9A-F]{64}$")
+_LISTEN = re.compile(r"^(127\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[::1\]):\d{1,5}$")
+_MAIL_URL = re.compile(r"^(?P<scheme>[a-z+]+)://(?:[^@/\s]+@)?[^@/:\s]+(?::\d{1,5})?(?:/\S*)?$")
+
+
+def _fingerprint(name: str, raw: object) -> str:
+    """A fingerprint in hex, spaces and a 0x prefix allowed, returned upper-case and compact."""
+    if isinstance(raw, str):
+        compact = raw.replace(" ", "").upper().removeprefix("0X")
+        if _FINGERPRINT.match(compact):
+            return compact
+    raise ConfigError(f"{name}: expected a 40- or 64-digit hex fingerprint, got {raw!r}")
 
 
 def _value(section: str, key: str, kind: str, allowed: tuple[str, ...], raw: Any) -> Any:
@@ -239,6 +302,49 @@ def _value(section: str, key: str, kind: str, allowed: tuple[str, ...], raw: Any
         case "endpoint":
             if not isinstance(raw, str) or not _ENDPOINT.match(raw):
                 raise want('"HOST:PORT" or "unix:/path"')
+            return raw
+        case "count":
+            if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+                raise want("a whole number of at least 1")
+            return raw
+        case "argv":
+            if not isinstance(raw, list) or not all(isinstance(x, str) and x for x in raw):
+                raise want("a list of non-empty strings (a command and its arguments)")
+            return tuple(raw)
+        case "fingerprint-list":
+            if not isinstance(raw, list):
+                raise want("a list of fingerprints")
+            return tuple(_fingerprint(name, item) for item in raw)
+        case "pin-table":
+            if not isinstance(raw, dict):
+                raise want('a table of address = "FINGERPRINT"')
+            for address in raw:
+                if "@" not in address:
+                    raise ConfigError(f"{name}: {address!r} is not an email address")
+            return tuple(
+                (address, _fingerprint(f"{name}.{address}", fpr)) for address, fpr in raw.items()
+            )
+        case "provider-pins":
+            if not isinstance(raw, dict):
+                raise want('a table of domain = ["FINGERPRINT", ...]')
+            pins = []
+            for domain, fprs in raw.items():
+                if not isinstance(fprs, list) or not fprs:
+                    raise ConfigError(f"{name}.{domain}: expected a non-empty list of fingerprints")
+                pins.append(
+                    (domain.lower(), tuple(_fingerprint(f"{name}.{domain}", f) for f in fprs))
+                )
+            return tuple(pins)
+        case "listen":
+            if not isinstance(raw, str) or (raw and not _LISTEN.match(raw)):
+                raise want('"" (off) or a loopback "127.0.0.1:PORT" / "[::1]:PORT"')
+            return raw
+        case "mail-url":
+            if not isinstance(raw, str):
+                raise want("a string")
+            m = _MAIL_URL.match(raw)
+            if raw and (not m or m.group("scheme") not in allowed):
+                raise want('"" or a URL with scheme ' + " or ".join(allowed))
             return raw
         case "choice-list" | "url-list" | "connect-list":
             if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
