@@ -25,7 +25,7 @@ def slow(domain: str) -> str | None:
 @given(ascii_domains)
 def test_ascii_domains_normalise_as_idna_does(domain):
     got = normalize_address(f"bob@{domain}")
-    want = slow(domain)
+    want = slow(domain.rstrip(" "))  # white space around a user id is not part of its address
     assert got == (None if want is None else f"bob@{want}")
 
 
