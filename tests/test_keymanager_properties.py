@@ -108,44 +108,52 @@ op = st.one_of(
 )
 @given(st.lists(op, min_size=1, max_size=14))
 def test_invariants_over_sequences(pool, ops):
-    root = Path(tempfile.mkdtemp(prefix="km-prop-"))
+    with tempfile.TemporaryDirectory(prefix="km-prop-") as root:
+        run_sequence(pool, ops, Path(root))
+
+
+def run_sequence(pool: dict[str, bytes], ops: list[tuple], root: Path) -> None:
     km = manager(root)
-    newest_sig: dict[str, datetime] = {}
-    for name, data in pool.items():
-        newest_sig[read_key(data).fingerprint + name] = read_key(data).newest_self_signature
-    before = km.store.registration(BOB)
-    for step in ops:
-        if step[0] == "observe":
-            km.consider(BOB, pool[step[1]], FOUND[step[2]])
-        elif step[0] == "use" and before is not None:
-            km.used(BOB, before.fingerprint, step[1])
-        elif step[0] == "verify":
-            km.verify(BOB, read_key(pool[step[1]]).fingerprint)
-        elif step[0] == "time":
-            km.clock.now += timedelta(days=step[1])
-        after = km.store.registration(BOB)
-        history = km.store.history(BOB)
-        # at most one registered key per address
-        assert sum(1 for k in history if k["status"] == "registered") <= (1 if after else 0)
-        if after is not None and before is not None and after.fingerprint != before.fingerprint:
-            last = [d for d in km.store.decisions(BOB) if d["decision"] != "rejected"][-1]
-            assert last["decision"] == "replaced" and last["rule"] in {
-                "3.1",
-                "3.2",
-                "3.3",
-                "3.4",
-                "3.5",
-            }
-        same = after is not None and before is not None and after.fingerprint == before.fingerprint
-        never = datetime.max.replace(tzinfo=UTC)
-        if same and before.expires is not None and (after.expires or never) < before.expires:
-            # only a strictly newer self-signature may shorten it: v3 is the only such copy
-            stored = read_key(km.store.get_key(after.fingerprint))
-            assert stored.newest_self_signature >= read_key(pool["v3"]).newest_self_signature
-        # retired keys are never returned for sending
-        answer = km.describe(BOB)
-        retired = {k["fingerprint"] for k in history if k["status"] == "retired"}
-        assert answer["fingerprint"] not in retired
-        before = after
-    km.store.close()
-    km.audit.close()
+    try:
+        newest_sig: dict[str, datetime] = {}
+        for name, data in pool.items():
+            newest_sig[read_key(data).fingerprint + name] = read_key(data).newest_self_signature
+        before = km.store.registration(BOB)
+        for step in ops:
+            if step[0] == "observe":
+                km.consider(BOB, pool[step[1]], FOUND[step[2]])
+            elif step[0] == "use" and before is not None:
+                km.used(BOB, before.fingerprint, step[1])
+            elif step[0] == "verify":
+                km.verify(BOB, read_key(pool[step[1]]).fingerprint)
+            elif step[0] == "time":
+                km.clock.now += timedelta(days=step[1])
+            after = km.store.registration(BOB)
+            history = km.store.history(BOB)
+            # at most one registered key per address
+            assert sum(1 for k in history if k["status"] == "registered") <= (1 if after else 0)
+            if after is not None and before is not None and after.fingerprint != before.fingerprint:
+                last = [d for d in km.store.decisions(BOB) if d["decision"] != "rejected"][-1]
+                assert last["decision"] == "replaced" and last["rule"] in {
+                    "3.1",
+                    "3.2",
+                    "3.3",
+                    "3.4",
+                    "3.5",
+                }
+            same = (
+                after is not None and before is not None and after.fingerprint == before.fingerprint
+            )
+            never = datetime.max.replace(tzinfo=UTC)
+            if same and before.expires is not None and (after.expires or never) < before.expires:
+                # only a strictly newer self-signature may shorten it: v3 is the only such copy
+                stored = read_key(km.store.get_key(after.fingerprint))
+                assert stored.newest_self_signature >= read_key(pool["v3"]).newest_self_signature
+            # retired keys are never returned for sending
+            answer = km.describe(BOB)
+            retired = {k["fingerprint"] for k in history if k["status"] == "retired"}
+            assert answer["fingerprint"] not in retired
+            before = after
+    finally:
+        km.store.close()
+        km.audit.close()

@@ -13,7 +13,6 @@ from refreshd import config
 from refreshd.net import vks
 from refreshd.net.answers import SourceError
 from refreshd.net.fetch import (
-    HEADERS,
     Fetcher,
     FetchFailed,
     Request,
@@ -243,8 +242,17 @@ async def test_header_sets_are_identical_apart_from_the_url(
     first, second = (r.head.split(b"\r\n") for r in server.requests)
     assert first[0] != second[0]  # the request lines differ by the URL
     assert first[1:] == second[1:]  # every header byte is the same
-    names = [line.split(b":")[0].decode().lower() for line in first[1:]]
-    assert names == ["host", *(name.lower() for name, _ in HEADERS)]
+    fields = dict(line.decode().split(": ", 1) for line in first[1:] if line)
+    # SPEC 5: no cookies, no Referer, a fixed generic User-Agent, nothing naming the daemon
+    assert sorted(name.lower() for name in fields) == [
+        "accept",
+        "accept-encoding",
+        "connection",
+        "host",
+        "user-agent",
+    ]
+    assert fields["User-Agent"].startswith("Mozilla/5.0 ")
+    assert "refreshd" not in first[0].decode().lower() + str(fields).lower()
 
 
 async def test_conditional_request_gives_unchanged_without_body(

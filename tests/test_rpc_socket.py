@@ -29,14 +29,23 @@ async def boom(params: dict[str, Any]) -> Any:
     raise ValueError("a bug")
 
 
-async def slow(params: dict[str, Any]) -> Any:
-    await trio.sleep(0.5)
-    return "late"
+class Gate:
+    """A handler that answers only once the test lets it: the slow method without a clock."""
+
+    def __init__(self) -> None:
+        self.started, self.release = trio.Event(), trio.Event()
+
+    async def slow(self, params: dict[str, Any]) -> Any:
+        self.started.set()
+        await self.release.wait()
+        return "late"
 
 
 class Served:
-    def __init__(self, server: RpcServer, path: Path, events: list[tuple[str, dict]]) -> None:
-        self.server, self.path, self.events = server, path, events
+    def __init__(
+        self, server: RpcServer, path: Path, events: list[tuple[str, dict]], gate: Gate
+    ) -> None:
+        self.server, self.path, self.events, self.gate = server, path, events, gate
 
     async def connect(self) -> trio.SocketStream:
         return await trio.open_unix_socket(str(self.path))
@@ -68,15 +77,16 @@ async def read_line(stream: trio.SocketStream) -> dict:
 @pytest.fixture
 async def served(nursery, tmp_path):
     events: list[tuple[str, dict]] = []
+    gate = Gate()
     server = RpcServer(
-        {"echo": echo, "boom": boom, "slow": slow},
+        {"echo": echo, "boom": boom, "slow": gate.slow},
         emit=lambda event, **f: events.append((event, f)),
         idle_timeout=1.0,
         max_connections=2000,
     )
     path = tmp_path / "run" / "refreshd" / "socket"
     await nursery.start(server.serve, path)
-    return Served(server, path, events)
+    return Served(server, path, events, gate)
 
 
 async def test_modes_and_good_call(served):
@@ -187,8 +197,12 @@ async def test_thousand_connections_and_a_good_client(served):
 async def test_slow_method_does_not_delay_other_connections(served):
     slow_stream = await served.connect()
     await slow_stream.send_all(b'{"jsonrpc": "2.0", "id": 1, "method": "slow"}\n')
-    with trio.fail_after(0.4):
-        assert (await served.call("echo", {"text": "fast"}))["result"] == "fast"
+    with trio.fail_after(10):
+        await served.gate.started.wait()
+    # the slow call answers only after the fast one did: were they served one after the
+    # other, the fast call would never get its answer (read_line gives up after 10 s)
+    assert (await served.call("echo", {"text": "fast"}))["result"] == "fast"
+    served.gate.release.set()
     assert (await read_line(slow_stream))["result"] == "late"
     await slow_stream.aclose()
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refreshd.config import LEVELS
@@ -175,22 +175,57 @@ candidates = st.builds(
 )
 
 
-@given(registrations, candidates)
-def test_a_different_key_only_replaces_through_rules_3(reg, cand):
+# The seed's validation levels, lowest to highest, as its "Validation levels" section lists them.
+SEED_LEVELS = [
+    "weak-chain",
+    "provider-trust",
+    "provider-endorsement",
+    "third-party-endorsement",
+    "third-party-consensus",
+    "historical-auditing",
+    "known-key",
+    "fingerprint",
+]
+
+
+def seed_situations(r: Registration, c: Candidate) -> list[str]:
+    """The seed's rule 3, in its words: the situations, in its order, in which a registered key
+    MUST be replaced by a different key, and the only ones."""
+    old, new = SEED_LEVELS.index(r.level), SEED_LEVELS.index(c.level)
+    expired_or_revoked = r.revoked or (r.expires is not None and r.expires <= NOW)
+    stated = (
+        ("3.1", c.certified_by_registered),  # signed by the previously registered key
+        ("3.2", c.source == "user"),  # the user manually verified the fingerprint
+        ("3.3", expired_or_revoked and new >= old),  # equal or higher level
+        ("3.4", not r.successfully_used and new > old),  # higher level
+        ("3.5", r.expires is None),  # no expiration date
+    )
+    return [rule for rule, holds in stated if holds]
+
+
+# neighbouring levels, so that equal, lower and higher all come up often
+near = st.sampled_from(SEED_LEVELS[:3])
+
+
+@settings(max_examples=400)
+@given(
+    st.one_of(registrations, st.builds(replace, registrations, level=near)),
+    st.one_of(candidates, st.builds(replace, candidates, level=near, fingerprint=st.just(NEW))),
+)
+def test_a_different_key_replaces_exactly_in_the_seeds_situations(reg, cand):
     d = decide(reg, cand)
-    if d.decision == "replaced":
-        r, c = reg, cand
-        assert c.fingerprint != r.fingerprint and c.has_address and not c.revoked
-        fired = {
-            "3.1": c.certified_by_registered,
-            "3.2": c.source == "user",
-            "3.3": (r.revoked or rules.expired(r.expires, NOW))
-            and levels.rank(c.level) >= levels.rank(r.level),
-            "3.4": not r.successfully_used and levels.rank(c.level) > levels.rank(r.level),
-            "3.5": r.expires is None,
-        }
-        assert fired[d.rule]
-        assert not any(fired[k] for k in fired if k < d.rule)
     if cand.fingerprint == reg.fingerprint:
         assert d.decision in ("merged", "kept", "rejected")
-        assert levels.rank(d.level) >= levels.rank(reg.level) or d.decision == "rejected"
+        if d.decision != "rejected":
+            assert SEED_LEVELS.index(d.level) >= SEED_LEVELS.index(reg.level)
+        return
+    # below the minimum (weak-chain here, so never), revoked, expired or without the address:
+    # never registered, whatever rule 3 says
+    usable = cand.has_address and not cand.revoked and not (cand.expires and cand.expires <= NOW)
+    situations = seed_situations(reg, cand)
+    if not usable:
+        assert d.decision == "rejected"
+    elif situations:
+        assert (d.decision, d.rule, d.fingerprint) == ("replaced", situations[0], NEW)
+    else:
+        assert (d.decision, d.rule, d.fingerprint) == ("rejected", "3", NEW)
