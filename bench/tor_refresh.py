@@ -22,6 +22,7 @@ import trio
 from bench import keyset
 from bench.engine import Engine, engine
 from bench.report import Row, spread
+from tests.net_servers import tor_ready
 from tests.world import World
 from tests.world.tornet import EventLog
 
@@ -33,7 +34,7 @@ async def _refresh_all(eng: Engine, keys: list[keyset.BenchKey]) -> dict[str, An
     assert eng.tor is not None
     async with trio.open_nursery() as nursery:
         await nursery.start(eng.tor.run)
-        if not await eng.tor.wait_ready(READY_TIMEOUT):
+        if not await tor_ready(eng.tor, READY_TIMEOUT):
             raise RuntimeError(f"Tor not ready: {eng.tor.detail}")
         for key in keys:
             began = time.perf_counter()

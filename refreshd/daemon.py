@@ -111,7 +111,7 @@ class Daemon:
         self.server = RpcServer(self.service.methods(), emit=self.audit.emit)
 
     def tor_status(self) -> dict[str, Any]:
-        return {"mode": self.cfg.tor.mode, "state": self.tor.state, "detail": self.tor.detail}
+        return {"mode": self.cfg.tor.mode, "state": self.tor.state.value, "detail": self.tor.detail}
 
     async def serve(self) -> None:
         global _running
@@ -138,7 +138,7 @@ class Daemon:
                     **counts,
                 )
                 sdnotify.notify(
-                    "READY=1", f"STATUS=serving {counts['keys']} keys; Tor {self.tor.state}"
+                    "READY=1", f"STATUS=serving {counts['keys']} keys; Tor {self.tor.state.value}"
                 )
                 await nursery.start(self.tor.run)
                 await nursery.start(self.discovery.run)

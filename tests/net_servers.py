@@ -14,6 +14,8 @@ from functools import partial
 import trio
 import trustme
 
+from refreshd.net.tor import TorSupervisor
+
 
 @dataclass
 class Captured:
@@ -324,3 +326,11 @@ def make_tls(directory: str, *names: str) -> Tls:
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert(*names).configure_cert(server)
     return Tls(path, server)
+
+
+async def tor_ready(tor: TorSupervisor, seconds: float) -> bool:
+    """True once the supervisor says Tor is ready, False if it was not within `seconds`."""
+    with trio.move_on_after(seconds):
+        while not tor.ready:
+            await tor.changed()
+    return tor.ready

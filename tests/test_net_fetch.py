@@ -20,7 +20,7 @@ from refreshd.net.fetch import (
     redirect_target,
     registrable_domain,
 )
-from refreshd.net.tor import TorSupervisor
+from refreshd.net.tor import TorState, TorSupervisor
 from tests.net_servers import (
     FakeControlPort,
     HttpServer,
@@ -31,6 +31,7 @@ from tests.net_servers import (
     make_tls,
     redirect,
     static,
+    tor_ready,
     trickle,
 )
 
@@ -325,8 +326,8 @@ async def test_tor_unavailable_opens_no_connection(
     cfg = tor_config(tmp_path, tls, f"127.0.0.1:{free_port()}", f"127.0.0.1:{server.port}")
     tor = TorSupervisor(cfg, lambda event, **f: events.append({"event": event, **f}))
     await nursery.start(tor.run)
-    assert not await tor.wait_ready(2)
-    assert tor.state == "unavailable" and "unreachable" in tor.detail
+    assert not await tor_ready(tor, 2)
+    assert tor.state is TorState.UNAVAILABLE and "unreachable" in tor.detail
     for _ in range(2):
         assert await fetch_failure(Fetcher(cfg, tor), Request("https://example.org/k")) == (
             "Tor unavailable"
@@ -347,7 +348,7 @@ async def test_fetches_through_socks_use_fresh_credentials_and_remote_names(
     cfg = tor_config(tmp_path, tls, f"127.0.0.1:{control.port}", f"127.0.0.1:{socks.port}")
     tor = TorSupervisor(cfg, lambda event, **f: None)
     await nursery.start(tor.run)
-    assert await tor.wait_ready(10)
+    assert await tor_ready(tor, 10)
     fetcher = Fetcher(cfg, tor)
     answers = []
     for url in ("https://openpgpkey.example.org/a", "https://keys.example.net/b"):
@@ -371,7 +372,7 @@ async def test_socks_port_on_a_unix_socket(nursery: trio.Nursery, tmp_path: Path
     cfg = tor_config(tmp_path, tls, f"127.0.0.1:{control.port}", f"unix:{tmp_path / 'socks'}")
     tor = TorSupervisor(cfg, lambda event, **f: None)
     await nursery.start(tor.run)
-    assert await tor.wait_ready(10)
+    assert await tor_ready(tor, 10)
     sink = Sink()
     answer = await Fetcher(cfg, tor).fetch(Request("https://example.org/k"), sink=sink)
     assert sink.body == KEY and answer.status == 200
@@ -385,7 +386,7 @@ async def test_closed_socks_port_is_named(nursery: trio.Nursery, tmp_path: Path,
     cfg = tor_config(tmp_path, tls, f"127.0.0.1:{control.port}", f"127.0.0.1:{free_port()}")
     tor = TorSupervisor(cfg, lambda event, **f: None)
     await nursery.start(tor.run)
-    assert await tor.wait_ready(10)
+    assert await tor_ready(tor, 10)
     reason = await fetch_failure(Fetcher(cfg, tor), Request("https://example.org/k"))
     assert reason.startswith("could not connect to Tor's SOCKS port")
 
@@ -402,7 +403,7 @@ async def test_socks_refusal_is_a_reason(nursery: trio.Nursery, tmp_path: Path, 
     cfg = tor_config(tmp_path, tls, f"127.0.0.1:{control.port}", f"127.0.0.1:{socks.port}")
     tor = TorSupervisor(cfg, lambda event, **f: None)
     await nursery.start(tor.run)
-    assert await tor.wait_ready(10)
+    assert await tor_ready(tor, 10)
     reason = await fetch_failure(Fetcher(cfg, tor), Request("https://example.org/k"))
     assert reason.startswith("Tor could not open the connection")
 

@@ -15,6 +15,7 @@ from refreshd.net.tor import (
     Endpoint,
     Facts,
     Progress,
+    TorState,
     TorSupervisor,
     advance,
     assess,
@@ -22,7 +23,7 @@ from refreshd.net.tor import (
     parse_bootstrap,
     parse_endpoint,
 )
-from tests.net_servers import FakeControlPort
+from tests.net_servers import FakeControlPort, tor_ready
 
 
 def test_parse_endpoint() -> None:
@@ -55,28 +56,34 @@ def test_parse_bootstrap(phase: str, percent: int, summary: str) -> None:
     [
         (
             Facts(False, problem="control port unreachable"),
-            "unavailable",
+            TorState.UNAVAILABLE,
             "control port unreachable",
         ),
-        (Facts(True, bootstrap=40, summary="Loading"), "starting", "T bootstrapped 40%: Loading"),
-        (Facts(True, bootstrap=100, circuit=False), "unavailable", "no working circuit"),
-        (Facts(True, bootstrap=100, circuit=True), "ready", "T ready"),
+        (
+            Facts(True, bootstrap=40, summary="Loading"),
+            TorState.STARTING,
+            "T bootstrapped 40%: Loading",
+        ),
+        (Facts(True, bootstrap=100, circuit=False), TorState.UNAVAILABLE, "no working circuit"),
+        (Facts(True, bootstrap=100, circuit=True), TorState.READY, "T ready"),
     ],
 )
-def test_assess(facts: Facts, state: str, detail: str) -> None:
+def test_assess(facts: Facts, state: TorState, detail: str) -> None:
     status = assess(facts, Progress(facts.bootstrap, 0.0), 1.0, "T")
-    assert status.state == state and detail in status.detail
+    assert status.state is state and detail in status.detail
 
 
 def test_stalled_bootstrap_is_unavailable_until_it_moves() -> None:
     facts = Facts(True, bootstrap=10, summary="Finishing handshake")
     progress = advance(None, 10, 0.0)
     assert advance(progress, 10, 50.0) is progress  # no movement keeps the clock
-    assert assess(facts, progress, STALL_SECONDS - 1, "T").state == "starting"
+    assert assess(facts, progress, STALL_SECONDS - 1, "T").state is TorState.STARTING
     stalled = assess(facts, progress, STALL_SECONDS + 5, "T")
-    assert stalled.state == "unavailable" and "no progress for" in stalled.detail
+    assert stalled.state is TorState.UNAVAILABLE and "no progress for" in stalled.detail
     moved = advance(progress, 15, STALL_SECONDS + 5)
-    assert assess(Facts(True, bootstrap=15), moved, STALL_SECONDS + 6, "T").state == "starting"
+    assert (
+        assess(Facts(True, bootstrap=15), moved, STALL_SECONDS + 6, "T").state is TorState.STARTING
+    )
 
 
 def test_launch_config_uses_unix_sockets(tmp_path: Path) -> None:
@@ -113,14 +120,12 @@ async def test_auto_with_nothing_there_is_unavailable_and_keeps_trying(
     emit = Recorder()
     tor = TorSupervisor(cfg, emit, tor_cmd=str(tmp_path / "no-tor-here"), retry_seconds=0.05)
     await nursery.start(tor.run)
-    assert not await tor.wait_ready(1)
-    assert tor.state == "unavailable" and not tor.ready and tor.socks_endpoint is None
+    assert not await tor_ready(tor, 1)
+    assert tor.state is TorState.UNAVAILABLE and not tor.ready and tor.socks_endpoint is None
     assert "system Tor: control port" in tor.detail and "unreachable" in tor.detail
     assert "private Tor could not start" in tor.detail and "no-tor-here" in tor.detail
     # many retries later: still alive, still unavailable, audited once per change only
     assert emit.states() == ["starting", "unavailable"]
-    with pytest.raises(RuntimeError, match="not usable"):
-        tor.socks_proxy_url("u", "p")
 
 
 async def test_system_tor_states_follow_the_control_port(
@@ -135,19 +140,19 @@ async def test_system_tor_states_follow_the_control_port(
     tor = TorSupervisor(cfg, emit, poll_seconds=0.05, retry_seconds=0.05)
     await nursery.start(tor.run)
     with trio.fail_after(10):
-        while tor.state != "starting" or "45%" not in tor.detail:
+        while tor.state is not TorState.STARTING or "45%" not in tor.detail:
             await tor.changed()
     assert not tor.ready
     control.bootstrap = 'NOTICE BOOTSTRAP PROGRESS=100 TAG=done SUMMARY="Done"'
-    assert await tor.wait_ready(10)
-    assert tor.socks_proxy_url("a b", "p/w") == "socks5h://a%20b:p%2Fw@127.0.0.1:9999"
+    assert await tor_ready(tor, 10)
+    assert tor.socks_endpoint == Endpoint(host="127.0.0.1", port=9999)
     control.stop()  # tor goes away
     with trio.fail_after(10):
-        while tor.state != "unavailable":
+        while tor.state is not TorState.UNAVAILABLE:
             await tor.changed()
     assert "control" in tor.detail
     await control.start(nursery)  # and comes back on the same port
-    assert await tor.wait_ready(10)
+    assert await tor_ready(tor, 10)
     assert emit.states() == ["starting", "ready", "unavailable", "ready"]
     assert any(c.startswith("SETEVENTS") and "STATUS_CLIENT" in c for c in control.commands)
 
@@ -160,7 +165,7 @@ async def test_no_circuit_after_bootstrap_is_unavailable(
     tor = TorSupervisor(cfg, Recorder(), poll_seconds=0.05)
     await nursery.start(tor.run)
     with trio.fail_after(10):
-        while tor.state != "unavailable":
+        while tor.state is not TorState.UNAVAILABLE:
             await tor.changed()
     assert "no working circuit" in tor.detail
 
@@ -179,25 +184,24 @@ async def test_control_port_that_is_not_tor(nursery: trio.Nursery, tmp_path: Pat
     tor = TorSupervisor(cfg, Recorder())
     await nursery.start(tor.run)
     with trio.fail_after(10):
-        while tor.state != "unavailable":
+        while tor.state is not TorState.UNAVAILABLE:
             await tor.changed()
     assert f"127.0.0.1:{port}" in tor.detail and not tor.ready
 
 
-async def test_unix_socks_endpoint_has_no_proxy_url(nursery: trio.Nursery, tmp_path: Path) -> None:
+async def test_unix_socks_endpoint(nursery: trio.Nursery, tmp_path: Path) -> None:
     control = await FakeControlPort().start(nursery)
     cfg = make_config(
         tmp_path, mode="system", control=f"127.0.0.1:{control.port}", socks="unix:/run/tor/socks"
     )
     tor = TorSupervisor(cfg, Recorder())
     await nursery.start(tor.run)
-    assert await tor.wait_ready(10)
-    with pytest.raises(ValueError, match="Unix socket"):
-        tor.socks_proxy_url("u", "p")
+    assert await tor_ready(tor, 10)
+    assert tor.socks_endpoint == Endpoint(path="/run/tor/socks")
 
 
 async def test_mode_off(nursery: trio.Nursery, tmp_path: Path) -> None:
     emit = Recorder()
     tor = TorSupervisor(make_config(tmp_path, mode="off", allow_clearnet=True), emit)
     await nursery.start(tor.run)
-    assert tor.state == "off" and not tor.ready and emit.states() == ["off"]
+    assert tor.state is TorState.OFF and not tor.ready and emit.states() == ["off"]

@@ -6,10 +6,10 @@ Rules:
 - "launch": a private tor started with stem, DataDirectory state_dir/tor, SOCKS and control on
   Unix sockets in a private 0700 directory, owned by this process (it exits when we do).
 - "auto": "system" when its control port answers, else "launch".
-- "off": no Tor (the config refuses it without allow_clearnet); the state is "off".
-- The state follows from observed facts (`assess`): "unavailable" when the control port cannot
-  be reached or tor cannot start; "starting" while tor bootstraps; "ready" at 100 % with a
-  circuit established; "unavailable" again when no circuit can be built after bootstrap or when
+- "off": no Tor (the config refuses it without allow_clearnet); the state is OFF.
+- The state (`TorState`) follows from observed facts (`assess`): UNAVAILABLE when the control
+  port cannot be reached or tor cannot start; STARTING while tor bootstraps; READY at 100 % with
+  a circuit established; UNAVAILABLE again when no circuit can be built after bootstrap or when
   bootstrap makes no progress for STALL_SECONDS. Each change of state is audited once as
   `tor.state` with a one-line detail.
 - Tor is polled every POLL_SECONDS (READY_POLL_SECONDS once ready), and at once on a
@@ -18,12 +18,13 @@ Rules:
   stopping the daemon.
 - stem is blocking: every call runs in a worker thread under a CONTROL_SECONDS timeout.
 - httpx cannot reach a SOCKS proxy on a Unix socket; the fetcher bridges it with its own dialer
-  (see `Endpoint` and refreshd.net.fetch), so `socks_proxy_url` exists only for TCP ports.
+  (see `Endpoint` and refreshd.net.fetch).
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import queue
 import re
@@ -34,7 +35,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import stem
 import stem.connection
@@ -55,7 +55,14 @@ STALL_SECONDS = 300.0
 # A Unix socket path must fit in sockaddr_un.sun_path (108 bytes with the terminator).
 _MAX_SOCKET_PATH = 100
 
-OFF, STARTING, READY, UNAVAILABLE = "off", "starting", "ready", "unavailable"
+
+class TorState(enum.Enum):
+    """What Tor can do for a fetch now; the value is what status and the audit log show."""
+
+    OFF = "off"
+    STARTING = "starting"
+    READY = "ready"
+    UNAVAILABLE = "unavailable"
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,7 @@ class Progress:
 
 @dataclass(frozen=True)
 class TorStatus:
-    state: str
+    state: TorState
     detail: str
 
 
@@ -127,17 +134,17 @@ def advance(prev: Progress | None, percent: int, now: float) -> Progress:
 def assess(facts: Facts, progress: Progress | None, now: float, label: str) -> TorStatus:
     """The state for what was observed; `label` names the Tor ("system Tor", "private Tor")."""
     if not facts.reachable:
-        return TorStatus(UNAVAILABLE, facts.problem)
+        return TorStatus(TorState.UNAVAILABLE, facts.problem)
     if facts.bootstrap < 100:
         detail = f"{label} bootstrapped {facts.bootstrap}%: {facts.summary}".rstrip(": ")
         if progress is not None and now - progress.since >= STALL_SECONDS:
             return TorStatus(
-                UNAVAILABLE, f"{detail}; no progress for {int(now - progress.since)} s"
+                TorState.UNAVAILABLE, f"{detail}; no progress for {int(now - progress.since)} s"
             )
-        return TorStatus(STARTING, detail)
+        return TorStatus(TorState.STARTING, detail)
     if not facts.circuit:
-        return TorStatus(UNAVAILABLE, f"{label} bootstrapped but has no working circuit")
-    return TorStatus(READY, f"{label} ready")
+        return TorStatus(TorState.UNAVAILABLE, f"{label} bootstrapped but has no working circuit")
+    return TorStatus(TorState.READY, f"{label} ready")
 
 
 def launch_config(data_dir: Path, run_dir: Path) -> dict[str, str]:
@@ -202,9 +209,9 @@ class TorSupervisor:
         self._tor_cmd = tor_cmd
         self._poll_seconds = poll_seconds
         self._retry_seconds = retry_seconds
-        self.status = TorStatus(OFF, "Tor disabled: direct connections (allow_clearnet)")
+        self.status = TorStatus(TorState.OFF, "Tor disabled: direct connections (allow_clearnet)")
         if self.mode != "off":
-            self.status = TorStatus(STARTING, "looking for Tor")
+            self.status = TorStatus(TorState.STARTING, "looking for Tor")
         self.socks_endpoint: Endpoint | None = None
         self._controller: stem.control.Controller | None = None
         self._label = ""
@@ -215,7 +222,7 @@ class TorSupervisor:
         self._wake = trio.Event()
 
     @property
-    def state(self) -> str:
+    def state(self) -> TorState:
         return self.status.state
 
     @property
@@ -224,32 +231,16 @@ class TorSupervisor:
 
     @property
     def ready(self) -> bool:
-        return self.status.state == READY and self.socks_endpoint is not None
-
-    def socks_proxy_url(self, username: str, password: str) -> str:
-        """A socks5h:// URL with these credentials, for tools that take a proxy URL (TCP only)."""
-        ep = self.socks_endpoint
-        if ep is None:
-            raise RuntimeError(f"Tor is not usable: {self.status.detail}")
-        if ep.path:
-            raise ValueError(f"the SOCKS port {ep} is a Unix socket, which a proxy URL cannot name")
-        return (
-            f"socks5h://{quote(username, safe='')}:{quote(password, safe='')}@{ep.host}:{ep.port}"
-        )
-
-    async def wait_ready(self, timeout: float) -> bool:  # noqa: ASYNC109 (a bool, not an error)
-        """True once Tor is ready, False if it was not within `timeout` seconds."""
-        with trio.move_on_after(timeout):
-            while not self.ready:
-                await self.changed()
-        return self.ready
+        return self.status.state is TorState.READY and self.socks_endpoint is not None
 
     async def changed(self) -> None:
         """Return at the next change of state or detail."""
         await self._changed.wait()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        self._emit("tor.state", mode=self.mode, state=self.status.state, detail=self.status.detail)
+        self._emit(
+            "tor.state", mode=self.mode, state=self.status.state.value, detail=self.status.detail
+        )
         task_status.started()
         if self.mode == "off":
             await trio.sleep_forever()
@@ -427,7 +418,7 @@ class TorSupervisor:
         self._progress = advance(self._progress, facts.bootstrap, now) if facts.reachable else None
         status = assess(facts, self._progress, now, self._label)
         if status.state != self.status.state:
-            self._emit("tor.state", mode=self.mode, state=status.state, detail=status.detail)
+            self._emit("tor.state", mode=self.mode, state=status.state.value, detail=status.detail)
         if status != self.status:
             self.status = status
             self._changed.set()
