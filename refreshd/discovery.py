@@ -28,7 +28,7 @@ from refreshd.store import Source, iso
 CONCURRENT_DISCOVERIES = 4
 
 
-def refresh_url(got: Got, fingerprint: str, cfg: Config) -> str:
+def refresh_url(got: Got, fingerprint: str) -> str:
     """Where a key found by `got` is refreshed from (SPEC 6)."""
     if got.source == "vks":
         base = got.url.split("/vks/")[0]
@@ -140,7 +140,7 @@ class Discovery:
         now = iso(self.clock())
         with self.keys.store.transaction():
             for got in gots:
-                url = refresh_url(got, fingerprint, self.cfg)
+                url = refresh_url(got, fingerprint)
                 same_url = url == got.url
                 self.keys.store.put_source(
                     Source(

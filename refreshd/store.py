@@ -320,14 +320,6 @@ class Store:
         )
         return [r["address"] for r in rows]
 
-    def known_for(self, address: str, fingerprint: str) -> bool:
-        return (
-            self._one(
-                "SELECT 1 FROM seen WHERE address = ? AND fingerprint = ?", address, fingerprint
-            )
-            is not None
-        )
-
     def registered_fingerprints(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT DISTINCT fingerprint FROM addresses")]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
@@ -91,18 +90,9 @@ def test_zbase32_known_vectors() -> None:
     assert wkd.zbase32(b"\xf0\xbf\xc7") == "6n9hq"  # the z-base-32 specification's example
 
 
-def test_wkd_requests_carry_validators_and_policy_urls() -> None:
+def test_wkd_requests_carry_validators() -> None:
     v = Validators(etag='"x"')
     assert all(r.validators == v for r in wkd.requests_for("a@example.org", v))
-    assert wkd.policy_url("Example.org", "advanced") == (
-        "https://openpgpkey.example.org/.well-known/openpgpkey/example.org/policy"
-    )
-    assert (
-        wkd.policy_url("example.org", "direct")
-        == "https://example.org/.well-known/openpgpkey/policy"
-    )
-    with pytest.raises(ValueError, match="unknown WKD method"):
-        wkd.policy_url("example.org", "other")
 
 
 @pytest.mark.parametrize(
@@ -113,20 +103,12 @@ def test_bad_addresses_are_refused(bad: str) -> None:
         wkd.requests_for(bad)
 
 
-@dataclass
-class View:
-    uids: tuple[str, ...]
-
-    def addresses(self) -> tuple[str, ...]:
-        return self.uids
-
-
-def test_wkd_takes_only_keys_for_the_address() -> None:
-    mine = View(("alice@Example.org",))
-    other = View(("mallory@example.org",))
-    both = View(("bob@example.net", "alice@example.org"))
-    upper_local = View(("Alice@example.org",))
-    assert wkd.keys_for("alice@example.org", [mine, other, both, upper_local]) == [mine, both]
+def test_same_address_is_exact_on_the_local_part_and_not_on_the_domain() -> None:
+    assert wkd.same_address("alice@example.org", "alice@Example.org")
+    assert not wkd.same_address("alice@example.org", "Alice@example.org")
+    assert not wkd.same_address("alice@example.org", "mallory@example.org")
+    assert not wkd.same_address("alice@example.org", "alice@example.net")
+    assert not wkd.same_address("@example.org", "@example.org")
 
 
 def test_nicknym_capability_requests() -> None:

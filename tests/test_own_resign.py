@@ -212,9 +212,9 @@ def extend_with_policy(key: Made, now: datetime) -> tuple[str, dict[str, datetim
 def test_extension_seen_by_gpg_sq_rnp_and_pgpdump(workdir: Path, made: list[Made]) -> None:
     now = datetime.now(UTC)
     for key in made:
-        before = observe(workdir, f"{key.name}-0", resign.public_part(key.armored))
+        before = observe(workdir, f"{key.name}-0", resign.public_armored(key.armored).encode())
         extended, new, signed_at = extend_with_policy(key, now)
-        after = observe(workdir, f"{key.name}-1", resign.public_part(extended))
+        after = observe(workdir, f"{key.name}-1", resign.public_armored(extended).encode())
         facts = resign.read_own(extended)
         roles = {c.fingerprint: c.role for c in facts.components}
         assert "encrypt" in roles.values(), key.name
@@ -274,12 +274,12 @@ def test_expired_ten_days_ago_is_valid_for_gpg_after_extension(workdir: Path) ->
     )
     home = gpg_home(workdir, "encrypt")
     encrypt = ("--trust-model", "always", "--encrypt", "-r", facts.fingerprint)
-    gpg(home, "--import", stdin=resign.public_part(key.armored))
+    gpg(home, "--import", stdin=resign.public_armored(key.armored).encode())
     assert gpg(home, *encrypt, stdin=b"hello", check=False).returncode != 0
-    gpg(home, "--import", stdin=resign.public_part(extended))
+    gpg(home, "--import", stdin=resign.public_armored(extended).encode())
     assert gpg(home, *encrypt, stdin=b"hello", check=False).returncode == 0
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    seen = observe(workdir, "old-1", resign.public_part(extended))
+    seen = observe(workdir, "old-1", resign.public_armored(extended).encode())
     assert set(seen.expires) == set(decision.new_expiries) and len(seen.expires) == 2
     for fpr in seen.expires:
         assert seen.expires[fpr] == int((today + EXTEND_BY).timestamp())
@@ -350,7 +350,7 @@ def test_revoked_subkey_is_seen_and_never_extended() -> None:
 
 
 def test_public_key_is_refused_where_the_secret_is_needed(made: list[Made]) -> None:
-    public = resign.public_part(made[0].armored)
+    public = resign.public_armored(made[0].armored).encode()
     with pytest.raises(resign.BadKey, match="public key"):
         resign.read_own(public)
 

@@ -13,8 +13,6 @@ Rules (draft-koch-openpgp-webkey-service, as GnuPG implements it):
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
-from typing import Protocol, TypeVar
 from urllib.parse import quote
 
 from refreshd.net.answers import SourceError
@@ -72,30 +70,8 @@ def requests_for(address: str, validators: Validators | None = None) -> list[Req
     ]
 
 
-def policy_url(domain: str, method: str) -> str:
-    """The policy file of `domain` for the "advanced" or "direct" method."""
-    host = quote(_ascii_lower(domain), safe=".-")
-    if method == "advanced":
-        return f"https://openpgpkey.{host}/.well-known/openpgpkey/{host}/policy"
-    if method == "direct":
-        return f"https://{host}/.well-known/openpgpkey/policy"
-    raise ValueError(f"unknown WKD method {method!r}")
-
-
 def same_address(a: str, b: str) -> bool:
     """Local parts equal exactly, domains equal ignoring case."""
     local_a, _, domain_a = a.rpartition("@")
     local_b, _, domain_b = b.rpartition("@")
     return bool(local_a) and local_a == local_b and domain_a.casefold() == domain_b.casefold()
-
-
-class HasAddresses(Protocol):
-    def addresses(self) -> Iterable[str]: ...
-
-
-K = TypeVar("K", bound=HasAddresses)
-
-
-def keys_for(address: str, keys: Iterable[K]) -> list[K]:
-    """The keys of a WKD answer that carry a uid for `address`."""
-    return [key for key in keys if any(same_address(address, a) for a in key.addresses())]

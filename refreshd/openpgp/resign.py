@@ -172,13 +172,6 @@ def extend(
         return str(primary)
 
 
-def public_part(armored_secret: str | bytes) -> bytes:
-    """The transferable public key in binary form, for upload."""
-    primary, _ = _parse(armored_secret)
-    with _quiet():
-        return bytes(primary.pubkey)
-
-
 def public_armored(armored_secret: str | bytes) -> str:
     """The transferable public key, ASCII-armored (VKS, HKP and WKS take it so)."""
     primary, _ = _parse(armored_secret)
