@@ -35,7 +35,7 @@ CONNECT_TIMEOUT = 5.0
 ANSWER_TIMEOUT = 120.0  # own generate and import-gnupg may take a while on a slow machine
 LOOKUP_MARGIN = 60.0  # on top of --wait: the daemon answers once its wait is over
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
-ORIGINS = ("autocrypt", "openpgp-header", "attachment", "signature")
+ORIGINS = ("autocrypt", "gossip", "openpgp-header", "attachment", "signature")
 USE_EVENTS = {"sent": "sent-encrypted", "received": "received-signed"}
 _FINGERPRINT = re.compile(r"^(?:[0-9A-F]{40}|[0-9A-F]{64})$")
 

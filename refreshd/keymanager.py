@@ -15,7 +15,7 @@ from typing import Any
 
 from refreshd.audit import AuditLog
 from refreshd.config import Config
-from refreshd.core import rules
+from refreshd.core import autocrypt, rules
 from refreshd.core.rules import Candidate, Decision
 from refreshd.openpgp.keyview import KeyView, certifies_uid, normalize_address, read_key
 from refreshd.openpgp.merge import merge
@@ -281,6 +281,33 @@ class KeyManager:
         )
         return decision
 
+    def consider_autocrypt(
+        self, address: str, value: str, found: Found, date: datetime | None
+    ) -> Decision:
+        """An `Autocrypt:` (or, with source `gossip`, `Autocrypt-Gossip:`) header value as a
+        mail client holds it (SPEC 4): a void header or one from a message older than the
+        newest seen changes nothing; otherwise its key goes through the rules, and when that
+        key is the one used for the address its prefer-encrypt is remembered."""
+        gossip = found.source == "gossip"
+        header = autocrypt.parse(value, address, gossip=gossip)
+        if isinstance(header, autocrypt.Void):
+            return self._reject_unparsed(address, found, header.reason)
+        effective = autocrypt.effective_date(date, self.clock())
+        state = None if gossip else self.store.autocrypt(address)
+        if state is not None and not autocrypt.changes_state(effective, state[1]):
+            return self._reject_unparsed(
+                address,
+                found,
+                f"the message is older ({iso(effective)}) than the newest one whose Autocrypt "
+                f"header was seen for {address} ({iso(state[1])}); it changes nothing "
+                "(Autocrypt last_seen).",
+            )
+        decision = self.consider(address, header.keydata, found)
+        if not gossip and decision.registers:
+            with self.store.transaction():
+                self.store.put_autocrypt(address, header.prefer_encrypt, effective)
+        return decision
+
     # -- user actions -----------------------------------------------------------------------
     def verify(self, address: str, fingerprint: str) -> Decision:
         """Rule 3.2: the user checked this fingerprint for this address."""
@@ -312,6 +339,8 @@ class KeyManager:
         """The lookup answer for a registered address (SPEC section 4)."""
         now = self.clock()
         reg = self.store.registration(address)
+        peer = self.store.autocrypt(address)
+        prefer_encrypt = None if peer is None else peer[0]
         if reg is None:
             return {
                 "address": address,
@@ -324,6 +353,7 @@ class KeyManager:
                 "revoked": False,
                 "source": None,
                 "reason": f"No key is registered for {address}.",
+                "prefer_encrypt": prefer_encrypt,
             }
         facts = self.store.key_facts(reg.fingerprint)
         assert facts is not None
@@ -355,6 +385,7 @@ class KeyManager:
             "revoked": facts.revoked,
             "source": reg.source,
             "reason": reason,
+            "prefer_encrypt": prefer_encrypt,
         }
         if with_key:
             data = self.store.get_key(reg.fingerprint)

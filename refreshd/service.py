@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from refreshd import __version__
-from refreshd.core import levels
+from refreshd.core import autocrypt, levels
 from refreshd.keymanager import Found, KeyManager, address_or_none
 from refreshd.rpc import INVALID_PARAMS, Param, RpcError, checked
 
@@ -126,19 +126,35 @@ class Service:
                 "origin": Param(str, choices=levels.MAIL_ORIGINS),
                 "dkim": Param(str, "none", levels.DKIM_VALUES),
                 "url": Param(str, None),
+                "autocrypt": Param(str, None),
+                "date": Param(str, None),
             },
         )
         address = address_param(p["address"])
         header_url = p["origin"] == "openpgp-header" and p["url"] is not None
-        given = (p["key"] is not None) + (p["fingerprint"] is not None)
+        given = sum(p[name] is not None for name in ("key", "fingerprint", "autocrypt"))
         if given > 1 or (given == 0 and not header_url):
             raise RpcError(
                 INVALID_PARAMS,
-                "Invalid params: give exactly one of 'key' or 'fingerprint'"
+                "Invalid params: give exactly one of 'key', 'fingerprint' or 'autocrypt'"
                 " (or, for an OpenPGP header, its 'url')",
             )
+        date = None
+        if p["date"] is not None:
+            date = autocrypt.message_date(p["date"][:200])
+            if date is None:
+                raise RpcError(
+                    INVALID_PARAMS, "Invalid params: 'date' must be ISO 8601 or RFC 5322"
+                )
         level, positive = levels.for_mail(p["origin"], p["dkim"])
         found = Found(p["origin"], level, positive, url=p["url"])
+        if p["autocrypt"] is not None:
+            if p["origin"] not in ("autocrypt", "gossip"):
+                raise RpcError(
+                    INVALID_PARAMS,
+                    "Invalid params: 'autocrypt' goes with origin autocrypt or gossip",
+                )
+            return _decision(self.keys.consider_autocrypt(address, p["autocrypt"], found, date))
         if header_url and levels.standard_header_url(p["url"], address):
             fetched = await self.discovery.from_header_url(address, p["url"])
             if fetched is not None:

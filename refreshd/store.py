@@ -17,7 +17,7 @@ from typing import Any
 
 from refreshd.core.rules import Decision, Registration, successfully_used
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -90,6 +90,15 @@ MIGRATIONS: dict[int, str] = {
         next_extension_at TEXT,
         last_upload TEXT,
         seed INTEGER NOT NULL
+    );
+    """,
+    # 2: what Autocrypt headers said about an address (its peer state): the preference, and the
+    # effective date of the newest message whose header counted.
+    2: """
+    CREATE TABLE autocrypt (
+        address TEXT PRIMARY KEY,
+        prefer_encrypt TEXT,
+        last_seen TEXT NOT NULL
     );
     """,
 }
@@ -331,6 +340,35 @@ class Store:
             "addresses": self.db.execute("SELECT count(*) FROM addresses").fetchone()[0],
             "stored_keys": self.db.execute("SELECT count(*) FROM keys").fetchone()[0],
         }
+
+    def served_status(self, fingerprint: str) -> str | None:
+        """`registered` or `retired` if the key is either for some address, else None (a
+        rejected or unknown key is never handed out by the keyserver door, SPEC 11)."""
+        row = self._one(
+            "SELECT min(status) FROM seen WHERE fingerprint = ? "
+            "AND status IN ('registered', 'retired')",
+            fingerprint,
+        )
+        return None if row is None else row[0]
+
+    # autocrypt peer state ------------------------------------------------------------------
+    def autocrypt(self, address: str) -> tuple[str | None, datetime] | None:
+        """(prefer_encrypt, effective date of the newest header that counted), if any."""
+        row = self._one(
+            "SELECT prefer_encrypt, last_seen FROM autocrypt WHERE address = ?", address
+        )
+        if row is None:
+            return None
+        return row["prefer_encrypt"], datetime.fromisoformat(row["last_seen"])
+
+    def put_autocrypt(self, address: str, prefer_encrypt: str, last_seen: datetime) -> None:
+        """Record a header that counted: its preference replaces the one held."""
+        self.db.execute(
+            "INSERT INTO autocrypt(address, prefer_encrypt, last_seen) VALUES (?,?,?) "
+            "ON CONFLICT(address) DO UPDATE SET last_seen=excluded.last_seen, "
+            "prefer_encrypt=excluded.prefer_encrypt",
+            (address, prefer_encrypt, iso(last_seen)),
+        )
 
     # usage ------------------------------------------------------------------------------
     def record_use(self, address: str, fingerprint: str, event: str, now: datetime) -> bool:

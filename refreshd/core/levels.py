@@ -12,6 +12,8 @@ Rules, from the transitional key validation rules:
   is known-key; a fingerprint the user verified is fingerprint.
 - Positive indication (may we encrypt?) comes from a provider directory, VKS, a signed mail,
   an Autocrypt or OpenPGP header, or the user's verification; never from HKP alone.
+- An Autocrypt-Gossip key (`gossip`) is a sender's claim about someone else's key: weak-chain
+  and no positive indication, whatever DKIM says (DKIM vouches for the sender's domain only).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from refreshd.config import LEVELS
 
-MAIL_ORIGINS = ("autocrypt", "openpgp-header", "attachment", "signature")
+MAIL_ORIGINS = ("autocrypt", "gossip", "openpgp-header", "attachment", "signature")
 DKIM_VALUES = ("pass", "fail", "none")
 
 # source -> (level, positive indication)
@@ -37,7 +39,14 @@ SOURCE_TABLE: dict[str, tuple[str, bool]] = {
     "user": ("fingerprint", True),
 }
 # mail origin -> positive indication (SPEC 5.4 lists signed mail, Autocrypt and OpenPGP header)
-MAIL_POSITIVE = {"autocrypt": True, "openpgp-header": True, "signature": True, "attachment": False}
+MAIL_POSITIVE = {
+    "autocrypt": True,
+    "gossip": False,
+    "openpgp-header": True,
+    "signature": True,
+    "attachment": False,
+}
+VOUCHED_BY_DKIM = frozenset({"autocrypt", "openpgp-header", "attachment", "signature"})
 
 
 def rank(level: str) -> int:
@@ -62,7 +71,7 @@ def for_mail(origin: str, dkim: str, *, header_url_fetched: bool = False) -> tup
     positive = MAIL_POSITIVE[origin]
     if origin == "openpgp-header" and header_url_fetched:
         return "provider-trust", positive
-    if dkim == "pass":
+    if dkim == "pass" and origin in VOUCHED_BY_DKIM:
         return "provider-trust", positive
     return "weak-chain", positive
 
