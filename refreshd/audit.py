@@ -23,6 +23,8 @@ from typing import Any
 
 import structlog
 
+__all__ = ["AuditLog", "verify"]
+
 GENESIS = "0" * 64
 log = structlog.get_logger("refreshd")
 

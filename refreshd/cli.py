@@ -27,6 +27,8 @@ from typing import Any
 from refreshd import audit, config
 from refreshd.openpgp.packets import armor
 
+__all__ = ["main"]
+
 OK, FAILURE, USAGE, NOT_RUNNING = 0, 1, 2, 3
 NOT_RUNNING_HINT = (
     "refreshd is not running; start it with `systemctl --user start refreshd` or `refreshd run`"

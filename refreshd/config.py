@@ -13,9 +13,11 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+__all__ = ["LEVELS", "Config", "ConfigError", "expand_path", "load"]
 
 LEVELS = (
     "weak-chain",
@@ -424,8 +426,3 @@ def load(explicit: str | os.PathLike[str] | None = None) -> Config:
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
     return from_mapping(data, path)
-
-
-def section_fields() -> dict[str, list[str]]:
-    """Every section and key, for the example-file test."""
-    return {name: [f.name for f in fields(cls)] for name, cls in _SECTIONS.items()}

@@ -36,6 +36,8 @@ from refreshd.rpc import RpcServer
 from refreshd.service import Service
 from refreshd.store import Store
 
+__all__ = ["run"]
+
 # APScheduler references jobs by module-level name; they act on the running daemon.
 _running: Daemon | None = None
 

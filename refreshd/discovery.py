@@ -25,6 +25,8 @@ from refreshd.net.fetch import Request
 from refreshd.retrieve import Got, Retriever
 from refreshd.store import Source, iso
 
+__all__ = ["Discovery", "audit_fetch"]
+
 CONCURRENT_DISCOVERIES = 4
 
 

@@ -42,6 +42,8 @@ from refreshd.openpgp.keyview import read_key
 from refreshd.openpgp.packets import Cert, KeyRejected, StreamingKeyFilter, key_fingerprint
 from refreshd.rpc import INTERNAL_ERROR, INVALID_PARAMS, RpcError
 
+__all__ = ["GnupgBridge"]
+
 GPG = "gpg"
 GPG_TIMEOUT = 60.0  # one gpg run; a stale lock held by a live process ends here
 EXPORT_TIMEOUT = 600.0  # exporting a large keyring

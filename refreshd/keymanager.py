@@ -22,6 +22,8 @@ from refreshd.openpgp.merge import merge
 from refreshd.openpgp.packets import KeyRejected, armor, strip_keys
 from refreshd.store import KeyFacts, Store, iso
 
+__all__ = ["Found", "KeyManager", "address_or_none"]
+
 AUDIT_EVENT = {
     "registered": "key.registered",
     "replaced": "key.replaced",

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
     from refreshd.openpgp.resign import OwnKey
 
+__all__ = ["OwnKeys"]
+
 UPLOAD_RETRY_BASE = 300.0
 UPLOAD_RETRY_CAP = 86400.0
 UPLOAD_ATTEMPTS = 8

@@ -29,6 +29,8 @@ from refreshd.net.fetch import Validators
 from refreshd.retrieve import Got, Retriever
 from refreshd.store import Source, iso
 
+__all__ = ["Refresher"]
+
 STATE_NAME = "refresh.cycle"
 ERROR_PAUSE = 60.0  # after an unexpected error in one step
 DIRECTORIES = frozenset({"wkd", "nicknym", "vks", "hkp"})

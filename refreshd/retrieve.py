@@ -17,6 +17,8 @@ from refreshd.net.answers import Outcome, SourceError, lookup_outcome
 from refreshd.net.fetch import Answer, Fetcher, FetchFailed, Request, Validators
 from refreshd.openpgp.packets import KeyRejected, StreamingKeyFilter
 
+__all__ = ["Got", "Retriever"]
+
 
 @dataclass(frozen=True)
 class Got:

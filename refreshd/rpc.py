@@ -27,6 +27,8 @@ from typing import Any
 import structlog
 import trio
 
+__all__ = ["INTERNAL_ERROR", "INVALID_PARAMS", "Param", "RpcError", "RpcServer", "checked"]
+
 MAX_LINE = 1 << 20
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = (
     -32700,

@@ -15,6 +15,8 @@ import os
 import socket
 from collections.abc import MutableMapping
 
+__all__ = ["listen_fds", "notify"]
+
 LISTEN_FDS_START = 3
 
 

@@ -15,6 +15,8 @@ from refreshd.core import autocrypt, levels
 from refreshd.keymanager import Found, KeyManager, address_or_none
 from refreshd.rpc import INVALID_PARAMS, Param, RpcError, checked
 
+__all__ = ["Service"]
+
 FPR = re.compile(r"^[0-9A-Fa-f]{40}$")
 MAX_KEY_TEXT = 1 << 20  # the line limit bounds it anyway; say so clearly
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from refreshd.core.rules import Decision, Registration, successfully_used
 
+__all__ = ["KeyFacts", "Source", "Store", "iso"]
+
 SCHEMA_VERSION = 2
 
 MIGRATIONS: dict[int, str] = {

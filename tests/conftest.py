@@ -4,6 +4,7 @@ fails if any process the world started is still alive after teardown."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -110,3 +111,15 @@ def short_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path)
+
+
+def config_sections() -> dict[str, list[str]]:
+    """Every section of the config and its keys, in the order the dataclasses declare them."""
+    from refreshd.config import Config
+
+    cfg = Config()
+    return {
+        f.name: [key.name for key in dataclasses.fields(getattr(cfg, f.name))]
+        for f in dataclasses.fields(cfg)
+        if dataclasses.is_dataclass(getattr(cfg, f.name))
+    }

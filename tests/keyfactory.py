@@ -27,11 +27,22 @@ from refreshd.openpgp.packets import (
     Packet,
     armor,
     key_fingerprint,
-    new_packet,
     strip_keys,
 )
 
 ED25519_OID = bytes.fromhex("2b06010401da470f01")
+
+
+def new_packet(tag: int, body: bytes) -> Packet:
+    """A packet with a new-format header."""
+    n = len(body)
+    if n < 192:
+        length = bytes([n])
+    elif n < 8384:
+        length = bytes([((n - 192) >> 8) + 192, (n - 192) & 0xFF])
+    else:
+        length = b"\xff" + n.to_bytes(4, "big")
+    return Packet(tag, body, bytes([0xC0 | tag]) + length + body)
 
 
 def dearmor(data: bytes) -> bytes:

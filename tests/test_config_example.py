@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from refreshd import config
+from tests.conftest import config_sections
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.toml"
@@ -34,7 +35,7 @@ def test_example_yields_exactly_the_defaults() -> None:
 
 def test_example_names_every_key_in_the_order_of_the_code() -> None:
     data = example()
-    assert {section: list(keys) for section, keys in data.items()} == config.section_fields()
+    assert {section: list(keys) for section, keys in data.items()} == config_sections()
 
 
 def test_every_key_has_a_comment_right_above_it() -> None:

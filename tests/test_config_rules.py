@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from refreshd import config
 from refreshd.config import ConfigError
+from tests.conftest import config_sections
 
 DAY = 86400
 
@@ -223,7 +224,7 @@ toml_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner),
     max_leaves=10,
 )
-KNOWN = config.section_fields()
+KNOWN = config_sections()
 known_values = st.one_of(
     toml_values,
     st.sampled_from(["auto", "off", "10m", "7x", "unix:/x", "a:1:b:2", "https://x", "~", "$X"]),

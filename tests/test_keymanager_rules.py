@@ -214,7 +214,8 @@ def test_hkp_alone_is_no_positive_indication(km, keys):
 
 def test_forged_uid_in_a_copy_is_rejected_and_changes_nothing(km, keys):
     from refreshd.openpgp.keyview import parse_one
-    from refreshd.openpgp.packets import Bundle, Cert, new_packet
+    from refreshd.openpgp.packets import Bundle, Cert
+    from tests.keyfactory import new_packet
 
     register(km, keys.a)
     cert = parse_one(keys.a)

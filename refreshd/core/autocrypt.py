@@ -26,6 +26,8 @@ from enum import StrEnum
 
 from refreshd.openpgp.keyview import normalize_address
 
+__all__ = ["Void", "changes_state", "effective_date", "message_date", "parse"]
+
 MAX_HEADER = 1 << 20  # a header larger than the socket's line can hold is not one
 
 

@@ -23,6 +23,17 @@ from urllib.parse import parse_qs, urlsplit
 
 from refreshd.config import LEVELS
 
+__all__ = [
+    "DKIM_VALUES",
+    "MAIL_ORIGINS",
+    "at_least",
+    "for_mail",
+    "for_source",
+    "highest",
+    "rank",
+    "standard_header_url",
+]
+
 MAIL_ORIGINS = ("autocrypt", "gossip", "openpgp-header", "attachment", "signature")
 DKIM_VALUES = ("pass", "fail", "none")
 

@@ -26,7 +26,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-ROLES = ("primary", "encrypt", "sign", "auth", "other")
+__all__ = ["OwnComponent", "Plan", "plan"]
+
 WINDOW_FRACTION = 4  # window = extend_when_left / WINDOW_FRACTION
 
 

@@ -28,6 +28,8 @@ from datetime import datetime
 
 from refreshd.core import levels
 
+__all__ = ["Candidate", "Decision", "Registration", "decide", "first_contact", "successfully_used"]
+
 
 @dataclass(frozen=True)
 class Registration:

@@ -63,6 +63,19 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+__all__ = [
+    "CycleState",
+    "backoff",
+    "effective_period",
+    "from_json",
+    "mark_done",
+    "mark_failed",
+    "next_refresh",
+    "reconcile",
+    "request",
+    "to_json",
+]
+
 JITTER = 0.5
 STATE_VERSION = 1
 

@@ -16,6 +16,15 @@ import re
 from collections.abc import Mapping
 from enum import StrEnum
 
+__all__ = [
+    "LOOKUP_STATUS",
+    "Outcome",
+    "SourceError",
+    "json_object",
+    "lookup_outcome",
+    "normalize_fingerprint",
+]
+
 
 class Outcome(StrEnum):
     KEY = "key"

@@ -50,6 +50,8 @@ import trio
 from refreshd.config import Config
 from refreshd.net.tor import Endpoint, TorSupervisor
 
+__all__ = ["Answer", "FetchFailed", "Fetcher", "Request", "Validators", "registrable_domain"]
+
 USER_AGENT = "Mozilla/5.0 (Windows NT 10.0; rv:128.0) Gecko/20100101 Firefox/128.0"
 HEADERS = (
     ("Accept", "*/*"),

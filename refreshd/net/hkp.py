@@ -17,6 +17,8 @@ from refreshd.net.answers import SourceError, normalize_fingerprint
 from refreshd.net.fetch import Request, Validators
 from refreshd.net.wkd import split_address
 
+__all__ = ["lookup", "lookup_address", "read_upload", "upload"]
+
 SCHEMES = {
     "hkp": ("http", 11371),
     "hkps": ("https", 443),

@@ -23,9 +23,10 @@ from types import MappingProxyType
 from urllib.parse import quote, urlsplit
 
 from refreshd.net.answers import LOOKUP_STATUS, Outcome, SourceError, json_object, lookup_outcome
-from refreshd.net.answers import normalize_fingerprint as _fingerprint
 from refreshd.net.fetch import Request, Validators, registrable_domain
 from refreshd.net.wkd import same_address, split_address
+
+__all__ = ["NegativeCache", "by_address", "capability_requests", "read_answer", "read_capability"]
 
 NEGATIVE_TTL = 86400.0
 ARMOR_HEADER = "-----BEGIN PGP PUBLIC KEY BLOCK-----"
@@ -119,10 +120,6 @@ def _query(uri: str, name: str, value: str, validators: Validators | None) -> Re
 def by_address(uri: str, address: str, validators: Validators | None = None) -> Request:
     split_address(address)
     return _query(uri, "address", address, validators)
-
-
-def by_fingerprint(uri: str, fpr: str, validators: Validators | None = None) -> Request:
-    return _query(uri, "fingerprint", _fingerprint(fpr), validators)
 
 
 def _armored_key(body: bytes, address: str | None) -> str:

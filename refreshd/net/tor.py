@@ -45,6 +45,8 @@ import trio
 
 from refreshd.config import Config
 
+__all__ = ["Endpoint", "TorSupervisor"]
+
 POLL_SECONDS = 5.0
 EVENT_THREAD_WAIT = 60.0  # stem's event thread, between events (see QuietController)
 READY_POLL_SECONDS = 30.0  # a ready Tor is checked less often: its events and the control

@@ -14,7 +14,7 @@ Rules:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import quote
@@ -22,6 +22,8 @@ from urllib.parse import quote
 from refreshd.net.answers import SourceError, json_object, normalize_fingerprint
 from refreshd.net.fetch import Request, Validators
 from refreshd.net.wkd import split_address
+
+__all__ = ["by_email", "by_fingerprint", "read_upload", "upload"]
 
 ADDRESS_STATES = frozenset({"unpublished", "published", "revoked", "pending"})
 JSON = "application/json"
@@ -52,17 +54,6 @@ def upload(base: str, armored: str) -> Request:
     )
 
 
-def request_verify(base: str, token: str, addresses: Iterable[str]) -> Request:
-    body = json.dumps({"token": token, "addresses": list(addresses)}).encode("utf-8")
-    return Request(
-        f"{base.rstrip('/')}/vks/v1/request-verify",
-        "POST",
-        body=body,
-        content_type=JSON,
-        kind="json",
-    )
-
-
 def _error_text(body: bytes) -> str:
     try:
         answer = json.loads(body)
@@ -73,7 +64,7 @@ def _error_text(body: bytes) -> str:
 
 
 def read_upload(status: int, body: bytes) -> UploadResult:
-    """The answer to `upload` or `request_verify`; SourceError when it is unusable."""
+    """The answer to `upload`; SourceError when it is unusable."""
     if status != 200:
         raise SourceError(f"keyserver answered {status}{_error_text(body)}")
     answer = json_object(body, "keyserver answer")

@@ -18,6 +18,8 @@ from urllib.parse import quote
 from refreshd.net.answers import SourceError
 from refreshd.net.fetch import Request, Validators
 
+__all__ = ["requests_for", "same_address", "split_address"]
+
 ZBASE32 = "ybndrfg8ejkmcpqxot1uwisza345h769"
 
 

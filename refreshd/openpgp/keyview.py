@@ -49,6 +49,23 @@ from refreshd.openpgp.packets import (
 )
 from refreshd.openpgp.verify import key_context, uid_context, verify
 
+__all__ = [
+    "CERTIFICATIONS",
+    "CERT_REVOCATION",
+    "DIRECT_KEY",
+    "KEY_REVOCATION",
+    "SUBKEY_BINDING",
+    "SUBKEY_REVOCATION",
+    "KeyView",
+    "certifies_uid",
+    "normalize_address",
+    "parse_one",
+    "read_key",
+    "rejecting",
+    "valid_sigs",
+    "view_of",
+]
+
 CERTIFICATIONS = frozenset({0x10, 0x11, 0x12, 0x13})
 SUBKEY_BINDING, PRIMARY_BINDING, DIRECT_KEY = 0x18, 0x19, 0x1F
 KEY_REVOCATION, SUBKEY_REVOCATION, CERT_REVOCATION = 0x20, 0x28, 0x30

@@ -50,6 +50,8 @@ from refreshd.openpgp.packets import (
 )
 from refreshd.openpgp.verify import key_context, uid_context
 
+__all__ = ["merge"]
+
 PRIMARY_KINDS = frozenset({DIRECT_KEY, KEY_REVOCATION})
 UID_KINDS = CERTIFICATIONS | {CERT_REVOCATION}
 SUBKEY_KINDS = frozenset({SUBKEY_BINDING, SUBKEY_REVOCATION})

@@ -26,6 +26,30 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+__all__ = [
+    "ALGORITHMS",
+    "SUB_EMBEDDED",
+    "SUB_KEY_EXPIRES",
+    "SUB_KEY_FLAGS",
+    "SUB_PRIMARY_UID",
+    "TAG_PUBLIC_SUBKEY",
+    "TAG_USER_ID",
+    "Bundle",
+    "Cert",
+    "KeyRejected",
+    "Packet",
+    "PublicKey",
+    "Signature",
+    "StreamingKeyFilter",
+    "armor",
+    "key_fingerprint",
+    "parse_public_key",
+    "parse_signature",
+    "signature_fields",
+    "signature_issuer",
+    "strip_keys",
+]
+
 TAG_SIGNATURE = 2
 TAG_SECRET_KEY = 5
 TAG_PUBLIC_KEY = 6
@@ -39,7 +63,6 @@ TAG_PADDING = 21
 IGNORED_TAGS = frozenset({TAG_MARKER, TAG_TRUST, TAG_PADDING, *range(40, 64)})
 
 SUB_CREATED = 2
-SUB_SIG_EXPIRES = 3
 SUB_KEY_EXPIRES = 9
 SUB_ISSUER = 16
 SUB_PRIMARY_UID = 25
@@ -153,18 +176,6 @@ class Cert:
             parts.append(bundle.packet.raw)
             parts.extend(s.raw for s in bundle.sigs)
         return b"".join(parts)
-
-
-def new_packet(tag: int, body: bytes) -> Packet:
-    """A packet with a new-format header."""
-    n = len(body)
-    if n < 192:
-        length = bytes([n])
-    elif n < 8384:
-        length = bytes([((n - 192) >> 8) + 192, (n - 192) & 0xFF])
-    else:
-        length = b"\xff" + n.to_bytes(4, "big")
-    return Packet(tag, body, bytes([0xC0 | tag]) + length + body)
 
 
 def key_fingerprint(body: bytes) -> bytes:

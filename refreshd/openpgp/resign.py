@@ -42,6 +42,18 @@ from pgpy.errors import PGPDecryptionError
 from refreshd.core.ownpolicy import OwnComponent
 from refreshd.openpgp.keyview import normalize_address
 
+__all__ = [
+    "BadKey",
+    "BadMessage",
+    "Locked",
+    "OwnKey",
+    "decrypt",
+    "extend",
+    "generate",
+    "public_armored",
+    "read_own",
+]
+
 STRONG_HASHES = (HashAlgorithm.SHA512, HashAlgorithm.SHA384, HashAlgorithm.SHA256)
 CIPHERS = [SymmetricKeyAlgorithm.AES256, SymmetricKeyAlgorithm.AES128]
 DIGESTS = [HashAlgorithm.SHA512, HashAlgorithm.SHA256]

@@ -30,6 +30,8 @@ from refreshd.openpgp.packets import (
     signature_fields,
 )
 
+__all__ = ["key_context", "uid_context", "verify"]
+
 SHA1_CUTOFF = 1675209600  # 2023-02-01T00:00:00Z
 
 # hash id -> (hashlib name, cryptography algorithm, last creation time accepted or None)
