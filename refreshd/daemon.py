@@ -9,6 +9,7 @@ removed on the way out and systemd is told STOPPING.
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import sys
 from datetime import UTC, datetime
@@ -172,8 +173,16 @@ class Daemon:
             await scheduler.run_until_stopped()
 
 
+def raise_fd_limit() -> None:
+    """Use the hard fd limit: the soft default (1,024) is too few for clients plus our own."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run(cfg: Config) -> int:
     configure_logging()
+    raise_fd_limit()
     try:
         daemon = Daemon(cfg)
     except (OSError, RuntimeError) as exc:

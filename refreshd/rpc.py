@@ -2,25 +2,36 @@
 
 Rules:
 - The socket is mode 0600 in a 0700 directory; a peer of another uid (SO_PEERCRED) is closed
-  at once and audited as `socket.refused`.
+  at once and audited as `socket.refused`, at most one line per peer uid per `REFUSED_EVERY`
+  seconds (the next line counts the refusals it stood for).
 - A line is at most 1 MiB; a longer one is answered -32600 and the connection closed, with
-  no more than the limit ever buffered.
-- Errors: -32700 parse error, -32600 invalid request (not an object, batches included),
-  -32601 unknown method, -32602 bad params; a handler failure is -32603 and never ends the
+  no more than the limit ever buffered. Past `SMALL_LINE` bytes a connection needs one of
+  `BIG_LINES` slots to go on buffering, so a thousand unfinished 1 MiB lines cost a few MiB,
+  not a GiB.
+- Any bytes are answered: invalid UTF-8 (lone surrogates as raw bytes included), integers too
+  long for `int()`, NaN and Infinity are -32700; nesting deeper than `MAX_DEPTH` and strings
+  holding lone surrogates (escaped `\\ud800`) are -32600; -32601 unknown method, -32602 bad
+  params; a handler failure, or an answer that cannot be written, is -32603 and never ends the
   server. Requests without an id are notifications and get no answer.
-- A connection idle (or stalled mid-line) longer than `idle_timeout` is closed; at most
-  `max_connections` are served at once, beyond that a connection is told "busy" and closed.
+- A connection has `idle_timeout` seconds of total time to deliver each whole request line
+  (counted from when the server is ready for it, not per byte), so a slow-loris peer is closed.
+- At most `max_connections` are served at once (`connection_cap` keeps fds back for the
+  daemon's own files and fetches); a newcomer beyond that evicts the connection that has waited
+  longest for its next line, and is told "busy" only when every slot is running a request.
   Each connection is its own task, so one slow or hostile client never delays another.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import resource
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +41,11 @@ import trio
 __all__ = ["INTERNAL_ERROR", "INVALID_PARAMS", "Param", "RpcError", "RpcServer", "checked"]
 
 MAX_LINE = 1 << 20
+SMALL_LINE = 64 << 10
+BIG_LINES = 16
+MAX_DEPTH = 32
+FD_RESERVE = 128  # fds kept back from clients for the store, the audit log, Tor and fetches
+REFUSED_EVERY = 60.0
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = (
     -32700,
     -32600,
@@ -37,6 +53,8 @@ PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR =
     -32602,
     -32603,
 )
+ACCEPT_CAPACITY_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_SURROGATE = re.compile("[\ud800-\udfff]")
 log = structlog.get_logger("refreshd.rpc")
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -59,7 +77,7 @@ class Param:
 def checked(params: dict[str, Any], spec: dict[str, Param]) -> dict[str, Any]:
     unknown = sorted(set(params) - set(spec))
     if unknown:
-        raise RpcError(INVALID_PARAMS, f"Invalid params: unknown parameter {unknown[0]!r}")
+        raise RpcError(INVALID_PARAMS, f"Invalid params: unknown parameter {unknown[0][:80]!r}")
     out: dict[str, Any] = {}
     for name, p in spec.items():
         if name not in params:
@@ -98,12 +116,51 @@ class Request:
     notification: bool  # no "id" member: no answer is sent
 
 
+class _Refused(ValueError):
+    """A JSON literal this server does not take (NaN, Infinity, an over-long integer)."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _Refused(f"{name} is not a JSON number")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > 64:
+        raise _Refused(f"an integer of {len(text)} digits is too long")
+    return int(text)
+
+
+def _invalid_structure(msg: Any) -> str | None:
+    """Why a parsed message cannot be served (too deep, a lone surrogate), or None.
+
+    Iterative, so a hostile structure cannot exhaust the stack here either."""
+    stack: list[tuple[Any, int]] = [(msg, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii() and _SURROGATE.search(value):
+                return "a string holds a lone surrogate (not Unicode text)"
+        elif isinstance(value, dict | list):
+            if depth > MAX_DEPTH:
+                return f"nested deeper than {MAX_DEPTH} levels"
+            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in items)
+    return None
+
+
 def parse_request(line: bytes) -> Request | dict[str, Any]:
     """The request, or the error response to send."""
     try:
-        msg = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        return error(None, PARSE_ERROR, f"Parse error: {exc}")
+        msg = json.loads(line.decode("utf-8"), parse_int=_bounded_int, parse_constant=_no_constant)
+    except RecursionError:
+        return error(None, INVALID_REQUEST, f"Invalid request: nested deeper than {MAX_DEPTH}")
+    except UnicodeDecodeError as exc:
+        return error(None, PARSE_ERROR, f"Parse error: not UTF-8 at byte {exc.start}")
+    except ValueError as exc:  # JSONDecodeError, _Refused, int() limits
+        return error(None, PARSE_ERROR, f"Parse error: {exc}"[:200])
+    why = _invalid_structure(msg)
+    if why is not None:
+        return error(None, INVALID_REQUEST, f"Invalid request: {why}")
     if not isinstance(msg, dict):
         return error(None, INVALID_REQUEST, "Invalid request: expected one JSON object per line")
     id_ = msg.get("id")
@@ -124,11 +181,28 @@ def peer_uid(sock: socket.socket) -> int:
     return struct.unpack("3i", creds)[1]
 
 
+def connection_cap(wanted: int, nofile: int | None = None) -> int:
+    """How many clients may be open at once: `wanted`, less if the fd limit needs the room."""
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0] if nofile is None else nofile
+    if limit == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, limit - FD_RESERVE))
+
+
 @dataclass
 class Stats:
     open: int = 0
     served: int = 0
     refused: int = 0
+    evicted: int = 0
+
+
+@dataclass
+class _Refusals:
+    """Per peer uid: when the last `socket.refused` line was written, and how many since."""
+
+    last: dict[int, float] = field(default_factory=dict)
+    unreported: dict[int, int] = field(default_factory=dict)
 
 
 class RpcServer:
@@ -145,10 +219,14 @@ class RpcServer:
         self.methods = methods
         self.emit = emit
         self.idle_timeout = idle_timeout
-        self.max_connections = max_connections
+        self.max_connections = connection_cap(max_connections)
         self.uid = os.getuid() if uid is None else uid
         self.peer_uid_of = peer_uid_of
         self.stats = Stats()
+        self._refusals = _Refusals()
+        self._big_lines = trio.Semaphore(BIG_LINES)
+        # connections waiting for their next line, oldest first: the ones a newcomer may evict
+        self._waiting: dict[int, trio.CancelScope] = {}
 
     async def handle(self, line: bytes) -> dict[str, Any] | None:
         parsed = parse_request(line)
@@ -157,7 +235,7 @@ class RpcServer:
         req = parsed
         handler = self.methods.get(req.method)
         if handler is None:
-            response = error(req.id, METHOD_NOT_FOUND, f"Method not found: {req.method}")
+            response = error(req.id, METHOD_NOT_FOUND, f"Method not found: {req.method[:80]!r}")
         else:
             try:
                 response = {"jsonrpc": "2.0", "id": req.id, "result": await handler(req.params)}
@@ -168,14 +246,55 @@ class RpcServer:
                 response = error(req.id, INTERNAL_ERROR, f"Internal error: {type(exc).__name__}")
         return None if req.notification else response
 
+    async def answer(self, line: bytes) -> bytes | None:
+        """The bytes to send for one line; an answer that cannot be encoded is -32603."""
+        response = await self.handle(line)
+        if response is None:
+            return None
+        try:
+            return _line(response)
+        except (TypeError, ValueError) as exc:
+            log.error("rpc.unencodable", error=type(exc).__name__)
+            return _line(
+                error(response.get("id"), INTERNAL_ERROR, "Internal error: unencodable answer")
+            )
+
     async def serve_connection(self, stream: trio.SocketStream) -> None:
         """One client: a peer that vanishes or misbehaves only ends its own connection."""
         try:
             await self._admit_and_converse(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError):
             pass
+        except Exception:  # never let one connection end the daemon
+            log.exception("rpc.connection_failed")
         finally:
             await stream.aclose()
+
+    def _refused(self, uid: int) -> None:
+        now = trio.current_time()
+        r = self._refusals
+        self.stats.refused += 1
+        last = r.last.get(uid)
+        if last is not None and now - last < REFUSED_EVERY:
+            r.unreported[uid] = r.unreported.get(uid, 0) + 1
+            return
+        r.last[uid] = now
+        more = r.unreported.pop(uid, 0)
+        self.emit(
+            "socket.refused",
+            peer_uid=uid,
+            reason="peer is another user",
+            **({"also_refused": more} if more else {}),
+        )
+
+    def _make_room(self) -> bool:
+        """Evict the connection that has waited longest for its next line; False if none."""
+        if not self._waiting:
+            return False
+        key = next(iter(self._waiting))
+        self._waiting.pop(key).cancel()
+        self.stats.evicted += 1
+        return True
 
     async def _admit_and_converse(self, stream: trio.SocketStream) -> None:
         try:
@@ -183,12 +302,11 @@ class RpcServer:
         except OSError:
             uid = -1
         if uid != self.uid:
-            self.stats.refused += 1
-            self.emit("socket.refused", peer_uid=uid, reason="peer is another user")
+            self._refused(uid)
             return
-        if self.stats.open >= self.max_connections:
+        if self.stats.open >= self.max_connections and not self._make_room():
             with trio.move_on_after(1):
-                await stream.send_all(_line(error(None, INTERNAL_ERROR, "Server busy; retry")))
+                await stream.send_all(BUSY)
             return
         self.stats.open += 1
         try:
@@ -197,31 +315,30 @@ class RpcServer:
             self.stats.open -= 1
 
     async def _converse(self, stream: trio.SocketStream) -> None:
-        buf = bytearray()
-        while True:
-            newline = buf.find(b"\n")
-            if newline < 0:
-                if len(buf) > MAX_LINE:
-                    await stream.send_all(TOO_LONG)
-                    return
-                with trio.move_on_after(self.idle_timeout) as idle:
-                    chunk = await stream.receive_some(65536)
-                if idle.cancelled_caught or not chunk:
-                    return
-                buf += chunk
-                continue
-            line = bytes(buf[:newline])
-            del buf[: newline + 1]
-            if len(line) > MAX_LINE:
+        reader = _LineReader(stream, self._big_lines)
+        try:
+            while True:
+                line: bytes | None = None
+                with trio.move_on_after(self.idle_timeout) as waiting:
+                    self._waiting[id(waiting)] = waiting
+                    try:
+                        line = await reader.next_line()
+                    finally:
+                        self._waiting.pop(id(waiting), None)
+                if waiting.cancelled_caught or line is None:
+                    return  # too slow, evicted for a newcomer, or the peer is gone
+                if not line.strip():
+                    continue
+                reply = await self.answer(line)
+                self.stats.served += 1
+                if reply is not None:
+                    with trio.fail_after(self.idle_timeout):
+                        await stream.send_all(reply)
+        except _LineTooLong:
+            with trio.move_on_after(1):
                 await stream.send_all(TOO_LONG)
-                return
-            if not line.strip():
-                continue
-            response = await self.handle(line)
-            self.stats.served += 1
-            if response is not None:
-                with trio.fail_after(self.idle_timeout):
-                    await stream.send_all(_line(response))
+        finally:
+            reader.release()
 
     async def serve(
         self,
@@ -237,14 +354,70 @@ class RpcServer:
             assert path is not None
             listener = await _bind(path)
         try:
-            async with trio.open_nursery() as nursery:
+            async with listener, trio.open_nursery() as nursery:
                 task_status.started(path)
-                await trio.serve_listeners(
-                    self.serve_connection, [listener], handler_nursery=nursery
-                )
+                await self._accept(listener, nursery)
         finally:
             if inherited is None and path is not None:
                 _remove(path)
+
+    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        """Accept for ever; out of fds (or memory) is one warning a second, not a traceback."""
+        warned = -1.0
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRORS:
+                    raise
+                if trio.current_time() - warned >= 1 or warned < 0:
+                    warned = trio.current_time()
+                    log.warning("socket.exhausted", error=errno.errorcode[exc.errno])
+                await trio.sleep(0.1)
+                continue
+            nursery.start_soon(self.serve_connection, stream)
+
+
+class _LineTooLong(Exception):
+    """A line grew past MAX_LINE: answered -32600 and the connection closed."""
+
+
+class _LineReader:
+    """Splits a stream into lines, buffering at most SMALL_LINE plus one chunk unless it holds
+    one of the server's few big-line slots."""
+
+    def __init__(self, stream: trio.SocketStream, big_lines: trio.Semaphore) -> None:
+        self.stream = stream
+        self.big_lines = big_lines
+        self.buf = bytearray()
+        self.holds_big = False
+
+    async def next_line(self) -> bytes | None:
+        """The next line without its newline, or None when the peer closed."""
+        while True:
+            newline = self.buf.find(b"\n")
+            if newline >= 0:
+                line = bytes(self.buf[:newline])
+                del self.buf[: newline + 1]
+                if len(line) > MAX_LINE:
+                    raise _LineTooLong
+                if self.holds_big and len(self.buf) < SMALL_LINE:
+                    self.release()
+                return line
+            if len(self.buf) > MAX_LINE:
+                raise _LineTooLong
+            if len(self.buf) >= SMALL_LINE and not self.holds_big:
+                await self.big_lines.acquire()
+                self.holds_big = True
+            chunk = await self.stream.receive_some(65536 if self.holds_big else 16384)
+            if not chunk:
+                return None
+            self.buf += chunk
+
+    def release(self) -> None:
+        if self.holds_big:
+            self.big_lines.release()
+            self.holds_big = False
 
 
 def _remove(path: Path) -> None:
@@ -282,9 +455,15 @@ async def _bind(path: Path) -> trio.SocketListener:
 
 
 def _line(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    """One answer line; text that is not Unicode (a lone surrogate) goes out \\u-escaped."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        return text.encode() + b"\n"
+    except UnicodeEncodeError:
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode() + b"\n"
 
 
 TOO_LONG = _line(
     error(None, INVALID_REQUEST, f"Invalid request: line longer than {MAX_LINE} bytes")
 )
+BUSY = _line(error(None, INTERNAL_ERROR, "Server busy; retry"))

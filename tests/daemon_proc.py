@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,12 @@ def write_config(root: Path, sections: dict[str, dict[str, Any]]) -> Path:
 class Daemon:
     """A running `refreshd run`; stop() sends SIGTERM and waits."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.config = config
         text = config.read_text()
         self.socket = Path(text.split('socket = "', 1)[1].split('"', 1)[0])
@@ -62,6 +68,7 @@ class Daemon:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": os.getcwd(), **(env or {})},
+            preexec_fn=preexec_fn,
         )
         self.wait_ready()
 

@@ -17,7 +17,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from refreshd.rpc import MAX_LINE, Param, RpcServer, checked, parse_request
+from refreshd.rpc import MAX_LINE, Param, RpcServer, checked, connection_cap, parse_request
 
 
 async def echo(params: dict[str, Any]) -> Any:
@@ -27,6 +27,10 @@ async def echo(params: dict[str, Any]) -> Any:
 
 async def boom(params: dict[str, Any]) -> Any:
     raise ValueError("a bug")
+
+
+async def odd(params: dict[str, Any]) -> Any:
+    return {"surrogate": "a\ud800b"} if params.get("text") else {"obj": object()}
 
 
 class Gate:
@@ -79,7 +83,7 @@ async def served(nursery, tmp_path):
     events: list[tuple[str, dict]] = []
     gate = Gate()
     server = RpcServer(
-        {"echo": echo, "boom": boom, "slow": gate.slow},
+        {"echo": echo, "boom": boom, "slow": gate.slow, "odd": odd},
         emit=lambda event, **f: events.append((event, f)),
         idle_timeout=1.0,
         max_connections=2000,
@@ -119,7 +123,14 @@ async def test_modes_and_good_call(served):
         (b'{"jsonrpc": "2.0", "id": 1, "method": "echo", "params": "x"}', -32602),
         (b'{"jsonrpc": "2.0", "id": 1, "method": "echo"}', -32602),
         (b'{"jsonrpc": "2.0", "id": 1, "method": "boom"}', -32603),
-        (b"[" * 100000, -32700),
+        (b"[" * 100000, -32600),
+        (b"[" * 40 + b"]" * 40, -32600),
+        (b"[1" + b"1" * 5000 + b"]", -32700),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "echo", "params": {"text": NaN}}', -32700),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "echo\\ud800"}', -32600),
+        (b'{"jsonrpc": "2.0", "id": "\\udc00", "method": "echo"}', -32600),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "\xed\xa0\x80"}', -32700),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "echo", "params": {"text": "\\ud800"}}', -32600),
     ],
 )
 async def test_bad_requests_get_their_error_and_the_connection_goes_on(served, raw, code):
@@ -273,3 +284,71 @@ async def test_subprocess_of_another_uid_is_refused(nursery):
 def test_parse_request_never_raises(raw):
     out = parse_request(raw)
     assert isinstance(out, dict) or out.method is not None
+
+
+async def test_a_trickling_client_is_closed_on_total_time_not_per_byte(served):
+    """Slow-loris: a byte every 0.2 s never idles 1 s, yet the request is late as a whole."""
+    stream = await served.connect()
+    closed = False
+
+    async def trickle():
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            for byte in b'{"jsonrpc": "2.0", "id": 1, "method": "echo", "params": {"text": "x"' * 9:
+                await stream.send_all(bytes([byte]))
+                await trio.sleep(0.2)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(trickle)
+        with trio.fail_after(10):
+            closed = await stream.receive_some(10) == b""
+        n.cancel_scope.cancel()
+    await stream.aclose()
+    assert closed
+
+
+async def test_answers_that_cannot_be_encoded_are_internal_errors(served):
+    assert (await served.call("odd", {"text": "s"}))["result"] == {"surrogate": "a\ud800b"}
+    assert (await served.call("odd", {}))["error"]["code"] == -32603
+    assert (await served.call("echo", {"text": "after"}))["result"] == "after"
+
+
+async def test_a_newcomer_beyond_the_cap_evicts_the_longest_waiting(nursery, tmp_path):
+    server = RpcServer({"echo": echo}, emit=lambda e, **f: None, max_connections=3)
+    path = tmp_path / "s" / "socket"
+    await nursery.start(server.serve, path)
+    waiting = [await trio.open_unix_socket(str(path)) for _ in range(3)]
+    for s in waiting:
+        await s.send_all(b"{")
+    await trio.sleep(0.1)
+    served = Served(server, path, [], Gate())
+    assert (await served.call("echo", {"text": "new"}))["result"] == "new"
+    with trio.fail_after(5):
+        assert await waiting[0].receive_some(10) == b""  # the oldest went
+    assert server.stats.evicted >= 1
+    for s in waiting:
+        await s.aclose()
+
+
+async def test_refusals_of_one_uid_are_audited_once_a_minute(nursery, tmp_path):
+    events: list[tuple[str, dict]] = []
+    server = RpcServer(
+        {"echo": echo},
+        emit=lambda e, **f: events.append((e, f)),
+        peer_uid_of=lambda sock: os.getuid() + 1,
+    )
+    path = tmp_path / "s" / "socket"
+    await nursery.start(server.serve, path)
+    for _ in range(50):
+        stream = await trio.open_unix_socket(str(path))
+        with trio.fail_after(5):
+            with contextlib.suppress(trio.BrokenResourceError):
+                assert await stream.receive_some(10) == b""
+        await stream.aclose()
+    assert server.stats.refused == 50
+    assert [e for e, _ in events] == ["socket.refused"]
+
+
+def test_connection_cap_keeps_fds_for_the_daemon():
+    assert connection_cap(1024, nofile=1024) < 1024 - 64
+    assert connection_cap(1024, nofile=65536) == 1024
+    assert connection_cap(1024, nofile=100) >= 1

@@ -109,6 +109,7 @@ def test_service_runs_the_daemon_as_spec_says() -> None:
     assert values(SERVICE, "Service", "RestrictAddressFamilies") == ["AF_UNIX AF_INET AF_INET6"]
     assert service["ProtectSystem"] == "strict"
     assert service["UMask"] == "0077"
+    assert int(service["LimitNOFILE"]) >= 8192, "room for 1,024 clients and the daemon's own fds"
     assert values(SERVICE, "Install", "Also") == ["refreshd.socket"]
 
 
