@@ -152,6 +152,8 @@ class MailConfig:
     password_file: str = ""
     sendmail: str = ""
     via_tor: bool = True
+    handled: str = "flag"
+    answer_timeout: int = 3600
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,8 @@ _SCHEMA: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "password_file": ("str", ()),
         "sendmail": ("str", ()),
         "via_tor": ("bool", ()),
+        "handled": ("str", ()),
+        "answer_timeout": ("duration", ()),
     },
     "serve": {"keyserver": ("listen", ())},
 }

@@ -16,12 +16,31 @@ import pytest
 from tests import world
 from tests.world import names, procs
 from tests.world.ca import LocalCA
+from tests.world.mail import MailServers
 from tests.world.nginx import WkdServer
 from tests.world.nicknym import NicknymServer
 from tests.world.sks import SksServer
 from tests.world.tornet import TorNetwork
 
-_PACKAGES = {"tor": "tor", "nginx": "nginx", "sks": "sks"}
+_PACKAGES = {
+    "tor": "tor",
+    "nginx": "nginx",
+    "sks": "sks",
+    "mail": "postfix dovecot-imapd dovecot-lmtpd gpg-wks-server",
+}
+# The test provider's mailboxes: each mail scenario uses its own, so listings compare cleanly.
+MAIL_USERS = {
+    f"{name}@{domain}": f"pw-{name}"
+    for name, domain in (
+        ("alice", "example.org"),
+        ("carol", "example.org"),
+        ("dave", "example.org"),
+        ("erin", "example.org"),
+        ("frank", "example.org"),
+        ("bob", "example.net"),
+        ("gina", "example.net"),
+    )
+}
 
 
 def _require(piece: str) -> None:
@@ -69,6 +88,14 @@ def sks_server(world_dir: Path) -> Iterator[SksServer]:
     _require("sks")
     with SksServer(world.world_address()) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def mail_servers(test_ca: LocalCA, wkd_server: WkdServer) -> Iterator[MailServers]:
+    """Postfix, Dovecot, gpg-wks-server and the KST on the world address (tests/world/mail.py)."""
+    _require("mail")
+    with MailServers(test_ca, world.world_address(), MAIL_USERS, wkd=wkd_server) as servers:
+        yield servers
 
 
 @pytest.fixture(scope="session")

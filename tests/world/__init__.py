@@ -37,6 +37,7 @@ REQUIRED_BINARIES = {
     "tor": ("tor", "tor-gencert"),
     "nginx": ("nginx",),
     "sks": ("sks",),
+    "mail": ("postfix", "dovecot", "doveadm", "gpg-wks-server"),
 }
 
 

@@ -10,6 +10,7 @@ WKD_DOMAINS = ("example.org", "example.net", "example.com")
 NICKNYM_DOMAIN = "example.com"
 NICKNYM_HOST = "nicknym.example.com"
 HKP_HOSTS = ("hkp.example.net", "keys.example.net")
+MAIL_HOST = "mail.example.org"  # the provider's submission, MX and IMAP doors (tests/world/mail.py)
 
 
 def web_hosts() -> tuple[str, ...]:
@@ -19,4 +20,4 @@ def web_hosts() -> tuple[str, ...]:
 
 def all_names() -> tuple[str, ...]:
     """Every test name the Tor client maps."""
-    return (*web_hosts(), NICKNYM_HOST, *HKP_HOSTS)
+    return (*web_hosts(), NICKNYM_HOST, *HKP_HOSTS, MAIL_HOST)
