@@ -28,6 +28,9 @@ from refreshd.config import Config
 from refreshd.discovery import Discovery
 from refreshd.gnupg import GnupgBridge
 from refreshd.keymanager import KeyManager
+from refreshd.mail.channel import MailChannel
+from refreshd.mail.exchange import MailExchange
+from refreshd.mail.publish import MailPublisher
 from refreshd.net.fetch import Fetcher
 from refreshd.net.tor import TorSupervisor
 from refreshd.own import OwnKeys
@@ -38,6 +41,8 @@ from refreshd.service import Service
 from refreshd.store import Store
 
 __all__ = ["run"]
+
+MAIL_MAX_BYTES = 4 << 20  # an answer larger than this is refused unread (a key is < 1 MiB)
 
 # APScheduler references jobs by module-level name; they act on the running daemon.
 _running: Daemon | None = None
@@ -101,7 +106,21 @@ class Daemon:
         self.retriever = Retriever(cfg, self.fetcher)
         self.discovery = Discovery(self.keys, self.retriever, cfg, self.audit, utcnow)
         self.refresher = Refresher(self.keys, self.retriever, cfg, self.audit)
-        self.own = OwnKeys(cfg, self.store, self.audit, self.fetcher, utcnow)
+        channel = MailChannel(cfg, self.tor)
+        # The mail channel exists only when configured both ways (SPEC 10).
+        self.mail = (
+            MailExchange(channel, self.audit, MAIL_MAX_BYTES) if channel.configured else None
+        )
+        self.own = OwnKeys(
+            cfg,
+            self.store,
+            self.audit,
+            self.fetcher,
+            utcnow,
+            mail=None
+            if self.mail is None
+            else MailPublisher(cfg, self.mail, self.fetcher, self.audit, utcnow),
+        )
         self.gnupg = GnupgBridge(cfg, self.keys, self.audit)
         self.service = Service(
             self.keys,
@@ -146,6 +165,8 @@ class Daemon:
                 await nursery.start(self.tor.run)
                 await nursery.start(self.discovery.run)
                 await nursery.start(self.refresher.run)
+                if self.mail is not None:
+                    await nursery.start(self.mail.run)
                 await nursery.start(self.own.run)
                 await nursery.start(self.gnupg.run)
                 nursery.start_soon(self._scheduler)

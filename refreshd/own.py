@@ -33,6 +33,7 @@ from refreshd.store import Store, iso
 if TYPE_CHECKING:
     from types import ModuleType
 
+    from refreshd.mail.publish import MailPublisher
     from refreshd.openpgp.resign import OwnKey
 
 __all__ = ["OwnKeys"]
@@ -40,6 +41,7 @@ __all__ = ["OwnKeys"]
 UPLOAD_RETRY_BASE = 300.0
 UPLOAD_RETRY_CAP = 86400.0
 UPLOAD_ATTEMPTS = 8
+MAIL_MECHANISMS = ("wks", "kpp")
 
 
 def write_private(path: Path, text: str) -> None:
@@ -76,6 +78,7 @@ class OwnKeys:
         clock: Callable[[], datetime],
         *,
         rng: random.Random | None = None,
+        mail: MailPublisher | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -83,6 +86,7 @@ class OwnKeys:
         self.fetcher = fetcher
         self.clock = clock
         self.rng = rng or random.SystemRandom()
+        self.mail = mail
         self.path = cfg.own_key_file
         self.problem: str | None = None  # e.g. "own key locked: cannot extend"
         self._session_passphrase: str | None = None
@@ -185,6 +189,7 @@ class OwnKeys:
             self._session_passphrase = passphrase
         write_private(self.path, armored)
         self.audit.emit("own.imported", fingerprint=key.fingerprint, addresses=list(key.addresses))
+        self.queue_upload()
         await self.check()
         return self.report()[0]
 
@@ -294,6 +299,8 @@ class OwnKeys:
 
     async def upload(self, mechanism: str) -> tuple[bool, str]:
         """One upload of the current public key; audited as own.uploaded either way."""
+        if mechanism in MAIL_MECHANISMS:
+            return await self._upload_by_mail(mechanism)
         armored = self._armored()
         if armored is None:
             return True, "no own key"
@@ -334,9 +341,43 @@ class OwnKeys:
                 **outcome,
             )
         if all_ok:
-            with self.store.transaction():
-                self.store.db.execute(
-                    "UPDATE own_keys SET last_upload = ? WHERE fingerprint = ?",
-                    (iso(self.clock()), fingerprint),
-                )
+            self._uploaded(fingerprint)
         return all_ok, "; ".join(reasons)
+
+    def _uploaded(self, fingerprint: str) -> None:
+        with self.store.transaction():
+            self.store.db.execute(
+                "UPDATE own_keys SET last_upload = ? WHERE fingerprint = ?",
+                (iso(self.clock()), fingerprint),
+            )
+
+    async def _upload_by_mail(self, mechanism: str) -> tuple[bool, str]:
+        """WKS or KPP through the mail channel (refreshd/mail/publish.py)."""
+        armored = self._armored()
+        if armored is None:
+            return True, "no own key"
+        resign = _resign()
+        own = resign.read_own(armored)
+        if self.mail is None:
+            reason = f"{mechanism} upload needs a submission channel that is not configured"
+            self.audit.emit(
+                "own.uploaded",
+                fingerprint=own.fingerprint,
+                mechanism=mechanism,
+                ok=False,
+                reason=reason,
+            )
+            return True, reason  # nothing to retry
+        from refreshd.openpgp.keyview import read_key
+
+        public = resign.public_armored(armored)
+        if mechanism == "wks":
+            view = read_key(public.encode())
+            ok, reason = await self.mail.wks(
+                armored, self.passphrase(), public, view, own.addresses
+            )
+        else:
+            ok, reason = await self.mail.kpp(public, own.fingerprint, own.addresses)
+        if ok:
+            self._uploaded(own.fingerprint)
+        return ok, reason
