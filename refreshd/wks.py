@@ -35,6 +35,16 @@ from pgpy.constants import CompressionAlgorithm, SymmetricKeyAlgorithm
 from refreshd.openpgp import resign
 from refreshd.openpgp.keyview import normalize_address
 
+__all__ = [
+    "WksError",
+    "build_confirmation_response",
+    "build_submission",
+    "parse_confirmation_request",
+    "sealer",
+    "submission_address",
+    "unsealer",
+]
+
 MAX_MAIL = 256 * 1024
 DRAFT_VERSION = "3"
 WKS_TYPE = "application/vnd.gnupg.wks"

@@ -40,6 +40,8 @@ from refreshd.config import Config
 from refreshd.mail.message import MailError
 from refreshd.net.tor import Endpoint, TorSupervisor
 
+__all__ = ["MailChannel"]
+
 HANDLED_KEYWORD = "$Refreshd"
 EHLO_NAME = "localhost"
 SEARCH_SAFE = frozenset('"\\\r\n')

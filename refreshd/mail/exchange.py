@@ -25,6 +25,8 @@ from refreshd.audit import AuditLog
 from refreshd.mail.channel import MailChannel
 from refreshd.mail.message import Incoming, MailError, parse
 
+__all__ = ["MailExchange", "Outcome", "Verdict"]
+
 FIRST_POLL = 2.0
 MAX_POLL = 60.0
 

@@ -28,6 +28,15 @@ from datetime import datetime
 
 from refreshd.mail.message import Incoming, MailError, build_mail, domain_of
 
+__all__ = [
+    "K_AUTH_BYTES",
+    "check_confirmation",
+    "check_response",
+    "new_k_auth",
+    "publication",
+    "request",
+]
+
 K_AUTH_BYTES = 32
 BEGIN = "-----BEGIN PGP PUBLIC KEY BLOCK-----"
 END = "-----END PGP PUBLIC KEY BLOCK-----"

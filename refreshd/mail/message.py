@@ -20,6 +20,8 @@ from email import message_from_bytes, policy
 from email.message import Message
 from email.utils import format_datetime, getaddresses
 
+__all__ = ["Incoming", "MailError", "build_mail", "domain_of", "parse"]
+
 MAX_PARTS = 16
 MESSAGE_ID = re.compile(r"<[^<>\s]{1,250}>")
 

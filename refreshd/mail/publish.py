@@ -34,6 +34,8 @@ from refreshd.net.answers import SourceError
 from refreshd.net.fetch import Fetcher, FetchFailed, Request
 from refreshd.openpgp import keyview
 
+__all__ = ["MailPublisher"]
+
 WKD_CHECKS = 6  # read-backs of WKD after the confirmation, backing off from WKD_FIRST_CHECK
 WKD_FIRST_CHECK = 2.0
 
