@@ -21,7 +21,7 @@ from refreshd.core.rules import Decision
 from refreshd.keymanager import Found, KeyManager
 from refreshd.net import hkp, vks
 from refreshd.net.answers import Outcome
-from refreshd.net.fetch import Request
+from refreshd.net.fetch import Redirects, Request
 from refreshd.retrieve import Got, Retriever
 from refreshd.store import Source, iso
 
@@ -161,7 +161,7 @@ class Discovery:
     async def from_header_url(self, address: str, url: str) -> Decision | None:
         """An OpenPGP header URL in standard form on the From domain, fetched over
         authenticated TLS through Tor, is provider-trust (SPEC 5.1); None if it gave no key."""
-        req = Request(url, redirects="same-domain-https")
+        req = Request(url, redirects=Redirects.SAME_DOMAIN_HTTPS)
         got = await self.retriever.key_request("openpgp-header", req, frozenset())
         ok = got.outcome is Outcome.KEY
         audit_fetch(

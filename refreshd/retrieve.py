@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from refreshd.config import Config
 from refreshd.net import hkp, nicknym, vks, wkd
 from refreshd.net.answers import Outcome, SourceError, lookup_outcome
-from refreshd.net.fetch import Answer, Fetcher, FetchFailed, Request, Validators
+from refreshd.net.fetch import Answer, Fetcher, FetchFailed, Kind, Redirects, Request, Validators
 from refreshd.openpgp.packets import KeyRejected, StreamingKeyFilter
 
 __all__ = ["Got", "Retriever"]
@@ -165,9 +165,9 @@ class Retriever:
         """Refresh: the same URL that gave the key, with the stored validators."""
         if source == "nicknym":
             return await self.nicknym_request(
-                Request(url, validators=validators, kind="json"), address, keep
+                Request(url, validators=validators, kind=Kind.JSON), address, keep
             )
-        redirects = "same-domain-https" if source == "wkd" else "none"
+        redirects = Redirects.SAME_DOMAIN_HTTPS if source == "wkd" else Redirects.NONE
         return await self.key_request(
             source, Request(url, validators=validators, redirects=redirects), keep
         )

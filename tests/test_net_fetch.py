@@ -15,6 +15,7 @@ from refreshd.net.answers import SourceError
 from refreshd.net.fetch import (
     Fetcher,
     FetchFailed,
+    Redirects,
     Request,
     Validators,
     redirect_target,
@@ -130,7 +131,7 @@ async def test_hostile_servers_end_in_a_reason(
 ) -> None:
     server = await serve(nursery, tls, handlers)
     fetcher = Fetcher(direct_config(tmp_path, tls, server.port), None)
-    req = Request(url, redirects="same-domain-https")
+    req = Request(url, redirects=Redirects.SAME_DOMAIN_HTTPS)
     assert reason in await fetch_failure(fetcher, req)
 
 
@@ -166,7 +167,7 @@ async def test_same_domain_redirect_is_followed(
     fetcher = Fetcher(direct_config(tmp_path, tls, server.port), None)
     sink = Sink()
     answer = await fetcher.fetch(
-        Request("https://example.org/start", redirects="same-domain-https"), sink=sink
+        Request("https://example.org/start", redirects=Redirects.SAME_DOMAIN_HTTPS), sink=sink
     )
     assert answer.url == "https://openpgpkey.example.org/key" and sink.body == KEY
     assert [r.header("Host") for r in server.requests] == [
@@ -184,7 +185,7 @@ async def test_cookies_are_never_sent_back(nursery: trio.Nursery, tmp_path: Path
     }
     server = await serve(nursery, tls, handlers)
     fetcher = Fetcher(direct_config(tmp_path, tls, server.port), None)
-    req = Request("https://example.org/start", redirects="same-domain-https")
+    req = Request("https://example.org/start", redirects=Redirects.SAME_DOMAIN_HTTPS)
     await fetcher.fetch(req, sink=Sink())
     await fetcher.fetch(req, sink=Sink())
     assert len(server.requests) == 4
@@ -428,10 +429,10 @@ async def test_socks_refusal_is_a_reason(nursery: trio.Nursery, tmp_path: Path, 
 )
 def test_redirect_policy(first: str, location: str, hops: int, outcome: str) -> None:
     if outcome.startswith("https://"):
-        assert redirect_target("same-domain-https", first, first, location, hops) == outcome
+        assert redirect_target(Redirects.SAME_DOMAIN_HTTPS, first, first, location, hops) == outcome
     else:
         with pytest.raises(FetchFailed, match=outcome.replace("?", r"\?")):
-            redirect_target("same-domain-https", first, first, location, hops)
+            redirect_target(Redirects.SAME_DOMAIN_HTTPS, first, first, location, hops)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from refreshd.net import hkp, nicknym, vks, wkd
 from refreshd.net.answers import Outcome, SourceError, normalize_fingerprint
-from refreshd.net.fetch import Validators
+from refreshd.net.fetch import Kind, Redirects, Validators
 
 WKS_CLIENT = "/usr/lib/gnupg/gpg-wks-client"
 FPR = "0123456789ABCDEF0123456789ABCDEF01234567"
@@ -80,8 +80,8 @@ def test_wkd_urls_match_gpg_wks_client() -> None:
             f"openpgpkey.{domain}/.well-known/openpgpkey/{domain}/",
             f"{domain}/.well-known/openpgpkey/",
         )
-        assert advanced.redirects == direct.redirects == "same-domain-https"
-        assert advanced.kind == "key"
+        assert advanced.redirects is direct.redirects is Redirects.SAME_DOMAIN_HTTPS
+        assert advanced.kind is Kind.KEY
 
 
 def test_zbase32_known_vectors() -> None:
@@ -113,9 +113,9 @@ def test_same_address_is_exact_on_the_local_part_and_not_on_the_domain() -> None
 
 def test_nicknym_capability_requests() -> None:
     provider, discovery = nicknym.capability_requests("Example.org")
-    assert provider.url == "https://example.org/provider.json" and provider.kind == "json"
+    assert provider.url == "https://example.org/provider.json" and provider.kind is Kind.JSON
     assert discovery.url == "https://example.org/.well-known/key-discovery"
-    assert provider.redirects == discovery.redirects == "same-domain-https"
+    assert provider.redirects is discovery.redirects is Redirects.SAME_DOMAIN_HTTPS
 
 
 @pytest.mark.parametrize(
@@ -153,7 +153,7 @@ def test_nicknym_queries() -> None:
     uri = "https://nicknym.example.org:6425"
     req = nicknym.by_address(uri, "a+b@example.org", Validators(etag='"1"'))
     assert parse_qs(urlsplit(req.url).query) == {"address": ["a+b@example.org"]}
-    assert req.kind == "json" and req.validators == Validators(etag='"1"')
+    assert req.kind is Kind.JSON and req.validators == Validators(etag='"1"')
     req = nicknym.by_address(uri + "/?v=2", "a@example.org")
     assert parse_qs(urlsplit(req.url).query) == {"v": ["2"], "address": ["a@example.org"]}
 
@@ -211,7 +211,7 @@ def test_vks_requests() -> None:
         "https://keys.example.net/vks/v1/by-email/a%2Bb%40example.org"
     )
     up = vks.upload(base, ARMORED)
-    assert (up.method, up.content_type, up.kind) == ("POST", "application/json", "json")
+    assert (up.method, up.content_type, up.kind) == ("POST", "application/json", Kind.JSON)
     assert json.loads(up.body or b"") == {"keytext": ARMORED}
 
 
@@ -245,7 +245,7 @@ def test_hkp_urls() -> None:
     assert hkp.base_url("hkps://[::1]:9") == "https://[::1]:9"
     req = hkp.lookup("hkp://keys.example.net", FPR.lower())
     assert req.url == (f"http://keys.example.net:11371/pks/lookup?op=get&options=mr&search=0x{FPR}")
-    assert req.redirects == "none" and req.kind == "key"
+    assert req.redirects is Redirects.NONE and req.kind is Kind.KEY
     for bad in ("ldap://keys.example.net", "hkp://", "hkp://host:99999", "keys.example.net"):
         with pytest.raises(SourceError, match="not a keyserver URL"):
             hkp.base_url(bad)

@@ -16,14 +16,14 @@ Rules:
 - Bounded: the whole fetch, redirects included, must end within network.timeout; a body is read
   as a stream and cut off past network.max_response_bytes; only identity encoding is accepted,
   so the cap counts the bytes that arrive.
-- Redirects: "none" refuses every redirect; "same-domain-https" follows at most MAX_HOPS hops to
+- Redirects: NONE refuses every redirect; SAME_DOMAIN_HTTPS follows at most MAX_HOPS hops to
   https URLs on the registrable domain of the first URL (public suffix list when the system
   has one, else the last two labels), e.g. example.org -> openpgpkey.example.org.
 - Conditional: If-None-Match / If-Modified-Since from the stored validators; a 304 is
   "unchanged" without any body; a body whose SHA-256 equals the stored one is "unchanged" too
   (servers like SKS send no validators).
-- Bodies: for kind "key" a 2xx body streams to the caller's sink (the packet filter) and is not
-  kept; "json" and "text" bodies are kept for the pure readers; error bodies keep at most
+- Bodies: for Kind.KEY a 2xx body streams to the caller's sink (the packet filter) and is not
+  kept; JSON and TEXT bodies are kept for the pure readers; error bodies keep at most
   ERROR_BODY_BYTES.
 - Clearnet (tor.mode = "off" and allow_clearnet only): direct connections that honour
   network.connect_to (curl's HOST:PORT:CONNECT_HOST:CONNECT_PORT; TLS and Host still use HOST).
@@ -32,6 +32,7 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import hashlib
 import http.cookiejar
@@ -50,7 +51,16 @@ import trio
 from refreshd.config import Config
 from refreshd.net.tor import Endpoint, TorSupervisor
 
-__all__ = ["Answer", "FetchFailed", "Fetcher", "Request", "Validators", "registrable_domain"]
+__all__ = [
+    "Answer",
+    "FetchFailed",
+    "Fetcher",
+    "Kind",
+    "Redirects",
+    "Request",
+    "Validators",
+    "registrable_domain",
+]
 
 USER_AGENT = "Mozilla/5.0 (Windows NT 10.0; rv:128.0) Gecko/20100101 Firefox/128.0"
 HEADERS = (
@@ -67,6 +77,21 @@ PUBLIC_SUFFIX_LIST = Path("/usr/share/publicsuffix/public_suffix_list.dat")
 _UNIX_PROXY = ("tor-socks.invalid", 9050)
 
 
+class Kind(enum.Enum):
+    """What a request's body is for."""
+
+    KEY = "key"  # keys: a 2xx body streams to the sink, never kept
+    JSON = "json"  # kept in Answer.body for a pure reader
+    TEXT = "text"  # likewise
+
+
+class Redirects(enum.Enum):
+    """Which redirects a request may follow."""
+
+    NONE = "none"
+    SAME_DOMAIN_HTTPS = "same-domain-https"  # https, same registrable domain, MAX_HOPS at most
+
+
 @dataclass(frozen=True)
 class Validators:
     etag: str | None = None
@@ -80,16 +105,16 @@ class Request:
     method: str = "GET"
     body: bytes | None = None
     content_type: str | None = None
-    redirects: str = "none"  # "none" | "same-domain-https"
+    redirects: Redirects = Redirects.NONE
     validators: Validators | None = None
-    kind: str = "key"  # "key": a 2xx body streams to the sink; "json" | "text": kept in Answer.body
+    kind: Kind = Kind.KEY
 
 
 @dataclass(frozen=True)
 class Answer:
     status: int
     url: str  # the final URL, after redirects
-    body: bytes  # empty for kind "key" (the body went to the sink) and for 304
+    body: bytes  # empty for Kind.KEY (the body went to the sink) and for 304
     validators: Validators
     unchanged: bool  # 304, or the same body hash as before
     body_bytes: int
@@ -146,10 +171,10 @@ def registrable_domain(host: str, rules: frozenset[str] | None = None) -> str:
 
 
 def redirect_target(
-    policy: str, first_url: str, current_url: str, location: str | None, hops: int
+    policy: Redirects, first_url: str, current_url: str, location: str | None, hops: int
 ) -> str:
     """The URL to follow, or FetchFailed saying why the redirect is refused."""
-    if policy != "same-domain-https":
+    if policy is not Redirects.SAME_DOMAIN_HTTPS:
         raise FetchFailed("redirect refused (this source allows none)")
     if not location:
         raise FetchFailed("redirect without a Location header")
@@ -358,8 +383,8 @@ class Fetcher:
         return pool, dialer
 
     async def fetch(self, req: Request, *, sink: Callable[[bytes], None] | None = None) -> Answer:
-        if req.kind == "key" and sink is None:
-            raise ValueError('a Request of kind "key" needs a sink for its body')
+        if req.kind is Kind.KEY and sink is None:
+            raise ValueError("a Request of Kind.KEY needs a sink for its body")
         username = "" if self._direct else secrets.token_hex(16)
         pool, dialer = self._pool(username, secrets.token_hex(16))
         timeout = self._cfg.network.timeout
@@ -438,7 +463,7 @@ class Fetcher:
                 f"response uses the content encoding {encoding!r}, which was not asked for"
             )
         success = 200 <= response.status_code < 300
-        streaming = success and req.kind == "key"
+        streaming = success and req.kind is Kind.KEY
         cap = self._cfg.network.max_response_bytes if success else ERROR_BODY_BYTES
         digest = hashlib.sha256()
         kept = bytearray()

@@ -14,7 +14,7 @@ from __future__ import annotations
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from refreshd.net.answers import SourceError, normalize_fingerprint
-from refreshd.net.fetch import Request, Validators
+from refreshd.net.fetch import Kind, Request, Validators
 from refreshd.net.wkd import split_address
 
 __all__ = ["lookup", "lookup_address", "read_upload", "upload"]
@@ -59,7 +59,7 @@ def upload(url: str, armored: str) -> Request:
         "POST",
         body=urlencode({"keytext": armored}).encode("ascii"),
         content_type="application/x-www-form-urlencoded",
-        kind="text",
+        kind=Kind.TEXT,
     )
 
 

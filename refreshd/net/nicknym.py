@@ -23,7 +23,7 @@ from types import MappingProxyType
 from urllib.parse import quote, urlsplit
 
 from refreshd.net.answers import LOOKUP_STATUS, Outcome, SourceError, json_object, lookup_outcome
-from refreshd.net.fetch import Request, Validators, registrable_domain
+from refreshd.net.fetch import Kind, Redirects, Request, Validators, registrable_domain
 from refreshd.net.wkd import same_address, split_address
 
 __all__ = ["NegativeCache", "by_address", "capability_requests", "read_answer", "read_capability"]
@@ -56,9 +56,13 @@ def capability_requests(domain: str) -> list[Request]:
     """provider.json first (it names the nickserver), then the key-discovery marker."""
     host = quote(domain.lower(), safe=".-")
     return [
-        Request(f"https://{host}/provider.json", redirects="same-domain-https", kind="json"),
         Request(
-            f"https://{host}/.well-known/key-discovery", redirects="same-domain-https", kind="text"
+            f"https://{host}/provider.json", redirects=Redirects.SAME_DOMAIN_HTTPS, kind=Kind.JSON
+        ),
+        Request(
+            f"https://{host}/.well-known/key-discovery",
+            redirects=Redirects.SAME_DOMAIN_HTTPS,
+            kind=Kind.TEXT,
         ),
     ]
 
@@ -111,9 +115,9 @@ def _query(uri: str, name: str, value: str, validators: Validators | None) -> Re
     separator = "&" if urlsplit(uri).query else "?"
     return Request(
         f"{uri}{separator}{name}={quote(value, safe='@')}",
-        redirects="same-domain-https",
+        redirects=Redirects.SAME_DOMAIN_HTTPS,
         validators=validators,
-        kind="json",
+        kind=Kind.JSON,
     )
 
 

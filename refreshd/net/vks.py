@@ -20,7 +20,7 @@ from types import MappingProxyType
 from urllib.parse import quote
 
 from refreshd.net.answers import SourceError, json_object, normalize_fingerprint
-from refreshd.net.fetch import Request, Validators
+from refreshd.net.fetch import Kind, Request, Validators
 from refreshd.net.wkd import split_address
 
 __all__ = ["by_email", "by_fingerprint", "read_upload", "upload"]
@@ -50,7 +50,7 @@ def by_email(base: str, address: str, validators: Validators | None = None) -> R
 def upload(base: str, armored: str) -> Request:
     body = json.dumps({"keytext": armored}).encode("utf-8")
     return Request(
-        f"{base.rstrip('/')}/vks/v1/upload", "POST", body=body, content_type=JSON, kind="json"
+        f"{base.rstrip('/')}/vks/v1/upload", "POST", body=body, content_type=JSON, kind=Kind.JSON
     )
 
 

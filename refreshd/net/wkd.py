@@ -16,7 +16,7 @@ import hashlib
 from urllib.parse import quote
 
 from refreshd.net.answers import SourceError
-from refreshd.net.fetch import Request, Validators
+from refreshd.net.fetch import Redirects, Request, Validators
 
 __all__ = ["requests_for", "same_address", "split_address"]
 
@@ -61,12 +61,12 @@ def requests_for(address: str, validators: Validators | None = None) -> list[Req
     return [
         Request(
             f"https://openpgpkey.{host}/.well-known/openpgpkey/{host}/{path}",
-            redirects="same-domain-https",
+            redirects=Redirects.SAME_DOMAIN_HTTPS,
             validators=validators,
         ),
         Request(
             f"https://{host}/.well-known/openpgpkey/{path}",
-            redirects="same-domain-https",
+            redirects=Redirects.SAME_DOMAIN_HTTPS,
             validators=validators,
         ),
     ]
