@@ -1,9 +1,10 @@
 """The daemon: one nursery that owns every task (SPEC section 1).
 
 Start order: state directory, audit log, store, socket (so clients get answers at once, even
-before Tor is usable), then Tor supervision, discovery, the refresh loop, the own-key task and
-the scheduler's periodic jobs. SIGTERM or SIGINT cancels the nursery; the socket file is
-removed on the way out and systemd is told STOPPING.
+before Tor is usable), then Tor supervision, discovery, the refresh loop, the own-key task, the
+keyserver door when `serve.keyserver` is set, and the scheduler's periodic jobs. SIGTERM or
+SIGINT cancels the nursery; the socket file is removed on the way out and systemd is told
+STOPPING.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from refreshd import __version__, sdnotify
 from refreshd.audit import AuditLog
 from refreshd.config import Config
 from refreshd.discovery import Discovery
+from refreshd.door import KeyserverDoor
 from refreshd.gnupg import GnupgBridge
 from refreshd.keymanager import KeyManager
 from refreshd.mail.channel import MailChannel
@@ -131,6 +133,9 @@ class Daemon:
             import_gnupg=self.gnupg.import_keyring,
         )
         self.server = RpcServer(self.service.methods(), emit=self.audit.emit)
+        self.door = KeyserverDoor(
+            self.keys, self.service.lookup, emit=self.audit.emit, clock=utcnow
+        )
 
     def tor_status(self) -> dict[str, Any]:
         return {"mode": self.cfg.tor.mode, "state": self.tor.state.value, "detail": self.tor.detail}
@@ -169,6 +174,8 @@ class Daemon:
                     await nursery.start(self.mail.run)
                 await nursery.start(self.own.run)
                 await nursery.start(self.gnupg.run)
+                if self.cfg.serve.keyserver:
+                    nursery.start_soon(self._door, self.cfg.serve.keyserver)
                 nursery.start_soon(self._scheduler)
         finally:
             sdnotify.notify("STOPPING=1")
@@ -176,6 +183,13 @@ class Daemon:
             self.store.close()
             self.audit.close()
             _running = None
+
+    async def _door(self, listen: str) -> None:
+        """The keyserver door (SPEC 11); an address already in use leaves the socket serving."""
+        try:
+            await self.door.serve(listen)
+        except OSError as exc:
+            self.audit.emit("door.failed", address=listen, error=str(exc)[:300])
 
     async def _signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
