@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from refreshd.openpgp.keyview import parse_one, read_key
-from refreshd.openpgp.packets import new_packet
 from tests import keyfactory as kf
 
 WKD_DOMAINS = ("example.org", "example.net", "example.com")
@@ -79,7 +78,7 @@ def minimal_key(addr: str, created: int) -> bytes:
     """Primary Ed25519 key, user id `<addr>`, positive self-certification (0x13)."""
     signer = kf.Certifier(created)
     primary = signer.public()
-    uid = new_packet(13, f"<{addr}>".encode())
+    uid = kf.new_packet(13, f"<{addr}>".encode())
     cert = parse_one(primary + uid.raw)
     selfsig = signer.certification(kf.uid_prefix(cert, 0), created + 1, sigtype=0x13)
     return primary + uid.raw + selfsig.raw

@@ -23,7 +23,6 @@ from refreshd.openpgp.packets import (
     KeyRejected,
     Packet,
     armor,
-    new_packet,
     signature_issuer,
 )
 from tests import keyfactory as kf
@@ -194,7 +193,7 @@ def _corrupt_value(packet: Packet) -> Packet:
     """The same signature with its last value octet flipped (quick-check octets untouched)."""
     body = bytearray(packet.body)
     body[-1] ^= 0x01
-    return new_packet(2, bytes(body))
+    return kf.new_packet(2, bytes(body))
 
 
 def test_bad_uid_self_signature_does_not_count(zoo: kf.Zoo) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from refreshd.openpgp.keyview import parse_one, read_key
 from refreshd.openpgp.merge import merge
-from refreshd.openpgp.packets import Bundle, Cert, KeyRejected, new_packet
+from refreshd.openpgp.packets import Bundle, Cert, KeyRejected
 from tests import keyfactory as kf
 
 
@@ -110,7 +110,7 @@ def test_signatures_that_do_not_verify_are_dropped(zoo: kf.Zoo) -> None:
         for sig in bundle.sigs:
             body = bytearray(sig.body)
             body[-1] ^= 1
-            sigs.append(new_packet(2, bytes(body)))
+            sigs.append(kf.new_packet(2, bytes(body)))
         return Bundle(bundle.packet, tuple(sigs))
 
     forged = Cert(cert.primary, tuple(map(forge, cert.uids)), tuple(map(forge, cert.subkeys)))
