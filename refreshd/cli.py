@@ -459,6 +459,13 @@ def run_daemon(cfg: config.Config, args: argparse.Namespace) -> int:
     return daemon.run(cfg)
 
 
+def install_service(cfg: config.Config, args: argparse.Namespace) -> int:
+    from refreshd import install
+
+    directory = Path(args.dir).expanduser() if args.dir else None
+    return OK if install.install(directory, enable=not args.no_enable) else FAILURE
+
+
 def audit_verify(cfg: config.Config, args: argparse.Namespace) -> int:
     verdict = audit.verify(cfg.audit_file)
     if args.json:
@@ -550,6 +557,15 @@ def build_parser() -> argparse.ArgumentParser:
     imported.add_argument("file", metavar="FILE", help="armored secret key ('-': stdin)")
     imported.add_argument("--passphrase-file", metavar="F", help="its passphrase (first line)")
     own.add_parser("status", parents=[with_json], help="expiry, next extension, last upload")
+
+    service = add(
+        "install-service",
+        "write the systemd user units for this installation, then reload and enable them",
+        with_config,
+    )
+    service.add_argument("--dir", metavar="DIR", help="write the units here and enable nothing")
+    service.add_argument("--no-enable", action="store_true", help="only write the units")
+    service.set_defaults(handler=install_service)
 
     audit_commands = add("audit", "the audit log", with_config).add_subparsers(
         dest="audit_command", required=True, metavar="verify"
