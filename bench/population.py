@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import keyset
+from refreshd.core.levels import Level
 from refreshd.core.rules import Decision
 from refreshd.keymanager import facts_of
 from refreshd.net import wkd
@@ -46,7 +47,7 @@ def build(state_dir: Path, n: int) -> Population:
                 )
                 store.put_key(facts_of(view), raw, now)
                 decision = Decision(
-                    "registered", view.fingerprint, "provider-trust", "wkd", True, "1", reason
+                    "registered", view.fingerprint, Level.PROVIDER_TRUST, "wkd", True, "1", reason
                 )
                 store.apply(address, decision, now)
                 store.put_source(

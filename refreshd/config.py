@@ -17,18 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LEVELS", "Config", "ConfigError", "expand_path", "load"]
+from refreshd.core.levels import LEVELS, Level
 
-LEVELS = (
-    "weak-chain",
-    "provider-trust",
-    "provider-endorsement",
-    "third-party-endorsement",
-    "third-party-consensus",
-    "historical-auditing",
-    "known-key",
-    "fingerprint",
-)
+__all__ = ["Config", "ConfigError", "expand_path", "load"]
 SOURCES = ("nicknym", "wkd", "vks", "hkp", "smtp")
 DEFAULT_ORDER = ("nicknym", "wkd", "vks", "hkp")
 UPLOADS = ("vks", "hkp", "wks", "kpp", "nicknym")
@@ -114,7 +105,7 @@ class DiscoveryConfig:
     order: tuple[str, ...] = DEFAULT_ORDER
     vks: tuple[str, ...] = ("https://keys.openpgp.org",)
     hkp: tuple[str, ...] = ()
-    minimum_validation: str = "weak-chain"
+    minimum_validation: Level = Level.WEAK_CHAIN
 
 
 @dataclass(frozen=True)
@@ -213,7 +204,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "order": ("choice-list", SOURCES),
         "vks": ("url-list", ()),
         "hkp": ("url-list", ()),
-        "minimum_validation": ("choice", LEVELS),
+        "minimum_validation": ("level", LEVELS),
     },
     "own": {
         "key_file": ("str", ()),
@@ -305,6 +296,10 @@ def _value(section: str, key: str, kind: str, allowed: tuple[str, ...], raw: Any
             if raw not in allowed:
                 raise want("one of " + ", ".join(allowed))
             return raw
+        case "level":
+            if raw not in allowed:
+                raise want("one of " + ", ".join(allowed))
+            return Level(raw)
         case "endpoint":
             if not isinstance(raw, str) or not _ENDPOINT.match(raw):
                 raise want('"HOST:PORT" or "unix:/path"')

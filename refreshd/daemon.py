@@ -103,6 +103,7 @@ class Daemon:
         self.audit = AuditLog(cfg.audit_file)
         self.store = Store(cfg.database)
         self.keys = KeyManager(self.store, self.audit, cfg, utcnow)
+        self.keys.correct_levels()  # a store written by an older refreshd, or changed pins
         self.tor = TorSupervisor(cfg, self.audit.emit)
         self.fetcher = Fetcher(cfg, self.tor)
         self.retriever = Retriever(cfg, self.fetcher)

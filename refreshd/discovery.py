@@ -128,9 +128,7 @@ class Discovery:
                 )
                 if ok:
                     level, positive = levels.for_source(source)
-                    found.extend(
-                        (key, Found(source, level, positive, url=got.url), got) for key in got.keys
-                    )
+                    found.append((got.data, Found(source, level, positive, url=got.url), got))
         if not found:
             return None
         decision = self.keys.first_contact(address, [(k, f) for k, f, _ in found])
@@ -162,15 +160,15 @@ class Discovery:
         """An OpenPGP header URL in standard form on the From domain, fetched over
         authenticated TLS through Tor, is provider-trust (SPEC 5.1); None if it gave no key."""
         req = Request(url, redirects=Redirects.SAME_DOMAIN_HTTPS)
-        got = await self.retriever.key_request("openpgp-header", req, frozenset())
+        got = await self.retriever.key_request("openpgp-header", req)
         ok = got.outcome is Outcome.KEY
         audit_fetch(
             self.audit, "discovery.fetched" if ok else "discovery.failed", got, address=address
         )
         if not ok:
             return None
-        found = Found("openpgp-header", "provider-trust", True, url=got.url)
-        return self.keys.consider(address, b"".join(got.keys), found)
+        found = Found("openpgp-header", *levels.for_source("openpgp-header"), url=got.url)
+        return self.keys.consider(address, got.data, found)
 
     async def by_fingerprint(self, address: str, fingerprint: str, found: Found) -> Decision:
         """A key named only by its fingerprint (a signature in mail): VKS, then HKP; a key
@@ -183,7 +181,7 @@ class Discovery:
                 self.audit, "discovery.fetched" if ok else "discovery.failed", got, address=address
             )
             if ok:
-                last = self.keys.consider(address, b"".join(got.keys), found)
+                last = self.keys.consider(address, got.data, found)
                 if last.registers:
                     self._remember_sources(address, last.fingerprint, [got])
                     return last

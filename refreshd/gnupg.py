@@ -38,7 +38,7 @@ from refreshd.config import Config, expand_path
 from refreshd.core import levels
 from refreshd.core.schedule import backoff
 from refreshd.keymanager import Found, KeyManager
-from refreshd.openpgp.keyview import read_key
+from refreshd.openpgp.intake import Intake, read_cert
 from refreshd.openpgp.packets import Cert, KeyRejected, StreamingKeyFilter, key_fingerprint
 from refreshd.rpc import INTERNAL_ERROR, INVALID_PARAMS, RpcError
 
@@ -278,9 +278,7 @@ class GnupgBridge:
             trusted, warnings = await self._trusted(home)
             try:
                 listed = await self._read(home, *NO_TRUSTDB, "--with-colons", "--list-keys")
-                keep = primary_fingerprints(listed, "pub") | frozenset(
-                    self.keys.store.registered_fingerprints()
-                )
+                keep = primary_fingerprints(listed, "pub") | self.keys.keep_for(None)
                 certs = await self._export(home, keep)
             except GpgFailed as exc:
                 raise RpcError(INTERNAL_ERROR, f"Reading {home} failed: {exc.reason}") from exc
@@ -315,9 +313,9 @@ class GnupgBridge:
         skipped: list[dict[str, str]] = []
         views = []
         for cert in certs:
-            data = cert.serialize()
             try:
-                views.append((read_key(data), data))
+                parsed = read_cert(cert)
+                views.append((parsed.view, Intake((parsed,), ())))
             except KeyRejected as exc:
                 fpr = key_fingerprint(cert.primary.packet.body).hex().upper()
                 skipped.append({"fingerprint": fpr, "reason": f"Unreadable: {exc.reason}"})

@@ -1,25 +1,29 @@
 """The key manager shell: turns keys found anywhere into decisions, persisted and audited.
 
 Every path that meets a key (mail observation, discovery, refresh, GnuPG import, user
-verification) comes through `KeyManager.consider`, so the rules in core/rules.py are applied
-in exactly one place. Keys are stripped at the packet level before they are parsed, stored as
-merged, and every decision is one transaction plus one audit line.
+verification) comes in through `take_in` (openpgp/intake.py: stripped once with the keep set
+chosen here, parsed once) and is decided by `consider` / `first_contact`, so the rules in
+core/rules.py are applied in exactly one place. The parsed key flows on to merge, to the
+certification checks (rule 3.1, endorsements) and to the rules; every decision is one
+transaction plus one audit line.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from refreshd.audit import AuditLog
 from refreshd.config import Config
-from refreshd.core import autocrypt, rules
-from refreshd.core.rules import Candidate, Decision
-from refreshd.openpgp.keyview import KeyView, certifies_uid, normalize_address, read_key
+from refreshd.core import autocrypt, levels, rules
+from refreshd.core.levels import Level
+from refreshd.core.rules import Candidate, Decision, Vouch
+from refreshd.openpgp.intake import Intake, Limits, ParsedKey, intake, read_stored
+from refreshd.openpgp.keyview import KeyView, certifiers, normalize_address, primary_key
 from refreshd.openpgp.merge import merge
-from refreshd.openpgp.packets import KeyRejected, armor, strip_keys
+from refreshd.openpgp.packets import Cert, KeyRejected, PublicKey, armor
 from refreshd.store import KeyFacts, Store, iso
 
 __all__ = ["Found", "KeyManager", "address_or_none"]
@@ -49,12 +53,17 @@ def facts_of(view: KeyView) -> KeyFacts:
     return KeyFacts(view.fingerprint, view.primary.expires, view.primary.revoked, bool(enc), until)
 
 
+def key_ids(fingerprint: str) -> set[str]:
+    """What the packet filter matches an issuer on: the fingerprint and its key id."""
+    return {fingerprint, fingerprint[-16:]}
+
+
 @dataclass(frozen=True)
 class Found:
     """How a key reached us: the source and what it is worth."""
 
     source: str
-    level: str
+    level: Level
     positive: bool
     asked_fingerprint: str | None = None
     url: str | None = None
@@ -66,6 +75,17 @@ class Found:
         )
 
 
+@dataclass(frozen=True)
+class _Held:
+    """A key as it stands after merging the incoming copy into what we hold."""
+
+    data: bytes
+    cert: Cert
+    view: KeyView
+    adds: bool  # the copy brought something new (always, for a key not held before)
+    stored: bool  # we held the key before
+
+
 class KeyManager:
     def __init__(
         self, store: Store, audit: AuditLog, cfg: Config, clock: Callable[[], datetime] = utcnow
@@ -74,73 +94,79 @@ class KeyManager:
         self.audit = audit
         self.cfg = cfg
         self.clock = clock
+        self.limits = Limits(cfg.network.max_response_bytes, cfg.network.max_key_bytes)
+        self.pins = {
+            a: fpr
+            for address, fpr in cfg.validation.known_keys
+            if (a := normalize_address(address)) is not None
+        }
+        self.endorsers = frozenset(cfg.validation.endorsers)
         self.on_key_changed: Callable[[str, bytes], None] | None = None  # new key bytes stored
 
     # -- keys in --------------------------------------------------------------------------
-    def strip(self, data: bytes, address: str | None) -> list[bytes]:
-        """Packet-level filter, keeping certifications by the key registered for address."""
-        keep: frozenset[str] = frozenset()
-        if address:
-            reg = self.store.registration(address)
-            if reg is not None:
-                keep = frozenset({reg.fingerprint, reg.fingerprint[-16:]})
-        return strip_keys(
-            data,
-            max_response_bytes=self.cfg.network.max_response_bytes,
-            max_key_bytes=self.cfg.network.max_key_bytes,
-            keep_issuers=keep,
+    def keep_for(self, addresses: Iterable[str] | None) -> frozenset[str]:
+        """Whose certifications survive the strip (SPEC 5.1): the keys registered for the
+        addresses (rule 3.1) and the configured endorsers. With addresses None (a keyring
+        import, whose addresses are only known after parsing) every registered key counts."""
+        keep: set[str] = set()
+        fingerprints = (
+            self.store.registered_fingerprints()
+            if addresses is None
+            else [r.fingerprint for a in addresses if (r := self.store.registration(a))]
         )
+        for fpr in [*fingerprints, *self.endorsers]:
+            keep |= key_ids(fpr)
+        return frozenset(keep)
 
-    def _views(self, address: str, data: bytes) -> tuple[list[tuple[bytes, KeyView]], str]:
-        """The keys in `data` (stripped, parsed), or why there are none."""
-        try:
-            keys = self.strip(data, address)
-        except KeyRejected as exc:
-            return [], exc.reason
-        views: list[tuple[bytes, KeyView]] = []
-        failures: list[str] = []
-        for raw in keys:
+    def take_in(self, data: bytes, addresses: Iterable[str] | None) -> Intake:
+        """The one intake path: strip once with the keep set for these addresses, parse once
+        (KeyRejected when the data as a whole is refused)."""
+        return intake(data, self.keep_for(addresses), self.limits)
+
+    def _intake(self, address: str, data: bytes | Intake) -> tuple[tuple[ParsedKey, ...], str]:
+        """The keys for address (taken in now if given as bytes), or why there are none."""
+        if isinstance(data, bytes):
             try:
-                views.append((raw, read_key(raw)))
+                data = self.take_in(data, [address])
             except KeyRejected as exc:
-                failures.append(exc.reason)
-        if len(views) > 1:  # a directory may answer with several keys: take those for address
-            views = [(r, v) for r, v in views if address in v.addresses()] or views[:1]
-        return views, (failures[0] if failures else "no key in the data")
+                return (), exc.reason
+        return data.for_address(address), data.failure
 
-    def consider(self, address: str, data: bytes, found: Found) -> Decision:
+    def consider(self, address: str, data: bytes | Intake, found: Found) -> Decision:
         """Decide on every key in `data` for `address`; the decision that matters is returned
         (the registration if one was made, else the last rejection)."""
-        views, failure = self._views(address, data)
-        if not views:
+        keys, failure = self._intake(address, data)
+        if not keys:
             return self._reject_unparsed(address, found, failure)
         now = self.clock()
         outcome: Decision | None = None
-        for raw, view in views:
-            decision = self._consider_one(address, raw, view, found, now)
+        for parsed in keys:
+            decision = self._consider_one(address, parsed, found, now)
             if outcome is None or decision.registers:
                 outcome = decision
         assert outcome is not None
         return outcome
 
-    def first_contact(self, address: str, found_keys: list[tuple[bytes, Found]]) -> Decision | None:
+    def first_contact(
+        self, address: str, found_keys: list[tuple[bytes | Intake, Found]]
+    ) -> Decision | None:
         """Rule 1 over everything discovery found: the highest level is registered."""
         if self.store.registration(address) is not None:  # registered meanwhile (e.g. observe)
             decisions = [self.consider(address, data, found) for data, found in found_keys]
             return next((d for d in decisions if d.registers), decisions[-1] if decisions else None)
         now = self.clock()
-        pool: list[tuple[Candidate, bytes, KeyView, Found]] = []
+        pool: list[tuple[Candidate, _Held, Found]] = []
         for data, found in found_keys:
-            views, failure = self._views(address, data)
-            if not views:
+            keys, failure = self._intake(address, data)
+            if not keys:
                 self._reject_unparsed(address, found, failure)
-            for raw, view in views:
+            for parsed in keys:
                 try:
-                    raw, view, adds, _ = self._with_stored(address, raw, view, found)
+                    held = self._with_stored(address, parsed, found)
                 except KeyRejected as exc:
-                    self._reject_unparsed(address, found, exc.reason, view.fingerprint)
+                    self._reject_unparsed(address, found, exc.reason, parsed.fingerprint)
                     continue
-                pool.append((self._candidate(address, view, found, adds), raw, view, found))
+                pool.append((self._candidate(address, held, found, now), held, found))
         if not pool:
             return None
         chosen, rejected = rules.first_contact(
@@ -149,20 +175,87 @@ class KeyManager:
             now=now,
             minimum=self.cfg.discovery.minimum_validation,
         )
-        by_fpr = {c.fingerprint: (raw, view, found) for c, raw, view, found in pool}
+        by_fpr: dict[str, tuple[_Held, Found]] = {}
+        for c, held, found in pool:
+            by_fpr.setdefault(c.fingerprint, (held, found))
         for d in [*rejected, *([chosen] if chosen else [])]:
-            raw, view, found = by_fpr[d.fingerprint]
-            self._persist(address, d, raw, view, found, now, store_key=True)
+            held, found = by_fpr[d.fingerprint]
+            self._persist(address, d, held, found, now, store_key=True)
         return chosen or (rejected[-1] if rejected else None)
 
-    def _candidate(
-        self,
-        address: str,
-        view: KeyView,
-        found: Found,
-        adds: bool,
-        certified: bool = False,
-    ) -> Candidate:
+    # -- what a key carries -----------------------------------------------------------------
+    def _held_keys(self, fingerprints: Iterable[str]) -> list[tuple[PublicKey, KeyView]]:
+        """The primary keys (and views) of those of fingerprints we hold."""
+        out = []
+        for fpr in fingerprints:
+            data = self.store.get_key(fpr)
+            if data is None:
+                continue
+            try:
+                held = read_stored(data)
+            except KeyRejected:
+                continue
+            out.append((primary_key(held.cert), held.view))
+        return out
+
+    def _endorser_keys(self, now: datetime, but: str) -> list[PublicKey]:
+        """The configured endorsers' keys usable now (a revoked or expired endorser certifies
+        nothing), except the key `but` itself."""
+        return [k for k, view in self._held_keys(self.endorsers - {but}) if view.usable(now)]
+
+    def _vouches(self, address: str, held: _Held, now: datetime) -> tuple[Vouch, ...]:
+        """What raises this key's level for this address now, besides how it was found."""
+        fpr = held.view.fingerprint
+        out: list[Vouch] = []
+        if self.pins.get(address) == fpr:
+            out.append(Vouch("pinned", f"pinned by the user for {address} (validation.known_keys)"))
+        if fpr in self.endorsers:
+            out.append(Vouch("endorser-key", f"the key of endorser 0x{fpr} (validation.endorsers)"))
+        endorsers = self._endorser_keys(now, fpr)
+        if endorsers:
+            by = sorted(certifiers(held.cert, address, endorsers, now))
+            if by:
+                named = ", ".join(f"0x{f}" for f in by)
+                out.append(Vouch("endorser", f"certified by endorser {named}"))
+                if len(by) >= self.cfg.validation.consensus:
+                    dissent = self._endorsed_elsewhere(address, fpr, endorsers, now)
+                    if not dissent:
+                        out.append(
+                            Vouch(
+                                "endorser-consensus",
+                                f"certified by {len(by)} endorsers ({named}), at least "
+                                f"validation.consensus = {self.cfg.validation.consensus}, and "
+                                "no endorser certifies another key for the address",
+                            )
+                        )
+        return tuple(out)
+
+    def _endorsed_elsewhere(
+        self, address: str, fingerprint: str, endorsers: list[PublicKey], now: datetime
+    ) -> frozenset[str]:
+        """Endorsers that certify another key we hold for the address (this blocks
+        consensus)."""
+        found: set[str] = set()
+        for row in self.store.history(address):
+            other = row["fingerprint"]
+            data = self.store.get_key(other) if other != fingerprint else None
+            if data is None:
+                continue
+            try:
+                held = read_stored(data)
+            except KeyRejected:
+                continue
+            found |= certifiers(held.cert, address, endorsers, now)
+        return frozenset(found)
+
+    def _candidate(self, address: str, held: _Held, found: Found, now: datetime) -> Candidate:
+        view = held.view
+        registered = self.store.registration(address)
+        certified = False
+        if registered is not None and registered.fingerprint != view.fingerprint:
+            # a transition certified before the old key was revoked still counts (rule 3.1)
+            old = [k for k, _ in self._held_keys([registered.fingerprint])]
+            certified = bool(old) and bool(certifiers(held.cert, address, old, now))
         return Candidate(
             fingerprint=view.fingerprint,
             level=found.level,
@@ -173,22 +266,20 @@ class KeyManager:
             revoked=view.primary.revoked,
             asked_fingerprint=found.asked_fingerprint,
             certified_by_registered=certified,
-            adds_to_stored=adds,
+            adds_to_stored=held.adds,
+            vouches=self._vouches(address, held, now),
+            pin=self.pins.get(address),
         )
 
     def _consider_one(
-        self, address: str, raw: bytes, view: KeyView, found: Found, now: datetime
+        self, address: str, parsed: ParsedKey, found: Found, now: datetime
     ) -> Decision:
         registered = self.store.registration(address)
         try:
-            merged_bytes, view, adds, stored = self._with_stored(address, raw, view, found)
+            held = self._with_stored(address, parsed, found)
         except KeyRejected as exc:
-            return self._reject_unparsed(address, found, exc.reason, view.fingerprint)
-        certified = False
-        if registered is not None and registered.fingerprint != view.fingerprint:
-            old = self.store.get_key(registered.fingerprint)
-            certified = old is not None and certifies_uid(merged_bytes, old, address)
-        candidate = self._candidate(address, view, found, adds, certified)
+            return self._reject_unparsed(address, found, exc.reason, parsed.fingerprint)
+        candidate = self._candidate(address, held, found, now)
         decision = rules.decide(
             registered,
             candidate,
@@ -198,31 +289,28 @@ class KeyManager:
         )
         # A copy of a key we hold is merged even when the registration is unchanged (a uid-less
         # copy still brings signatures); an unrelated key is kept for history and `verify`.
-        fingerprint_ok = found.asked_fingerprint in (None, view.fingerprint)
+        fingerprint_ok = found.asked_fingerprint in (None, held.view.fingerprint)
         self._persist(
             address,
             decision,
-            merged_bytes,
-            view,
+            held,
             found,
             now,
-            store_key=fingerprint_ok and (not stored or adds),
+            store_key=fingerprint_ok and (not held.stored or held.adds),
         )
         return decision
 
-    def _with_stored(
-        self, address: str, raw: bytes, view: KeyView, found: Found
-    ) -> tuple[bytes, KeyView, bool, bool]:
-        """Merge a copy into the key we hold (rule 2): (bytes, view, brought news, was held)."""
-        stored = self.store.get_key(view.fingerprint)
+    def _with_stored(self, address: str, parsed: ParsedKey, found: Found) -> _Held:
+        """Merge a copy into the key we hold (rule 2)."""
+        stored = self.store.get_key(parsed.fingerprint)
         if stored is None:
-            return raw, view, True, False
-        result = merge(stored, raw)
+            return _Held(parsed.data, parsed.cert, parsed.view, True, False)
+        result = merge(stored, parsed.cert, parsed.view)
         if result.dropped:  # SPEC 8: forged or damaged parts end in a rejection with a reason
             self.audit.emit(
                 "key.rejected",
                 address=address,
-                fingerprint=view.fingerprint,
+                fingerprint=parsed.fingerprint,
                 source=found.source,
                 part="signatures",
                 reason=f"{result.dropped} signature(s) in this copy do not verify (forged or "
@@ -232,19 +320,18 @@ class KeyManager:
             self.audit.emit(
                 "key.expiry_refused",
                 address=address,
-                fingerprint=view.fingerprint,
+                fingerprint=parsed.fingerprint,
                 source=found.source,
                 reason="The copy states an earlier expiry without a newer self-signature; "
                 "the stored expiry stays (rule 2).",
             )
-        return result.key, result.view, result.changed, True
+        return _Held(result.key, result.cert, result.view, result.changed, True)
 
     def _persist(
         self,
         address: str,
         decision: Decision,
-        raw: bytes,
-        view: KeyView,
+        held: _Held,
         found: Found,
         now: datetime,
         *,
@@ -252,18 +339,19 @@ class KeyManager:
     ) -> None:
         with self.store.transaction():
             if store_key:
-                self.store.put_key(facts_of(view), raw, now)
+                self.store.put_key(facts_of(held.view), held.data, now)
             self.store.apply(address, decision, now)
         if store_key and decision.registers and self.on_key_changed is not None:
-            self.on_key_changed(decision.fingerprint, raw)
+            self.on_key_changed(decision.fingerprint, held.data)
         self.audit.emit(
             AUDIT_EVENT[decision.decision],
             address=address,
             fingerprint=decision.fingerprint,
-            level=decision.level,
+            level=decision.level.value,
             source=found.source,
             rule=decision.rule,
             reason=decision.reason,
+            **({"basis": decision.basis} if decision.basis else {}),
             **({"url": found.url} if found.url else {}),
         )
 
@@ -275,7 +363,7 @@ class KeyManager:
             "key.rejected",
             address=address,
             fingerprint=fingerprint,
-            level=found.level,
+            level=found.level.value,
             source=found.source,
             rule="8",
             reason=decision.reason,
@@ -310,11 +398,64 @@ class KeyManager:
                 self.store.put_autocrypt(address, header.prefer_encrypt, effective)
         return decision
 
+    # -- migration ----------------------------------------------------------------------------
+    def correct_levels(self) -> int:
+        """Recompute the level of every registration written before levels were honest (or
+        whose pin changed): the best of the ways it was recorded as found, plus what the
+        stored key vouches for now. Each change is audited as key.level_corrected; the
+        registered key itself is unchanged. Returns how many levels changed."""
+        now = self.clock()
+        todo = {a: (f, lvl, src) for a, f, lvl, src in self.store.uncorrected()}
+        for address in self.pins:
+            reg = self.store.registration(address)
+            if reg is not None and address not in todo:
+                todo[address] = (reg.fingerprint, reg.level, reg.source)
+        changed = 0
+        for address, (fpr, old, old_source) in sorted(todo.items()):
+            ways = [
+                levels.of_recorded_way(src, lvl)
+                for src, lvl in self.store.recorded_ways(address, fpr)
+            ] or [levels.of_recorded_way(old_source, old)]
+            source, base = max(ways, key=lambda way: way[1])
+            vouch: Vouch | None = None
+            held = self._held(fpr)
+            if held is not None:
+                vouch = max(self._vouches(address, held, now), key=lambda v: v.level, default=None)
+            level = base if vouch is None or vouch.level <= base else vouch.level
+            with self.store.transaction():
+                self.store.correct_level(address, fpr, level, base, source)
+            if level != old:
+                changed += 1
+                basis = vouch.detail if vouch and vouch.level > base else f"found through {source}"
+                self.audit.emit(
+                    "key.level_corrected",
+                    address=address,
+                    fingerprint=fpr,
+                    old_level=old.value,
+                    new_level=level.value,
+                    source=source,
+                    basis=basis,
+                    reason=f"The level of {fpr} for {address} was recomputed from the ways it "
+                    f"was found: {level.value} ({basis}), not {old.value}. Agreement of "
+                    "directories is not consensus (SPEC 5.1).",
+                )
+        return changed
+
+    def _held(self, fingerprint: str) -> _Held | None:
+        data = self.store.get_key(fingerprint)
+        if data is None:
+            return None
+        try:
+            held = read_stored(data)
+        except KeyRejected:
+            return None
+        return _Held(held.data, held.cert, held.view, False, True)
+
     # -- user actions -----------------------------------------------------------------------
     def verify(self, address: str, fingerprint: str) -> Decision:
         """Rule 3.2: the user checked this fingerprint for this address."""
         data = self.store.get_key(fingerprint)
-        found = Found("user", "fingerprint", True)
+        found = Found("user", Level.FINGERPRINT, True)
         if data is None:
             return self._reject_unparsed(
                 address,
@@ -380,7 +521,7 @@ class KeyManager:
             "address": address,
             "state": "registered",
             "fingerprint": reg.fingerprint,
-            "validation": reg.level,
+            "validation": reg.level.value,
             "usable": usable,
             "encrypt": encrypt,
             "expires": iso(facts.expires),

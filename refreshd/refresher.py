@@ -26,6 +26,7 @@ from refreshd.keymanager import Found, KeyManager
 from refreshd.net import hkp, vks, wkd
 from refreshd.net.answers import Outcome
 from refreshd.net.fetch import Validators
+from refreshd.openpgp.packets import KeyRejected
 from refreshd.retrieve import Got, Retriever
 from refreshd.store import Source, iso
 
@@ -245,9 +246,8 @@ class Refresher:
                 f"alone until {epoch_iso(not_before)}",
             )
             return False
-        keep = frozenset({fingerprint, fingerprint[-16:]})
         validators = Validators(src.etag, src.last_modified, src.body_sha256)
-        got = await self.retriever.again(src.kind, src.url, validators, keep, src.address)
+        got = await self.retriever.again(src.kind, src.url, validators, src.address)
         ok = got.outcome in (Outcome.KEY, Outcome.UNCHANGED)
         self._host_outcome(host, fingerprint, got)
         audit_fetch(
@@ -287,8 +287,19 @@ class Refresher:
 
     def _take(self, fingerprint: str, src: Source, got: Got) -> None:
         level, positive = levels.for_source(src.kind)
-        data = b"".join(got.keys)
         addresses = [src.address] if src.address else self.store.addresses_of(fingerprint)
+        try:
+            data = self.keys.take_in(got.data, addresses)
+        except KeyRejected as exc:
+            self.audit.emit(
+                "key.rejected",
+                fingerprint=fingerprint,
+                source=src.kind,
+                url=src.url,
+                rule="8",
+                reason=f"The key could not be used: {exc.reason}",
+            )
+            return
         for address in addresses:
             asked = None if src.kind in ("wkd", "nicknym") else fingerprint
             found = Found(src.kind, level, positive, asked_fingerprint=asked, url=src.url)

@@ -3,7 +3,10 @@
 Shared by first-contact discovery and the refresh engine, so both go through the same isolated
 fetch (a fresh circuit each), the same streaming packet filter and the same answer readers.
 WKD and nicknym are asked by address; VKS and HKP by fingerprint when refreshing (by address
-only at first contact). Nothing here decides which key is registered: that is the rules' job.
+only at first contact). A key body is handed on as the bytes received (bounded by the fetch to
+network.max_response_bytes): the key manager strips and parses it once, with the keep set it
+chooses (openpgp/intake.py). Nothing here decides which key is registered: that is the rules'
+job.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from refreshd.config import Config
 from refreshd.net import hkp, nicknym, vks, wkd
 from refreshd.net.answers import Outcome, SourceError, lookup_outcome
 from refreshd.net.fetch import Answer, Fetcher, FetchFailed, Kind, Redirects, Request, Validators
-from refreshd.openpgp.packets import KeyRejected, StreamingKeyFilter
 
 __all__ = ["Got", "Retriever"]
 
@@ -28,7 +30,7 @@ class Got:
     url: str
     outcome: Outcome
     reason: str
-    keys: tuple[bytes, ...] = ()  # stripped binary keys, when outcome is KEY
+    data: bytes = b""  # the key data as received, when outcome is KEY
     answer: Answer | None = None
     validators: Validators = field(default_factory=Validators)
 
@@ -46,34 +48,25 @@ class Retriever:
         self.fetcher = fetcher
         self._no_nicknym = nicknym.NegativeCache()
 
-    def _filter(self, keep: frozenset[str]) -> StreamingKeyFilter:
-        return StreamingKeyFilter(
-            max_response_bytes=self.cfg.network.max_response_bytes,
-            max_key_bytes=self.cfg.network.max_key_bytes,
-            keep_issuers=keep,
-        )
-
-    async def key_request(self, source: str, req: Request, keep: frozenset[str]) -> Got:
-        """A request whose body is a key (WKD, VKS, HKP): streamed through the filter."""
-        flt = self._filter(keep)
+    async def key_request(self, source: str, req: Request) -> Got:
+        """A request whose body is a key (WKD, VKS, HKP)."""
+        body = bytearray()
         try:
-            answer = await self.fetcher.fetch(req, sink=flt.feed)
+            answer = await self.fetcher.fetch(req, sink=body.extend)
         except FetchFailed as exc:
             return _failed(source, req.url, Outcome.ERROR, exc.reason)
-        except KeyRejected as exc:
-            return _failed(source, req.url, Outcome.REJECTED, exc.reason)
         outcome = Outcome.UNCHANGED if answer.unchanged else lookup_outcome(answer.status)
         if outcome is not Outcome.KEY:
             return _failed(
                 source, answer.url, outcome, f"{source} answered {answer.status}", answer
             )
-        try:
-            keys = tuple(flt.finish())
-        except KeyRejected as exc:
-            return _failed(source, answer.url, Outcome.REJECTED, exc.reason, answer)
-        return Got(source, answer.url, Outcome.KEY, "key received", keys, answer, answer.validators)
+        if not body:
+            return _failed(source, answer.url, Outcome.REJECTED, "the answer is empty", answer)
+        return Got(
+            source, answer.url, Outcome.KEY, "key received", bytes(body), answer, answer.validators
+        )
 
-    async def nicknym_request(self, req: Request, address: str | None, keep: frozenset[str]) -> Got:
+    async def nicknym_request(self, req: Request, address: str | None) -> Got:
         try:
             answer = await self.fetcher.fetch(req)
         except FetchFailed as exc:
@@ -92,14 +85,14 @@ class Retriever:
                 f"nicknym answered {answer.status} ({read.outcome})",
                 answer,
             )
-        flt = self._filter(keep)
-        try:
-            flt.feed(read.key.encode("utf-8"))
-            keys = tuple(flt.finish())
-        except KeyRejected as exc:
-            return _failed("nicknym", answer.url, Outcome.REJECTED, exc.reason, answer)
         return Got(
-            "nicknym", answer.url, Outcome.KEY, "key received", keys, answer, answer.validators
+            "nicknym",
+            answer.url,
+            Outcome.KEY,
+            "key received",
+            read.key.encode("utf-8"),
+            answer,
+            answer.validators,
         )
 
     async def nicknym_uri(self, domain: str) -> str | Got:
@@ -125,14 +118,12 @@ class Retriever:
             return _failed("nicknym", probes[0].url, Outcome.NOT_FOUND, capability.reason)
         return capability.nicknym_uri
 
-    async def by_address(
-        self, source: str, address: str, keep: frozenset[str] = frozenset()
-    ) -> list[Got]:
+    async def by_address(self, source: str, address: str) -> list[Got]:
         """First contact: ask one source for the address; WKD tries advanced then direct."""
         if source == "wkd":
             results = []
             for req in wkd.requests_for(address):
-                got = await self.key_request("wkd", req, keep)
+                got = await self.key_request("wkd", req)
                 results.append(got)
                 if got.outcome is Outcome.KEY:
                     break
@@ -141,15 +132,15 @@ class Retriever:
             uri = await self.nicknym_uri(address.rpartition("@")[2])
             if isinstance(uri, Got):
                 return [uri]
-            return [await self.nicknym_request(nicknym.by_address(uri, address), address, keep)]
+            return [await self.nicknym_request(nicknym.by_address(uri, address), address)]
         if source == "vks":
             return [
-                await self.key_request("vks", vks.by_email(base, address), keep)
+                await self.key_request("vks", vks.by_email(base, address))
                 for base in self.cfg.discovery.vks
             ]
         if source == "hkp":
             return [
-                await self.key_request("hkp", hkp.lookup_address(base, address), keep)
+                await self.key_request("hkp", hkp.lookup_address(base, address))
                 for base in self.cfg.discovery.hkp
             ]
         raise ValueError(source)
@@ -159,27 +150,25 @@ class Retriever:
         source: str,
         url: str,
         validators: Validators | None,
-        keep: frozenset[str],
         address: str | None,
     ) -> Got:
         """Refresh: the same URL that gave the key, with the stored validators."""
         if source == "nicknym":
             return await self.nicknym_request(
-                Request(url, validators=validators, kind=Kind.JSON), address, keep
+                Request(url, validators=validators, kind=Kind.JSON), address
             )
         redirects = Redirects.SAME_DOMAIN_HTTPS if source == "wkd" else Redirects.NONE
         return await self.key_request(
-            source, Request(url, validators=validators, redirects=redirects), keep
+            source, Request(url, validators=validators, redirects=redirects)
         )
 
-    async def by_fingerprint(self, fpr: str, keep: frozenset[str] = frozenset()) -> list[Got]:
+    async def by_fingerprint(self, fpr: str) -> list[Got]:
         """A key named by a signature: VKS then HKP by fingerprint."""
         out = [
-            await self.key_request("vks", vks.by_fingerprint(base, fpr), keep)
+            await self.key_request("vks", vks.by_fingerprint(base, fpr))
             for base in self.cfg.discovery.vks
         ]
         out += [
-            await self.key_request("hkp", hkp.lookup(base, fpr), keep)
-            for base in self.cfg.discovery.hkp
+            await self.key_request("hkp", hkp.lookup(base, fpr)) for base in self.cfg.discovery.hkp
         ]
         return out

@@ -265,6 +265,6 @@ def _decision(d: Any) -> dict[str, Any]:
     return {
         "decision": d.decision,
         "fingerprint": d.fingerprint or None,
-        "validation": d.level,
+        "validation": d.level.value,
         "reason": d.reason,
     }

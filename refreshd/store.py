@@ -15,11 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from refreshd.core.levels import Level
 from refreshd.core.rules import Decision, Registration, successfully_used
 
 __all__ = ["KeyFacts", "Source", "Store", "iso"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -102,6 +103,12 @@ MIGRATIONS: dict[int, str] = {
         prefer_encrypt TEXT,
         last_seen TEXT NOT NULL
     );
+    """,
+    # 3: the level a registration was found at, apart from what its vouches add. NULL marks a
+    # registration written before it existed; the key manager recomputes those at start
+    # (directory agreement used to be counted as consensus; it no longer is).
+    3: """
+    ALTER TABLE addresses ADD COLUMN base_level TEXT;
     """,
 }
 
@@ -249,7 +256,8 @@ class Store:
     # registrations ----------------------------------------------------------------------
     def registration(self, address: str) -> Registration | None:
         row = self._one(
-            "SELECT a.fingerprint, a.level, a.source, a.positive, k.expires, k.revoked, "
+            "SELECT a.fingerprint, a.level, a.base_level, a.source, a.positive, k.expires, "
+            "k.revoked, "
             "u.sent_encrypted, u.received_signed FROM addresses a "
             "JOIN keys k ON k.fingerprint = a.fingerprint "
             "LEFT JOIN usage u ON u.address = a.address AND u.fingerprint = a.fingerprint "
@@ -260,7 +268,8 @@ class Store:
             return None
         return Registration(
             fingerprint=row["fingerprint"],
-            level=row["level"],
+            level=Level(row["level"]),
+            base_level=Level(row["base_level"]) if row["base_level"] else None,
             source=row["source"],
             positive=bool(row["positive"]),
             expires=parse_time(row["expires"]),
@@ -282,13 +291,22 @@ class Store:
                 )
         if d.registers:
             self.db.execute(
-                "INSERT INTO addresses(address, fingerprint, level, source, positive, "
-                "registered_at) VALUES (?,?,?,?,?,?) ON CONFLICT(address) DO UPDATE SET "
+                "INSERT INTO addresses(address, fingerprint, level, base_level, source, positive, "
+                "registered_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT(address) DO UPDATE SET "
                 "fingerprint=excluded.fingerprint, level=excluded.level, "
+                "base_level=excluded.base_level, "
                 "source=excluded.source, positive=excluded.positive, registered_at="
                 "CASE WHEN addresses.fingerprint = excluded.fingerprint "
                 "THEN addresses.registered_at ELSE excluded.registered_at END",
-                (address, d.fingerprint, d.level, d.source, int(d.positive), stamp),
+                (
+                    address,
+                    d.fingerprint,
+                    d.level.value,
+                    (d.base_level or d.level).value,
+                    d.source,
+                    int(d.positive),
+                    stamp,
+                ),
             )
         status = "registered" if d.registers else "rejected"
         self.db.execute(
@@ -300,12 +318,44 @@ class Store:
             "level=CASE WHEN excluded.status='registered' THEN excluded.level ELSE seen.level END, "
             "source=CASE WHEN excluded.status='registered' THEN excluded.source "
             "ELSE seen.source END, reason=excluded.reason",
-            (address, d.fingerprint, status, d.level, d.source, stamp, stamp, d.reason),
+            (address, d.fingerprint, status, d.level.value, d.source, stamp, stamp, d.reason),
         )
         self.db.execute(
             "INSERT INTO decisions(ts, address, fingerprint, decision, level, source, rule, "
             "reason) VALUES (?,?,?,?,?,?,?,?)",
-            (stamp, address, d.fingerprint, d.decision, d.level, d.source, d.rule, d.reason),
+            (stamp, address, d.fingerprint, d.decision, d.level.value, d.source, d.rule, d.reason),
+        )
+
+    def uncorrected(self) -> list[tuple[str, str, Level, str]]:
+        """Registrations written before base_level existed: (address, fingerprint, level,
+        source)."""
+        rows = self.db.execute(
+            "SELECT address, fingerprint, level, source FROM addresses WHERE base_level IS NULL "
+            "ORDER BY address"
+        )
+        return [(r[0], r[1], Level(r[2]), r[3]) for r in rows]
+
+    def recorded_ways(self, address: str, fingerprint: str) -> list[tuple[str, Level]]:
+        """(source, level) of every decision that registered or kept this key here."""
+        rows = self.db.execute(
+            "SELECT source, level FROM decisions WHERE address = ? AND fingerprint = ? "
+            "AND decision != 'rejected' ORDER BY id",
+            (address, fingerprint),
+        )
+        return [(r[0], Level(r[1])) for r in rows]
+
+    def correct_level(
+        self, address: str, fingerprint: str, level: Level, base: Level, source: str
+    ) -> None:
+        """Set a registration's level (the registered key itself is unchanged)."""
+        self.db.execute(
+            "UPDATE addresses SET level = ?, base_level = ?, source = ? "
+            "WHERE address = ? AND fingerprint = ?",
+            (level.value, base.value, source, address, fingerprint),
+        )
+        self.db.execute(
+            "UPDATE seen SET level = ?, source = ? WHERE address = ? AND fingerprint = ?",
+            (level.value, source, address, fingerprint),
         )
 
     def history(self, address: str) -> list[dict[str, Any]]:

@@ -20,14 +20,14 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from refreshd.openpgp.keyview import parse_one
+from refreshd.openpgp.keyview import certifiers, parse_one, primary_key, rejecting, view_of
 from refreshd.openpgp.packets import (
     Bundle,
     Cert,
     Packet,
+    StreamingKeyFilter,
     armor,
     key_fingerprint,
-    strip_keys,
 )
 
 ED25519_OID = bytes.fromhex("2b06010401da470f01")
@@ -473,3 +473,31 @@ def zoo() -> Zoo:
 def armor_secret(secret: bytes) -> bytes:
     """A secret key in ASCII armor, as a careless server might publish it."""
     return armor(secret).replace("PUBLIC KEY", "PRIVATE KEY").encode()
+
+
+def strip_keys(
+    data: bytes,
+    *,
+    max_response_bytes: int,
+    max_key_bytes: int,
+    keep_issuers: frozenset[str] = frozenset(),
+) -> list[bytes]:
+    """One StreamingKeyFilter pass over data already in memory (as tests want it)."""
+    filt = StreamingKeyFilter(
+        max_response_bytes=max_response_bytes,
+        max_key_bytes=max_key_bytes,
+        keep_issuers=keep_issuers,
+    )
+    filt.feed(data)
+    return filt.finish()
+
+
+@rejecting
+def certifies_uid(new_key: bytes, old_key: bytes, address: str) -> bool:
+    """Whether old_key made a valid, unrevoked certification of new_key's user id for address
+    (keyview.certifiers over the two keys as bytes)."""
+    old_cert = parse_one(old_key)
+    view_of(old_cert)
+    old = primary_key(old_cert)
+    cert = parse_one(new_key, frozenset({old.fingerprint.hex().upper()}))
+    return bool(certifiers(cert, address, [old], None))

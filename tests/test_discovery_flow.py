@@ -13,6 +13,7 @@ import trio
 
 from refreshd.audit import AuditLog
 from refreshd.config import from_mapping
+from refreshd.core.levels import Level
 from refreshd.discovery import Discovery
 from refreshd.keymanager import Found, KeyManager
 from refreshd.net import wkd
@@ -96,7 +97,7 @@ async def world(nursery, tmp_path, keys):
 async def test_first_contact_registers_the_highest_level(world, keys):
     d = await world.discovery.discover(BOB)
     assert d is not None and d.decision == "registered"
-    assert d.fingerprint == read_key(keys["p"]).fingerprint and d.level == "provider-trust"
+    assert d.fingerprint == read_key(keys["p"]).fingerprint and d.level is Level.PROVIDER_TRUST
     answer = world.keys.describe(BOB)
     assert answer["encrypt"] is True and answer["source"] == "wkd"
     hist = {k["fingerprint"]: k["status"] for k in world.keys.history(BOB)["keys"]}
@@ -129,7 +130,7 @@ async def test_conditional_refresh_costs_no_write(world, keys):
 async def test_header_url_in_standard_form_is_provider_trust(world, keys):
     url = wkd.requests_for(BOB)[0].url
     d = await world.discovery.from_header_url(BOB, url)
-    assert d is not None and (d.decision, d.level) == ("registered", "provider-trust")
+    assert d is not None and (d.decision, d.level) == ("registered", Level.PROVIDER_TRUST)
 
 
 async def test_off_domain_header_url_is_not_fetched(world, keys):
@@ -143,11 +144,13 @@ async def test_off_domain_header_url_is_not_fetched(world, keys):
 
 async def test_by_fingerprint_asks_hkp_and_checks_the_fingerprint(world, keys):
     wanted = read_key(keys["p"]).fingerprint  # HKP serves key A whatever is asked
-    d = await world.discovery.by_fingerprint(BOB, wanted, Found("signature", "weak-chain", True))
+    d = await world.discovery.by_fingerprint(
+        BOB, wanted, Found("signature", Level.WEAK_CHAIN, True)
+    )
     assert d.decision == "rejected" and "not the fingerprint" in d.reason
     with trio.fail_after(5):
         good = await world.discovery.by_fingerprint(
-            BOB, read_key(keys["a"]).fingerprint, Found("signature", "weak-chain", True)
+            BOB, read_key(keys["a"]).fingerprint, Found("signature", Level.WEAK_CHAIN, True)
         )
     assert good.decision == "registered"
 
@@ -156,7 +159,7 @@ async def test_nicknym_capability_then_address_query(world, keys):
     got = await world.retriever.by_address("nicknym", BOB)
     assert [g.outcome for g in got] == ["key"]
     assert got[-1].url.startswith("https://nicknym.example.org/?address=")
-    assert read_key(got[-1].keys[0]).fingerprint == read_key(keys["p"]).fingerprint
+    assert read_key(got[-1].data).fingerprint == read_key(keys["p"]).fingerprint
     # a domain without nicknym is remembered: the second attempt sends nothing
     world.https.handlers.pop("/provider.json")
     world.https.handlers.pop("/.well-known/key-discovery")
@@ -187,7 +190,9 @@ async def test_host_backs_off_only_when_different_keys_fail(world, keys):
 
 
 async def test_key_met_in_mail_is_refreshed_by_fingerprint_first(world, keys):
-    fpr = world.keys.consider(BOB, keys["a"], Found("autocrypt", "weak-chain", True)).fingerprint
+    fpr = world.keys.consider(
+        BOB, keys["a"], Found("autocrypt", Level.WEAK_CHAIN, True)
+    ).fingerprint
     refresher = Refresher(world.keys, world.retriever, world.cfg, world.audit, rng=random.Random(3))
     assert await refresher.refresh(fpr) is True
     assert world.hkp.accepts == 1 and "search=0x" + fpr in world.hkp.requests[-1].target
@@ -195,7 +200,9 @@ async def test_key_met_in_mail_is_refreshed_by_fingerprint_first(world, keys):
 
 
 async def test_key_met_in_mail_falls_back_to_wkd_when_the_keyserver_fails(world, keys):
-    fpr = world.keys.consider(BOB, keys["p"], Found("autocrypt", "weak-chain", True)).fingerprint
+    fpr = world.keys.consider(
+        BOB, keys["p"], Found("autocrypt", Level.WEAK_CHAIN, True)
+    ).fingerprint
     refresher = Refresher(world.keys, world.retriever, world.cfg, world.audit, rng=random.Random(4))
     world.hkp.handlers["/pks/lookup"] = static(404)
     assert await refresher.refresh(fpr) is False

@@ -287,5 +287,5 @@ async def test_no_trust_db_and_no_agent(tmp_path: Path, rigs: Callable[..., Rig]
         and "Secret keys could not be listed" in (result["warnings"][0])
     )
     registration = rig.keys.store.registration("me@example.org")
-    assert (registration.fingerprint, registration.level) == (own, "weak-chain")
+    assert (registration.fingerprint, registration.level.value) == (own, "weak-chain")
     assert rig.events("gnupg.imported")[-1]["warnings"] == result["warnings"]

@@ -9,13 +9,14 @@ import pytest
 
 from refreshd.audit import AuditLog
 from refreshd.config import from_mapping
+from refreshd.core.levels import Level
 from refreshd.keymanager import Found, KeyManager
 from refreshd.openpgp.packets import armor
 from refreshd.store import Store
 from tests.keyfactory import flood, pgpy_key
 
 BOB = "bob@example.org"
-WKD = Found("wkd", "provider-trust", True)
+WKD = Found("wkd", Level.PROVIDER_TRUST, True)
 
 
 @pytest.fixture(scope="module")

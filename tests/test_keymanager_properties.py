@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from refreshd.audit import AuditLog
 from refreshd.config import Config, DaemonConfig
+from refreshd.core.levels import Level
 from refreshd.keymanager import Found, KeyManager
 from refreshd.openpgp.keyview import read_key
 from refreshd.store import Store
@@ -21,10 +22,10 @@ from tests.keyfactory import Workshop, pgpy_key
 
 BOB = "bob@example.org"
 FOUND = [
-    Found("wkd", "provider-trust", True),
-    Found("hkp", "weak-chain", False),
-    Found("autocrypt", "weak-chain", True),
-    Found("nicknym-endorsed", "provider-endorsement", True),
+    Found("wkd", Level.PROVIDER_TRUST, True),
+    Found("hkp", Level.WEAK_CHAIN, False),
+    Found("autocrypt", Level.WEAK_CHAIN, True),
+    Found("nicknym-endorsed", Level.PROVIDER_ENDORSEMENT, True),
 ]
 NOW = datetime.now(UTC).replace(microsecond=0)
 

@@ -12,15 +12,15 @@ import pytest
 
 from refreshd.audit import AuditLog
 from refreshd.config import Config, DaemonConfig
+from refreshd.core.levels import Level
 from refreshd.keymanager import Found, KeyManager
 from refreshd.openpgp.keyview import read_key
 from refreshd.store import Store
 from tests.keyfactory import Workshop, pgpy_key
 
 BOB = "bob@example.org"
-WKD = Found("wkd", "provider-trust", True)
-HKP = Found("hkp", "weak-chain", False)
-CONSENSUS = Found("consensus:hkp+vks", "third-party-consensus", True)
+WKD = Found("wkd", Level.PROVIDER_TRUST, True)
+HKP = Found("hkp", Level.WEAK_CHAIN, False)
 
 
 @dataclass
@@ -126,7 +126,7 @@ def test_3_2_user_verification_replaces(km, keys):
     register(km, keys.a)
     assert km.consider(BOB, keys.p, HKP).decision == "rejected"
     d = km.verify(BOB, keys.p_fpr)
-    assert (d.decision, d.rule, d.level) == ("replaced", "3.2", "fingerprint")
+    assert (d.decision, d.rule, d.level) == ("replaced", "3.2", Level.FINGERPRINT)
     assert km.verify(BOB, "F" * 40).decision == "rejected"  # a key we never saw
 
 
@@ -134,7 +134,6 @@ def test_3_2_user_verification_replaces(km, keys):
     ("found", "decision"),
     [
         (WKD, "replaced"),
-        (CONSENSUS, "replaced"),
         (HKP, "rejected"),
     ],
 )
@@ -196,7 +195,7 @@ def test_retired_keys_are_kept_but_never_returned(km, keys):
 
 def test_first_contact_and_positive_indication(km, keys):
     d = km.first_contact(BOB, [(keys.a, HKP), (keys.p, WKD)])
-    assert d is not None and d.fingerprint == keys.p_fpr and d.level == "provider-trust"
+    assert d is not None and d.fingerprint == keys.p_fpr and d.level is Level.PROVIDER_TRUST
     assert km.describe(BOB)["encrypt"] is True
     other = "carol@example.net"
     assert km.first_contact(other, [(keys.a, HKP)]) is not None  # no uid for carol
@@ -208,7 +207,7 @@ def test_hkp_alone_is_no_positive_indication(km, keys):
     answer = km.describe(BOB)
     assert answer["usable"] is True and answer["encrypt"] is False
     assert "5.4" in answer["reason"]
-    km.consider(BOB, keys.a, Found("autocrypt", "weak-chain", True))
+    km.consider(BOB, keys.a, Found("autocrypt", Level.WEAK_CHAIN, True))
     assert km.describe(BOB)["encrypt"] is True
 
 

@@ -9,10 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from refreshd.openpgp.keyview import certifies_uid, read_key
+from refreshd.openpgp.keyview import read_key
 from refreshd.openpgp.merge import merge
 from refreshd.openpgp.packets import KeyRejected, StreamingKeyFilter, armor
 from tests import keyfactory as kf
+from tests.keyfactory import certifies_uid
 
 MUTATIONS = 10_000
 SEEDS = ("gpg-multi", "gpg-rsa2048-never", "sq-cv25519-3y", "pgpy-ed25519-30d", "sq-revoked")

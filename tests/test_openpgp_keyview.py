@@ -12,7 +12,6 @@ import pytest
 
 from refreshd.openpgp.keyview import (
     KeyView,
-    certifies_uid,
     normalize_address,
     parse_one,
     read_key,
@@ -26,6 +25,7 @@ from refreshd.openpgp.packets import (
     signature_issuer,
 )
 from tests import keyfactory as kf
+from tests.keyfactory import new_packet
 
 NAMES = [
     "gpg-ed25519-1y",
@@ -267,13 +267,13 @@ def test_key_without_uids_is_read(zoo: kf.Zoo) -> None:
 )
 def test_certifies_uid(new: str, old: str, address: str, expected: bool, zoo: kf.Zoo) -> None:
     t = zoo.transition
-    assert certifies_uid(t[new], t[old], address) is expected
+    assert kf.certifies_uid(t[new], t[old], address) is expected
 
 
 def test_certification_survives_flood_and_forgery_does_not(zoo: kf.Zoo) -> None:
     t = zoo.transition
     flooded = kf.flood(t["new-certified"], 300)
-    assert certifies_uid(flooded, t["old"], "tess@example.org")
+    assert kf.certifies_uid(flooded, t["old"], "tess@example.org")
     old_fpr = read_key(t["old"]).fingerprint
     cert = parse_one(t["new-certified"], frozenset({old_fpr}))
 
@@ -285,7 +285,7 @@ def test_certification_survives_flood_and_forgery_does_not(zoo: kf.Zoo) -> None:
     forged = Cert(cert.primary, uids, cert.subkeys).serialize()
     assert forged != cert.serialize()
     assert read_key(forged).addresses() == read_key(t["new"]).addresses()
-    assert not certifies_uid(forged, t["old"], "tess@example.org")
+    assert not kf.certifies_uid(forged, t["old"], "tess@example.org")
 
 
 # --- addresses ---------------------------------------------------------------------------------

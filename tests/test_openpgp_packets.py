@@ -17,7 +17,6 @@ from refreshd.openpgp.packets import (
     armor,
     crc24,
     crc24_update,
-    strip_keys,
 )
 from tests import keyfactory as kf
 
@@ -75,11 +74,11 @@ def test_flood_is_stripped_to_the_original_key(zoo: kf.Zoo, flooded: bytes) -> N
     assert filt.bytes_in == len(flooded)
     assert len(key) < len(original)
     assert read_key(key) == read_key(original)  # every self-signature kept
-    kept = strip_keys(
+    kept = kf.strip_keys(
         flooded, max_response_bytes=BIG, max_key_bytes=BIG, keep_issuers=frozenset({old.key_id})
     )
     assert kept == [original]
-    kept = strip_keys(
+    kept = kf.strip_keys(
         armor(flooded).encode(),
         max_response_bytes=BIG,
         max_key_bytes=BIG,
@@ -112,23 +111,23 @@ def test_sq_armor_with_headers_is_read(secret_key: bytes, tmp_path: Path) -> Non
     path.write_bytes(secret_key)
     text = subprocess.run(["sq", "key", "extract-cert", str(path)], capture_output=True).stdout
     assert b"Comment:" in text
-    (key,) = strip_keys(text, max_response_bytes=BIG, max_key_bytes=BIG)
+    (key,) = kf.strip_keys(text, max_response_bytes=BIG, max_key_bytes=BIG)
     assert key == kf.dearmor(text)
 
 
 def test_several_certificates_and_blocks(zoo: kf.Zoo) -> None:
     a, b = zoo.keys["gpg-ed25519-1y"], zoo.keys["sq-cv25519-3y"]
-    assert strip_keys(a + b, max_response_bytes=BIG, max_key_bytes=BIG) == [a, b]
+    assert kf.strip_keys(a + b, max_response_bytes=BIG, max_key_bytes=BIG) == [a, b]
     text = f"Here are keys:\n{armor(a)}\nand\n{armor(b)}trailing words\n".encode()
-    assert strip_keys(text, max_response_bytes=BIG, max_key_bytes=BIG) == [a, b]
+    assert kf.strip_keys(text, max_response_bytes=BIG, max_key_bytes=BIG) == [a, b]
 
 
 def test_unsupported_versions_are_skipped(zoo: kf.Zoo) -> None:
     key = zoo.keys["gpg-ed25519-1y"]
     v5 = bytes([key[0], key[1], 5]) + key[3:]  # same packets, primary claims version 5
-    assert strip_keys(v5 + key, max_response_bytes=BIG, max_key_bytes=BIG) == [key]
+    assert kf.strip_keys(v5 + key, max_response_bytes=BIG, max_key_bytes=BIG) == [key]
     with pytest.raises(KeyRejected, match="unsupported version"):
-        strip_keys(v5, max_response_bytes=BIG, max_key_bytes=BIG)
+        kf.strip_keys(v5, max_response_bytes=BIG, max_key_bytes=BIG)
 
 
 # --- caps --------------------------------------------------------------------------------------
@@ -147,9 +146,9 @@ def test_response_cap(flooded: bytes) -> None:
 
 def test_key_cap_applies_after_stripping(zoo: kf.Zoo, flooded: bytes) -> None:
     size = len(zoo.transition["new"])
-    assert strip_keys(flooded, max_response_bytes=BIG, max_key_bytes=size)
+    assert kf.strip_keys(flooded, max_response_bytes=BIG, max_key_bytes=size)
     with pytest.raises(KeyRejected, match="even after third-party certifications are stripped"):
-        strip_keys(flooded, max_response_bytes=BIG, max_key_bytes=size - 1)
+        kf.strip_keys(flooded, max_response_bytes=BIG, max_key_bytes=size - 1)
 
 
 # --- refusals ----------------------------------------------------------------------------------
@@ -158,7 +157,7 @@ def test_key_cap_applies_after_stripping(zoo: kf.Zoo, flooded: bytes) -> None:
 def test_secret_keys_are_refused(secret_key: bytes) -> None:
     for data in (secret_key, kf.armor_secret(secret_key)):
         with pytest.raises(KeyRejected, match="secret key material"):
-            strip_keys(data, max_response_bytes=BIG, max_key_bytes=BIG)
+            kf.strip_keys(data, max_response_bytes=BIG, max_key_bytes=BIG)
         with pytest.raises(KeyRejected, match="secret key material"):
             read_key(data)
 
@@ -207,7 +206,7 @@ def test_wrong_armor_checksum(zoo: kf.Zoo) -> None:
 )
 def test_garbage_is_rejected_with_a_reason(data: bytes, reason: str) -> None:
     with pytest.raises(KeyRejected, match=reason):
-        strip_keys(data, max_response_bytes=BIG, max_key_bytes=1 << 20)
+        kf.strip_keys(data, max_response_bytes=BIG, max_key_bytes=1 << 20)
     with pytest.raises(KeyRejected):
         read_key(data)
 
@@ -216,7 +215,7 @@ def test_truncation_inside_a_packet(zoo: kf.Zoo) -> None:
     key = zoo.keys["gpg-ed25519-1y"]
     for cut in (1, 2, 5, 30, len(key) - 1):
         with pytest.raises(KeyRejected, match="middle of a packet"):
-            strip_keys(key[:cut], max_response_bytes=BIG, max_key_bytes=BIG)
+            kf.strip_keys(key[:cut], max_response_bytes=BIG, max_key_bytes=BIG)
 
 
 def test_length_running_past_the_data(zoo: kf.Zoo) -> None:
@@ -224,7 +223,7 @@ def test_length_running_past_the_data(zoo: kf.Zoo) -> None:
     assert key[0] == 0x98  # old format, one-octet length
     key[1] = 0xFF
     with pytest.raises(KeyRejected):
-        strip_keys(bytes(key), max_response_bytes=BIG, max_key_bytes=BIG)
+        kf.strip_keys(bytes(key), max_response_bytes=BIG, max_key_bytes=BIG)
     key[1] = 3  # too short for a key packet, the rest is then out of step
     with pytest.raises(KeyRejected):
         read_key(bytes(key))
@@ -235,7 +234,7 @@ def test_only_key_rejected_escapes_for_arbitrary_bytes_quick() -> None:
     @settings(max_examples=300, deadline=None)
     def check(data: bytes) -> None:
         try:
-            strip_keys(data, max_response_bytes=BIG, max_key_bytes=1 << 16)
+            kf.strip_keys(data, max_response_bytes=BIG, max_key_bytes=1 << 16)
         except KeyRejected as exc:
             assert exc.reason
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from refreshd.config import LEVELS
 from refreshd.core import levels, rules
+from refreshd.core.levels import LEVELS, Level
 from refreshd.core.rules import Candidate, Registration
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -18,11 +18,13 @@ LATER = NOW + timedelta(days=200)
 ADDR = "bob@example.org"
 OLD, NEW = "A" * 40, "B" * 40
 
-REG = Registration(OLD, "provider-trust", "wkd", True, LATER, False, successfully_used=True)
-CAND = Candidate(NEW, "provider-trust", "wkd", True, has_address=True, expires=LATER, revoked=False)
+REG = Registration(OLD, Level.PROVIDER_TRUST, "wkd", True, LATER, False, successfully_used=True)
+CAND = Candidate(
+    NEW, Level.PROVIDER_TRUST, "wkd", True, has_address=True, expires=LATER, revoked=False
+)
 
 
-def decide(reg: Registration | None, cand: Candidate, minimum: str = "weak-chain"):
+def decide(reg: Registration | None, cand: Candidate, minimum: Level = Level.WEAK_CHAIN):
     return rules.decide(reg, cand, ADDR, now=NOW, minimum=minimum)
 
 
@@ -30,35 +32,35 @@ def decide(reg: Registration | None, cand: Candidate, minimum: str = "weak-chain
 REPLACEMENT_CASES = [
     ("3.1 transition certified", {}, {"certified_by_registered": True}, "replaced", "3.1"),
     ("3.1 not certified", {}, {}, "rejected", "3"),
-    ("3.2 user verified", {}, {"source": "user", "level": "fingerprint"}, "replaced", "3.2"),
+    ("3.2 user verified", {}, {"source": "user", "level": Level.FINGERPRINT}, "replaced", "3.2"),
     ("3.3 expired, equal level", {"expires": NOW - timedelta(days=1)}, {}, "replaced", "3.3"),
     (
         "3.3 expired, higher level",
         {"expires": NOW - timedelta(days=1)},
-        {"level": "third-party-consensus"},
+        {"level": Level.THIRD_PARTY_CONSENSUS},
         "replaced",
         "3.3",
     ),
     (
         "3.3 expired, lower level",
         {"expires": NOW - timedelta(days=1)},
-        {"level": "weak-chain"},
+        {"level": Level.WEAK_CHAIN},
         "rejected",
         "3",
     ),
     ("3.3 revoked, equal level", {"revoked": True}, {}, "replaced", "3.3"),
-    ("3.3 revoked, lower level", {"revoked": True}, {"level": "weak-chain"}, "rejected", "3"),
+    ("3.3 revoked, lower level", {"revoked": True}, {"level": Level.WEAK_CHAIN}, "rejected", "3"),
     (
         "3.4 never used, higher",
         {"successfully_used": False},
-        {"level": "provider-endorsement"},
+        {"level": Level.PROVIDER_ENDORSEMENT},
         "replaced",
         "3.4",
     ),
     ("3.4 never used, equal", {"successfully_used": False}, {}, "rejected", "3"),
-    ("3.4 used, higher", {}, {"level": "provider-endorsement"}, "rejected", "3"),
-    ("3.5 no expiry", {"expires": None}, {"level": "weak-chain"}, "replaced", "3.5"),
-    ("3.5 has expiry", {}, {"level": "weak-chain"}, "rejected", "3"),
+    ("3.4 used, higher", {}, {"level": Level.PROVIDER_ENDORSEMENT}, "rejected", "3"),
+    ("3.5 no expiry", {"expires": None}, {"level": Level.WEAK_CHAIN}, "replaced", "3.5"),
+    ("3.5 has expiry", {}, {"level": Level.WEAK_CHAIN}, "rejected", "3"),
 ]
 
 
@@ -77,7 +79,7 @@ def test_replacement_rules(name, reg_change, cand_change, decision, rule):
 
 def test_first_contact_registers():
     d = decide(None, CAND)
-    assert (d.decision, d.rule, d.level) == ("registered", "1", "provider-trust")
+    assert (d.decision, d.rule, d.level) == ("registered", "1", Level.PROVIDER_TRUST)
 
 
 @pytest.mark.parametrize(
@@ -98,8 +100,8 @@ def test_admissibility(change, why):
 def test_minimum_validation_refuses_even_transitions():
     d = decide(
         REG,
-        replace(CAND, level="weak-chain", certified_by_registered=True),
-        minimum="provider-trust",
+        replace(CAND, level=Level.WEAK_CHAIN, certified_by_registered=True),
+        minimum=Level.PROVIDER_TRUST,
     )
     assert d.decision == "rejected" and d.rule == "min"
 
@@ -108,10 +110,10 @@ def test_same_key_merged_or_kept():
     same = replace(CAND, fingerprint=OLD)
     assert decide(REG, same).decision == "kept"
     assert decide(REG, replace(same, adds_to_stored=True)).decision == "merged"
-    up = decide(REG, replace(same, level="fingerprint", source="user"))
-    assert (up.decision, up.level) == ("merged", "fingerprint")
-    down = decide(REG, replace(same, level="weak-chain", source="hkp", positive=False))
-    assert (down.decision, down.level, down.positive) == ("kept", "provider-trust", True)
+    up = decide(REG, replace(same, level=Level.FINGERPRINT, source="user"))
+    assert (up.decision, up.level) == ("merged", Level.FINGERPRINT)
+    down = decide(REG, replace(same, level=Level.WEAK_CHAIN, source="hkp", positive=False))
+    assert (down.decision, down.level, down.positive) == ("kept", Level.PROVIDER_TRUST, True)
     assert decide(REG, replace(same, has_address=False)).decision == "rejected"
 
 
@@ -122,28 +124,104 @@ def test_successfully_used_needs_both_directions():
 
 
 def test_first_contact_picks_highest_and_reports_others():
-    hkp = replace(CAND, fingerprint="C" * 40, level="weak-chain", source="hkp", positive=False)
+    hkp = replace(CAND, fingerprint="C" * 40, level=Level.WEAK_CHAIN, source="hkp", positive=False)
     wkd = replace(CAND, source="wkd")
-    chosen, rejected = rules.first_contact([hkp, wkd], ADDR, now=NOW, minimum="weak-chain")
+    chosen, rejected = rules.first_contact([hkp, wkd], ADDR, now=NOW, minimum=Level.WEAK_CHAIN)
     assert chosen is not None and chosen.fingerprint == NEW and chosen.source == "wkd"
     assert [r.fingerprint for r in rejected] == ["C" * 40]
 
 
-def test_consensus_needs_every_source_to_agree():
-    hkp = replace(CAND, level="weak-chain", source="hkp", positive=False)
-    vks = replace(CAND, level="weak-chain", source="vks")
-    chosen, _ = rules.first_contact([hkp, vks], ADDR, now=NOW, minimum="weak-chain")
-    assert chosen is not None and chosen.level == "third-party-consensus"
-    other = replace(hkp, fingerprint="C" * 40)
-    chosen, _ = rules.first_contact([other, vks], ADDR, now=NOW, minimum="weak-chain")
-    assert chosen is not None and chosen.level == "weak-chain"
+def test_directories_agreeing_is_not_consensus():
+    hkp = replace(CAND, level=Level.WEAK_CHAIN, source="hkp", positive=False)
+    vks = replace(CAND, level=Level.WEAK_CHAIN, source="vks")
+    wkd = replace(CAND, source="wkd")
+    chosen, rejected = rules.first_contact([hkp, vks], ADDR, now=NOW, minimum=Level.WEAK_CHAIN)
+    assert chosen is not None and chosen.level is Level.WEAK_CHAIN and chosen.positive
+    assert rejected == []
+    chosen, _ = rules.first_contact([wkd, hkp, vks], ADDR, now=NOW, minimum=Level.WEAK_CHAIN)
+    assert chosen is not None and (chosen.level, chosen.source) == (Level.PROVIDER_TRUST, "wkd")
+
+
+DIRECTORY_WAYS = st.sampled_from(["wkd", "nicknym", "vks", "hkp"])
+
+
+@given(st.lists(st.tuples(DIRECTORY_WAYS, st.sampled_from([OLD, NEW])), min_size=1, max_size=8))
+def test_no_sequence_of_directory_answers_rises_above_provider_trust(answers):
+    """First contact over any answers, then every further answer as a refresh: the level
+    never goes above provider-trust, whoever agrees with whom."""
+
+    def candidate(way, fpr):
+        level, positive = levels.for_source(way)
+        return replace(CAND, fingerprint=fpr, level=level, source=way, positive=positive)
+
+    first = [candidate(w, f) for w, f in answers[:4]]
+    chosen, _ = rules.first_contact(first, ADDR, now=NOW, minimum=Level.WEAK_CHAIN)
+    assert chosen is not None and chosen.level <= Level.PROVIDER_TRUST
+    reg = Registration(chosen.fingerprint, chosen.level, chosen.source, chosen.positive, LATER,
+                       False, False, chosen.base_level)  # fmt: skip
+    for way, fpr in answers[4:]:
+        d = rules.decide(reg, candidate(way, fpr), ADDR, now=NOW, minimum=Level.WEAK_CHAIN)
+        assert d.level <= Level.PROVIDER_TRUST
+        if d.registers:
+            reg = Registration(d.fingerprint, d.level, d.source, d.positive, LATER, False,
+                               False, d.base_level)  # fmt: skip
+
+
+def test_a_vouch_raises_and_its_loss_lowers():
+    vouch = rules.Vouch("endorser", "certified by endorser 0xE")
+    first = decide(None, replace(CAND, vouches=(vouch,)))
+    assert (first.level, first.base_level) == (Level.THIRD_PARTY_ENDORSEMENT, Level.PROVIDER_TRUST)
+    assert "certified by endorser 0xE" in first.reason and first.basis == vouch.detail
+    reg = replace(REG, fingerprint=NEW, level=first.level, base_level=first.base_level)
+    again = decide(reg, replace(CAND, vouches=(vouch,)))
+    assert (again.decision, again.level) == ("kept", Level.THIRD_PARTY_ENDORSEMENT)
+    gone = decide(reg, CAND)
+    assert (gone.decision, gone.level) == ("merged", Level.PROVIDER_TRUST)
+    assert "lowered from third-party-endorsement" in gone.reason
+
+
+def test_pinned_address_takes_no_other_key_but_by_3_1_and_3_2():
+    pinned = replace(CAND, pin=OLD)
+    assert decide(None, pinned).decision == "rejected"
+    assert decide(None, replace(pinned, fingerprint=OLD)).decision == "registered"
+    open_reg = replace(REG, expires=None, successfully_used=False, revoked=True)
+    for change in ({}, {"level": Level.FINGERPRINT}):  # 3.3, 3.4, 3.5 would all fire
+        d = decide(open_reg, replace(pinned, **change))
+        assert (d.decision, d.rule) == ("rejected", "3") and "pinned to" in d.reason
+        assert decide(open_reg, replace(CAND, **change)).decision == "replaced"
+    assert decide(REG, replace(pinned, certified_by_registered=True)).rule == "3.1"
+    user = replace(pinned, source="user", level=Level.FINGERPRINT)
+    assert decide(REG, user).rule == "3.2"
+
+
+def test_recorded_consensus_is_worth_its_best_part():
+    recorded = levels.of_recorded_way("consensus:vks+wkd", Level.THIRD_PARTY_CONSENSUS)
+    assert recorded == ("wkd", Level.PROVIDER_TRUST)
+    assert levels.of_recorded_way("consensus:hkp+vks", Level.THIRD_PARTY_CONSENSUS)[1] is (
+        Level.WEAK_CHAIN
+    )
+    assert levels.of_recorded_way("autocrypt", Level.PROVIDER_TRUST) == (
+        "autocrypt",
+        Level.PROVIDER_TRUST,
+    )
+
+
+def test_the_ladder_is_ordered_and_named_as_the_spec():
+    assert [level.value for level in sorted(Level, reverse=True)][-1] == "weak-chain"
+    assert LEVELS == (
+        "weak-chain", "provider-trust", "provider-endorsement", "third-party-endorsement",
+        "third-party-consensus", "historical-auditing", "known-key", "fingerprint",
+    )  # fmt: skip
+    assert Level.WEAK_CHAIN < Level.PROVIDER_TRUST < Level.FINGERPRINT
+    assert max(Level) is Level.FINGERPRINT
+    assert all(level is not Level.HISTORICAL_AUDITING for level, _ in levels.WAYS.values())
 
 
 def test_level_table():
-    assert levels.for_source("hkp") == ("weak-chain", False)
-    assert levels.for_source("wkd") == ("provider-trust", True)
-    assert levels.for_mail("autocrypt", "none") == ("weak-chain", True)
-    assert levels.for_mail("attachment", "pass") == ("provider-trust", False)
+    assert levels.for_source("hkp") == (Level.WEAK_CHAIN, False)
+    assert levels.for_source("wkd") == (Level.PROVIDER_TRUST, True)
+    assert levels.for_mail("autocrypt", "none") == (Level.WEAK_CHAIN, True)
+    assert levels.for_mail("attachment", "pass") == (Level.PROVIDER_TRUST, False)
     assert levels.standard_header_url(
         "https://openpgpkey.example.org/.well-known/openpgpkey/example.org/hu/x", ADDR
     )
@@ -154,7 +232,7 @@ def test_level_table():
 registrations = st.builds(
     Registration,
     fingerprint=st.just(OLD),
-    level=st.sampled_from(LEVELS),
+    level=st.sampled_from(list(Level)),
     source=st.sampled_from(["wkd", "hkp", "vks"]),
     positive=st.booleans(),
     expires=st.one_of(st.none(), st.sampled_from([NOW - timedelta(days=1), LATER])),
@@ -164,7 +242,7 @@ registrations = st.builds(
 candidates = st.builds(
     Candidate,
     fingerprint=st.sampled_from([OLD, NEW]),
-    level=st.sampled_from(LEVELS),
+    level=st.sampled_from(list(Level)),
     source=st.sampled_from(["wkd", "hkp", "user", "autocrypt"]),
     positive=st.booleans(),
     has_address=st.booleans(),
@@ -191,7 +269,7 @@ SEED_LEVELS = [
 def seed_situations(r: Registration, c: Candidate) -> list[str]:
     """The seed's rule 3, in its words: the situations, in its order, in which a registered key
     MUST be replaced by a different key, and the only ones."""
-    old, new = SEED_LEVELS.index(r.level), SEED_LEVELS.index(c.level)
+    old, new = SEED_LEVELS.index(r.level.value), SEED_LEVELS.index(c.level.value)
     expired_or_revoked = r.revoked or (r.expires is not None and r.expires <= NOW)
     stated = (
         ("3.1", c.certified_by_registered),  # signed by the previously registered key
@@ -204,7 +282,7 @@ def seed_situations(r: Registration, c: Candidate) -> list[str]:
 
 
 # neighbouring levels, so that equal, lower and higher all come up often
-near = st.sampled_from(SEED_LEVELS[:3])
+near = st.sampled_from([Level(name) for name in SEED_LEVELS[:3]])
 
 
 @settings(max_examples=400)
@@ -217,7 +295,7 @@ def test_a_different_key_replaces_exactly_in_the_seeds_situations(reg, cand):
     if cand.fingerprint == reg.fingerprint:
         assert d.decision in ("merged", "kept", "rejected")
         if d.decision != "rejected":
-            assert SEED_LEVELS.index(d.level) >= SEED_LEVELS.index(reg.level)
+            assert SEED_LEVELS.index(d.level.value) >= SEED_LEVELS.index(reg.level.value)
         return
     # below the minimum (weak-chain here, so never), revoked, expired or without the address:
     # never registered, whatever rule 3 says

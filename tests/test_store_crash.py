@@ -15,6 +15,7 @@ CHILD = textwrap.dedent("""
     import sys
     from datetime import UTC, datetime
     from pathlib import Path
+    from refreshd.core.levels import Level
     from refreshd.core.rules import Decision
     from refreshd.store import KeyFacts, Store
 
@@ -22,7 +23,7 @@ CHILD = textwrap.dedent("""
     now = datetime.now(UTC)
     for i in range(1000):
         fpr = f"{i:040X}"
-        d = Decision("registered", fpr, "weak-chain", "hkp", False, "1", f"decision {i}")
+        d = Decision("registered", fpr, Level.WEAK_CHAIN, "hkp", False, "1", f"decision {i}")
         with store.transaction():
             store.put_key(KeyFacts(fpr, None, False, True, None), b"k" * 2000, now)
             store.apply(f"user{i}@example.org", d, now)

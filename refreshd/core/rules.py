@@ -5,9 +5,12 @@ Rules, from the transitional key validation rules:
        exactly that address and, when it was fetched by fingerprint, has that fingerprint.
 - min  Keys below discovery.minimum_validation are never registered.
 - use  A key that is revoked or expired is never registered for sending.
+- pin  An address pinned to a key (validation.known_keys) takes no other key except through
+       rules 3.1 and 3.2.
 - 1    First contact: of the keys found for a new address, the highest level is registered.
-- same The registered key seen again is merged (new signatures, a higher level, a positive
-       indication are taken) or kept when nothing is new.
+- same The registered key seen again is merged (new signatures, a positive indication, a
+       level recomputed from the ways it was found and the vouches it carries now) or kept
+       when nothing changed. A vouch that is gone lowers the level it gave.
 - 3    A different key replaces the registered one ONLY when
        3.1 it is certified by the registered key on the uid of this address,
        3.2 the user verified its fingerprint,
@@ -27,8 +30,31 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from refreshd.core import levels
+from refreshd.core.levels import Level
 
-__all__ = ["Candidate", "Decision", "Registration", "decide", "first_contact", "successfully_used"]
+
+@dataclass(frozen=True)
+class Vouch:
+    """Something on the key (or in the config) that raises its level: a way of levels.WAYS
+    and the words that say which key gave it."""
+
+    way: str
+    detail: str  # e.g. "certified by endorser 0x1234..."
+
+    @property
+    def level(self) -> Level:
+        return levels.WAYS[self.way][0]
+
+
+__all__ = [
+    "Candidate",
+    "Decision",
+    "Registration",
+    "Vouch",
+    "decide",
+    "first_contact",
+    "successfully_used",
+]
 
 
 @dataclass(frozen=True)
@@ -36,12 +62,17 @@ class Registration:
     """The key currently registered for an address."""
 
     fingerprint: str
-    level: str
+    level: Level  # what the key is worth now: its ways and its vouches
     source: str
     positive: bool
     expires: datetime | None
     revoked: bool
     successfully_used: bool
+    base_level: Level | None = None  # the best of the ways it was found (None: = level)
+
+    @property
+    def found_level(self) -> Level:
+        return self.level if self.base_level is None else self.base_level
 
 
 @dataclass(frozen=True)
@@ -49,7 +80,7 @@ class Candidate:
     """A key found for an address, with the facts the rules need (computed by the shell)."""
 
     fingerprint: str
-    level: str
+    level: Level  # the level of the way it was found this time
     source: str
     positive: bool
     has_address: bool  # a valid self-signed uid with exactly this address (5.3)
@@ -58,21 +89,42 @@ class Candidate:
     asked_fingerprint: str | None = None  # set when fetched by fingerprint (5.3)
     certified_by_registered: bool = False  # rule 3.1
     adds_to_stored: bool = False  # same key: the merge brought something new
+    vouches: tuple[Vouch, ...] = ()  # what the key carries now (endorsements, a pin)
+    pin: str | None = None  # the fingerprint the address is pinned to, if it is
+
+    @property
+    def best_vouch(self) -> Vouch | None:
+        return max(self.vouches, key=lambda v: v.level, default=None)
+
+    @property
+    def effective(self) -> Level:
+        vouch = self.best_vouch
+        return self.level if vouch is None else max(self.level, vouch.level)
 
 
 @dataclass(frozen=True)
 class Decision:
     decision: str  # registered | replaced | merged | kept | rejected
     fingerprint: str
-    level: str
+    level: Level
     source: str
     positive: bool
     rule: str
     reason: str
+    base_level: Level | None = None  # the best way it was found, kept to recompute the level
+    basis: str = ""  # what gave the level, in words
 
     @property
     def registers(self) -> bool:
         return self.decision in ("registered", "replaced", "merged", "kept")
+
+
+def basis_of(c: Candidate, base: Level, source: str) -> str:
+    """What gave the candidate its level, in words."""
+    vouch = c.best_vouch
+    if vouch is not None and vouch.level > base:
+        return vouch.detail
+    return f"found through {source} ({base.value})"
 
 
 def expired(expires: datetime | None, now: datetime) -> bool:
@@ -85,10 +137,12 @@ def successfully_used(sent_encrypted: bool, received_signed: bool) -> bool:
 
 
 def _reject(c: Candidate, rule: str, reason: str) -> Decision:
-    return Decision("rejected", c.fingerprint, c.level, c.source, c.positive, rule, reason)
+    return Decision(
+        "rejected", c.fingerprint, c.effective, c.source, c.positive, rule, reason, c.level
+    )
 
 
-def admissible(c: Candidate, address: str, *, now: datetime, minimum: str) -> Decision | None:
+def admissible(c: Candidate, address: str, *, now: datetime, minimum: Level) -> Decision | None:
     """The checks every candidate must pass before any other rule; a rejection or None."""
     if c.asked_fingerprint is not None and c.asked_fingerprint.upper() != c.fingerprint.upper():
         return _reject(
@@ -101,12 +155,12 @@ def admissible(c: Candidate, address: str, *, now: datetime, minimum: str) -> De
         return _reject(
             c, "5.3", f"The key has no valid self-signed user ID for {address} (SPEC 5.3)."
         )
-    if not levels.at_least(c.level, minimum):
+    if c.effective < minimum:
         return _reject(
             c,
             "min",
-            f"Its validation level {c.level} is below the configured minimum "
-            f"{minimum} (discovery.minimum_validation).",
+            f"Its validation level {c.effective.value} is below the configured minimum "
+            f"{minimum.value} (discovery.minimum_validation).",
         )
     if c.revoked:
         return _reject(c, "use", "The key is revoked, so it cannot be registered for sending.")
@@ -131,15 +185,13 @@ REPLACEMENT_RULES: tuple[tuple[str, _Test, str], ...] = (
     ),
     (
         "3.3",
-        lambda r, c, now: (
-            (r.revoked or expired(r.expires, now)) and levels.rank(c.level) >= levels.rank(r.level)
-        ),
+        lambda r, c, now: (r.revoked or expired(r.expires, now)) and c.effective >= r.level,
         "the registered key is expired or revoked and the new key's level is equal or "
         "higher (rule 3.3)",
     ),
     (
         "3.4",
-        lambda r, c, now: not r.successfully_used and levels.rank(c.level) > levels.rank(r.level),
+        lambda r, c, now: not r.successfully_used and c.effective > r.level,
         "the registered key was never successfully used and the new key's level is higher "
         "(rule 3.4)",
     ),
@@ -149,19 +201,27 @@ REPLACEMENT_RULES: tuple[tuple[str, _Test, str], ...] = (
         "the registered key has no expiration date (rule 3.5)",
     ),
 )
+PIN_RULES = frozenset({"3.1", "3.2"})  # all a pinned address allows
+
+
+def _pinned_elsewhere(c: Candidate) -> bool:
+    return c.pin is not None and c.pin != c.fingerprint
 
 
 def _why_not(r: Registration, c: Candidate, now: datetime) -> str:
     """Name why no replacement rule fired, in the terms of the rules."""
+    level = c.effective.value
     parts = ["it is not certified by the registered key on this address"]
-    if r.revoked or expired(r.expires, now):
-        parts.append(f"its level {c.level} is lower than the registered {r.level}")
+    if _pinned_elsewhere(c):
+        parts.append(f"the address is pinned to {c.pin} (validation.known_keys)")
+    elif r.revoked or expired(r.expires, now):
+        parts.append(f"its level {level} is lower than the registered {r.level.value}")
     else:
         parts.append("the registered key is neither expired nor revoked")
     if r.successfully_used:
         parts.append("the registered key was successfully used")
-    elif levels.rank(c.level) <= levels.rank(r.level):
-        parts.append(f"its level {c.level} is not higher than the registered {r.level}")
+    elif c.effective <= r.level:
+        parts.append(f"its level {level} is not higher than the registered {r.level.value}")
     parts.append("the registered key has an expiration date")
     return (
         f"No replacement rule applies to {c.fingerprint}: "
@@ -176,7 +236,7 @@ def decide(
     address: str,
     *,
     now: datetime,
-    minimum: str,
+    minimum: Level,
 ) -> Decision:
     """The decision for one candidate key against the address's registration."""
     if registered is not None and registered.fingerprint == c.fingerprint:
@@ -184,26 +244,42 @@ def decide(
     rejection = admissible(c, address, now=now, minimum=minimum)
     if rejection is not None:
         return rejection
+    basis = basis_of(c, c.level, c.source)
     if registered is None:
+        if _pinned_elsewhere(c):
+            return _reject(
+                c,
+                "pin",
+                f"{address} is pinned to {c.pin} (validation.known_keys); another key is "
+                "never registered for it.",
+            )
         return Decision(
             "registered",
             c.fingerprint,
-            c.level,
+            c.effective,
             c.source,
             c.positive,
             "1",
-            f"First key found for {address}, at level {c.level} from {c.source} (rule 1).",
+            f"First key found for {address}, at level {c.effective.value} ({basis}) from "
+            f"{c.source} (rule 1).",
+            c.level,
+            basis,
         )
     for rule, test, because in REPLACEMENT_RULES:
+        if _pinned_elsewhere(c) and rule not in PIN_RULES:
+            continue
         if test(registered, c, now):
             return Decision(
                 "replaced",
                 c.fingerprint,
-                c.level,
+                c.effective,
                 c.source,
                 c.positive,
                 rule,
-                f"Replaced {registered.fingerprint} because {because}.",
+                f"Replaced {registered.fingerprint} because {because}; level "
+                f"{c.effective.value} ({basis}).",
+                c.level,
+                basis,
             )
     return _reject(c, "3", _why_not(registered, c, now))
 
@@ -216,20 +292,31 @@ def _same_key(r: Registration, c: Candidate, address: str, *, now: datetime) -> 
             f"This copy of the registered key has no valid user ID for {address}; "
             "its signatures may still be merged, the registration is unchanged (SPEC 5.3).",
         )
-    level = levels.highest((r.level, c.level))
+    base = max(r.found_level, c.level)
+    source = r.source if base == r.found_level else c.source
+    vouch = c.best_vouch
+    level = base if vouch is None else max(base, vouch.level)
+    basis = basis_of(c, base, source)
     positive = r.positive or c.positive
-    raised = level != r.level or positive != r.positive
-    if c.adds_to_stored or raised:
+    changed = level != r.level or positive != r.positive or base != r.found_level
+    if c.adds_to_stored or changed:
         what = "new signatures or subkeys" if c.adds_to_stored else "nothing new in the key"
+        lowered = (
+            f"; lowered from {r.level.value}: what gave that level is gone"
+            if level < r.level
+            else ""
+        )
         return Decision(
             "merged",
             r.fingerprint,
             level,
-            r.source if level == r.level else c.source,
+            source,
             positive,
             "2",
             f"The registered key was seen again from {c.source} with {what}; level now "
-            f"{level} (rule 2).",
+            f"{level.value} ({basis}){lowered} (rule 2).",
+            base,
+            basis,
         )
     return Decision(
         "kept",
@@ -239,44 +326,26 @@ def _same_key(r: Registration, c: Candidate, address: str, *, now: datetime) -> 
         r.positive,
         "2",
         f"The registered key was seen again from {c.source} with nothing new (rule 2).",
+        base,
+        basis,
     )
 
 
-def with_consensus(candidates: Sequence[Candidate]) -> list[Candidate]:
-    """n-of-m: when every source that answered (at least two) named the same key, it is
-    third-party-consensus (if that is higher than what each source gives on its own)."""
-    sources = {c.source for c in candidates}
-    fingerprints = {c.fingerprint for c in candidates}
-    if len(sources) < 2 or len(fingerprints) != 1 or not all(c.has_address for c in candidates):
-        return list(candidates)
-    best = max(candidates, key=lambda c: levels.rank(c.level))
-    if levels.rank(best.level) >= levels.rank("third-party-consensus"):
-        return list(candidates)
-    joined = "+".join(sorted(sources))
-    return [
-        *candidates,
-        replace(
-            best,
-            level="third-party-consensus",
-            source=f"consensus:{joined}",
-            positive=any(c.positive for c in candidates),
-        ),
-    ]
-
-
 def first_contact(
-    candidates: Sequence[Candidate], address: str, *, now: datetime, minimum: str
+    candidates: Sequence[Candidate], address: str, *, now: datetime, minimum: Level
 ) -> tuple[Decision | None, list[Decision]]:
-    """Rule 1: register the highest-level admissible key; the others are reported rejected."""
-    pool = with_consensus(candidates)
+    """Rule 1: register the highest-level admissible key; the others are reported rejected.
+    Several sources naming the same key add nothing: its level is the best of its ways."""
     rejected: list[Decision] = []
     admitted: list[Candidate] = []
-    for c in pool:
+    for c in candidates:
         why = admissible(c, address, now=now, minimum=minimum)
         (rejected.append(why) if why else admitted.append(c))
     if not admitted:
         return None, rejected
-    best = max(admitted, key=lambda c: levels.rank(c.level))  # first of equals: discovery order
+    best = max(admitted, key=lambda c: c.effective)  # first of equals: discovery order
+    same = [c for c in admitted if c.fingerprint == best.fingerprint]
+    best = replace(best, positive=any(c.positive for c in same))
     chosen = decide(None, best, address, now=now, minimum=minimum)
     for c in admitted:
         if c.fingerprint != best.fingerprint:
@@ -284,8 +353,8 @@ def first_contact(
                 _reject(
                     c,
                     "1",
-                    f"A key with a higher or equal level ({best.level} from {best.source}) "
-                    f"was registered at first contact (rule 1).",
+                    f"A key with a higher or equal level ({best.effective.value} from "
+                    f"{best.source}) was registered at first contact (rule 1).",
                 )
             )
     return chosen, rejected

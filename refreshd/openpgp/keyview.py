@@ -37,6 +37,7 @@ from refreshd.openpgp.packets import (
     SUB_KEY_EXPIRES,
     SUB_KEY_FLAGS,
     SUB_PRIMARY_UID,
+    SUB_SIG_EXPIRES,
     TAG_USER_ID,
     Bundle,
     Cert,
@@ -57,9 +58,10 @@ __all__ = [
     "SUBKEY_BINDING",
     "SUBKEY_REVOCATION",
     "KeyView",
-    "certifies_uid",
+    "certifiers",
     "normalize_address",
     "parse_one",
+    "primary_key",
     "read_key",
     "rejecting",
     "valid_sigs",
@@ -414,12 +416,15 @@ def view_of(cert: Cert) -> KeyView:
     )
 
 
-def parse_one(data: bytes, keep_issuers: frozenset[str] = frozenset()) -> Cert:
+def parse_one(
+    data: bytes, keep_issuers: frozenset[str] = frozenset(), *, keep_all: bool = False
+) -> Cert:
     """Exactly one certificate from data (binary or armored), third-party certifications
-    other than keep_issuers' dropped."""
+    other than keep_issuers' dropped (none with keep_all: a key read back from the store
+    keeps the certifications it was stored with)."""
     size = max(len(data), 1)
     filt = StreamingKeyFilter(
-        max_response_bytes=size, max_key_bytes=size, keep_issuers=keep_issuers
+        max_response_bytes=size, max_key_bytes=size, keep_issuers=keep_issuers, keep_all=keep_all
     )
     filt.feed(data)
     certs = filt.finish_certificates()
@@ -434,28 +439,49 @@ def read_key(data: bytes) -> KeyView:
     return view_of(parse_one(data))
 
 
-@rejecting
-def certifies_uid(new_key: bytes, old_key: bytes, address: str) -> bool:
-    """True iff old_key (another key) made a valid, unrevoked certification of new_key's valid,
-    unrevoked user id whose address is address."""
+def certifiers(
+    cert: Cert, address: str, signers: Iterable[PublicKey], now: datetime | None
+) -> frozenset[str]:
+    """The fingerprints of those signers (other keys) that made a valid certification of
+    cert's valid, unrevoked user id for address: verifying, not expired at now (None: expiry
+    not asked about), and not withdrawn by a later certification revocation of the same
+    signer. Whether a signer itself is still valid is the caller's question."""
     target = normalize_address(address)
-    old_cert = parse_one(old_key)
-    old = parse_public_key(old_cert.primary.packet.body)
-    view_of(old_cert)
-    cert = parse_one(new_key, frozenset({old.fingerprint.hex().upper()}))
-    new = parse_public_key(cert.primary.packet.body)
+    subject = parse_public_key(cert.primary.packet.body)
     view = view_of(cert)
     wanted = {u.uid for u in view.uids if not u.revoked and u.address == target}
-    if target is None or not wanted or new.fingerprint == old.fingerprint:
-        return False
+    others = [s for s in signers if s.fingerprint != subject.fingerprint]
+    if target is None or not wanted or not others:
+        return frozenset()
+    found: set[str] = set()
     for bundle in cert.uids:
         uid = bundle.packet.body.decode("utf-8", "replace")
         if bundle.packet.tag != TAG_USER_ID or uid not in wanted:
             continue
-        context = key_context(new) + uid_context(bundle.packet.tag, bundle.packet.body)
+        context = key_context(subject) + uid_context(bundle.packet.tag, bundle.packet.body)
         bodies = [s.body for s in bundle.sigs]
-        made = valid_sigs(bodies, old, context, CERTIFICATIONS, new.created)
-        withdrawn = valid_sigs(bodies, old, context, frozenset({CERT_REVOCATION}), new.created)
-        if any(all((r.created or 0) < (c.created or 0) for r in withdrawn) for c in made):
-            return True
-    return False
+        for signer in others:
+            made = valid_sigs(bodies, signer, context, CERTIFICATIONS, subject.created)
+            withdrawn = valid_sigs(
+                bodies, signer, context, frozenset({CERT_REVOCATION}), subject.created
+            )
+            if any(
+                _current(c, now) and all((r.created or 0) < (c.created or 0) for r in withdrawn)
+                for c in made
+            ):
+                found.add(signer.fingerprint.hex().upper())
+    return frozenset(found)
+
+
+def _current(sig: Signature, now: datetime | None) -> bool:
+    """A signature is current until its own expiration time (subpacket 3), if it has one."""
+    if now is None:
+        return True
+    payload = sig.first(SUB_SIG_EXPIRES)
+    seconds = int.from_bytes(payload, "big") if payload and len(payload) == 4 else 0
+    created = sig.created or 0
+    return _time(created) <= now and (not seconds or now < _time(created + seconds))
+
+
+def primary_key(cert: Cert) -> PublicKey:
+    return parse_public_key(cert.primary.packet.body)

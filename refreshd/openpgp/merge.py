@@ -10,7 +10,7 @@ Rules:
   stored one of the same kind on the same component is not taken: an older or equal copy adds
   nothing and never overrides. Revocations are always taken.
 - Third-party certifications still present after stripping (the ones the caller asked to keep)
-  are carried over unchanged; they are only trusted through keyview.certifies_uid.
+  are carried over unchanged; they are only trusted through keyview.certifiers.
 - The view then takes the newest valid self-signature of each component, so new uids, subkeys,
   newer self-signatures and revocations are taken, and an expiry moves earlier only when a
   strictly newer valid self-signature says so. expiry_refused reports a fresh copy whose own
@@ -61,6 +61,7 @@ REVOCATIONS = frozenset({KEY_REVOCATION, SUBKEY_REVOCATION, CERT_REVOCATION})
 @dataclass(frozen=True)
 class MergeResult:
     key: bytes
+    cert: Cert
     view: KeyView
     changed: bool
     expiry_refused: bool
@@ -210,16 +211,22 @@ def _reason(tally: _Tally, refused: bool) -> str:
 
 
 @rejecting
-def merge(stored: bytes, fresh: bytes) -> MergeResult:
-    """Merge fresh into stored (see module rules)."""
-    old, new = parse_one(stored), parse_one(fresh)
+def merge(stored: bytes, fresh: bytes | Cert, fresh_view: KeyView | None = None) -> MergeResult:
+    """Merge fresh into stored (see module rules). The key manager hands the fresh copy in
+    parsed, with its view (openpgp/intake.py), so it is not parsed again; bytes are read here,
+    keeping no third-party certification."""
+    if isinstance(fresh, bytes):
+        new = parse_one(fresh)
+        try:
+            fresh_view = view_of(new)
+        except KeyRejected:
+            fresh_view = None
+    else:
+        new = fresh
+    old = parse_one(stored, keep_all=True)
     if old.primary.packet.body != new.primary.packet.body:
         raise KeyRejected("the fresh copy is a different key (fingerprints differ)")
     view_of(old)
-    try:
-        fresh_view: KeyView | None = view_of(new)
-    except KeyRejected:
-        fresh_view = None
     tally = _Tally()
     cert = _merge_certs(old, new, tally)
     key = cert.serialize()
@@ -227,6 +234,7 @@ def merge(stored: bytes, fresh: bytes) -> MergeResult:
     refused = _refused(fresh_view, view)
     return MergeResult(
         key=key,
+        cert=cert,
         view=view,
         changed=bool(tally.sigs or tally.uids or tally.subkeys),
         expiry_refused=refused,

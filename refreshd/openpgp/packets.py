@@ -12,7 +12,8 @@ Rules:
 - Only v4 certificates are read; a certificate of another version is skipped whole.
 - Signatures are kept when issued by the certificate's own primary key (self-signatures,
   direct-key signatures, revocations, subkey bindings). On the primary key and on user ids,
-  signatures whose issuer key id or fingerprint is in `keep_issuers` are kept too. Every other
+  signatures whose issuer key id or fingerprint is in `keep_issuers` are kept too (all
+  attributable ones with `keep_all`, for keys read back from our own store). Every other
   signature (third-party certifications, unattributable ones) is dropped and counted.
 - Trust, marker, padding and unknown non-critical packets (tags 40-63) are dropped.
 - A certificate still larger than `max_key_bytes` after that is refused.
@@ -32,6 +33,7 @@ __all__ = [
     "SUB_KEY_EXPIRES",
     "SUB_KEY_FLAGS",
     "SUB_PRIMARY_UID",
+    "SUB_SIG_EXPIRES",
     "TAG_PUBLIC_SUBKEY",
     "TAG_USER_ID",
     "Bundle",
@@ -47,7 +49,6 @@ __all__ = [
     "parse_signature",
     "signature_fields",
     "signature_issuer",
-    "strip_keys",
 ]
 
 TAG_SIGNATURE = 2
@@ -63,6 +64,7 @@ TAG_PADDING = 21
 IGNORED_TAGS = frozenset({TAG_MARKER, TAG_TRUST, TAG_PADDING, *range(40, 64)})
 
 SUB_CREATED = 2
+SUB_SIG_EXPIRES = 3
 SUB_KEY_EXPIRES = 9
 SUB_ISSUER = 16
 SUB_PRIMARY_UID = 25
@@ -457,8 +459,10 @@ class StreamingKeyFilter:
         max_response_bytes: int,
         max_key_bytes: int,
         keep_issuers: frozenset[str] = frozenset(),
+        keep_all: bool = False,
     ):
         self.max_response_bytes = max_response_bytes
+        self.keep_all = keep_all  # keys we stored: every certification already passed a strip
         self.max_key_bytes = max_key_bytes
         self._keep_ids, self._keep_fprs = _issuer_sets(keep_issuers)
         self.bytes_in = 0
@@ -783,28 +787,11 @@ class StreamingKeyFilter:
             return True
         if self._context == _CTX_SUBKEY:
             return False
+        if self.keep_all:
+            return True
         if fpr is not None:
             return fpr in self._keep_fprs or fpr[-8:] in self._keep_ids
         return key_id in self._keep_ids
-
-
-def strip_keys(
-    data: bytes,
-    *,
-    max_response_bytes: int,
-    max_key_bytes: int,
-    keep_issuers: frozenset[str] = frozenset(),
-) -> list[bytes]:
-    """One-shot StreamingKeyFilter over data already in memory."""
-    filt = StreamingKeyFilter(
-        max_response_bytes=max_response_bytes,
-        max_key_bytes=max_key_bytes,
-        keep_issuers=keep_issuers,
-    )
-    view = memoryview(data)
-    for start in range(0, len(data), 1 << 16):
-        filt.feed(bytes(view[start : start + (1 << 16)]))
-    return filt.finish()
 
 
 def armor(key: bytes) -> str:
