@@ -25,7 +25,6 @@ from refreshd.openpgp.packets import (
     signature_issuer,
 )
 from tests import keyfactory as kf
-from tests.keyfactory import new_packet
 
 NAMES = [
     "gpg-ed25519-1y",

@@ -10,7 +10,6 @@ from refreshd.openpgp.keyview import parse_one, read_key
 from refreshd.openpgp.merge import merge
 from refreshd.openpgp.packets import Bundle, Cert, KeyRejected
 from tests import keyfactory as kf
-from tests.keyfactory import new_packet
 
 
 @pytest.fixture(scope="session")
