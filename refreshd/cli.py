@@ -319,17 +319,42 @@ def render_refresh(result: dict[str, Any]) -> str:
     return f"refresh scheduled at {when(result.get('scheduled_at'))}"
 
 
+def _audit_lines(audit: Any) -> list[str]:
+    """The own-key audit (SPEC 7): a mismatch is a warning a person notices."""
+    if not isinstance(audit, dict):
+        return []
+    state, checked = audit.get("state"), audit.get("checked_at")
+    findings = [f for f in audit.get("findings") or [] if isinstance(f, dict)]
+    if state == "mismatch":
+        bad = [f for f in findings if f.get("result") not in ("ok", "absent", "unreachable")]
+        return [
+            f"  WARNING: a directory publishes something else for your address "
+            f"(audit of {when(checked)}):",
+            *(f"    {f.get('address')} at {f.get('source')}: {f.get('detail')}" for f in bad),
+        ]
+    if state == "ok":
+        asked = ", ".join(
+            f"{f.get('source')} {f.get('result')}" for f in findings if isinstance(f, dict)
+        )
+        return [f"  audit: ok at {when(checked)} ({asked})"]
+    return ["  audit: not checked yet"]
+
+
 def _own_entry(entry: Any) -> str:
     if not isinstance(entry, dict):
         return plain(entry)
-    known = ("fingerprint", "address", "expires", "next_extension_at", "last_upload")
+    known = ("fingerprint", "address", "expires", "next_extension_at", "last_upload", "audit")
     extra = {k: v for k, v in entry.items() if k not in known}
-    return (
-        f"{entry.get('fingerprint')} <{entry.get('address')}> "
-        f"expires {when(entry.get('expires'), date_only=True)}, "
-        f"next extension {when(entry.get('next_extension_at'), date_only=True)}, "
-        f"last upload {plain(entry.get('last_upload')) if entry.get('last_upload') else 'never'}"
-        + (f", {plain(extra)}" if extra else "")
+    return "\n".join(
+        [
+            f"{entry.get('fingerprint')} <{entry.get('address')}> "
+            f"expires {when(entry.get('expires'), date_only=True)}, "
+            f"next extension {when(entry.get('next_extension_at'), date_only=True)}, "
+            "last upload "
+            f"{plain(entry.get('last_upload')) if entry.get('last_upload') else 'never'}"
+            + (f", {plain(extra)}" if extra else ""),
+            *_audit_lines(entry.get("audit")),
+        ]
     )
 
 
@@ -384,6 +409,9 @@ def render_status(result: dict[str, Any]) -> str:
     ]
     if not result.get("own"):
         return "\n".join([*lines, "own keys: none"])
+    own = result["own"] if isinstance(result["own"], list) else []
+    if any(isinstance(e, dict) and (e.get("audit") or {}).get("state") == "mismatch" for e in own):
+        lines.insert(0, "WARNING: your own key's publication does not match (see own keys below)")
     return "\n".join(
         [*lines, "own keys:", *(f"  {x}" for x in render_own(result["own"]).splitlines())]
     )

@@ -35,7 +35,7 @@ from refreshd.mail.exchange import MailExchange
 from refreshd.mail.publish import MailPublisher
 from refreshd.net.fetch import Fetcher
 from refreshd.net.tor import TorSupervisor
-from refreshd.own import OwnKeys
+from refreshd.own import OwnAudit, OwnKeys
 from refreshd.refresher import Refresher
 from refreshd.retrieve import Retriever
 from refreshd.rpc import RpcServer
@@ -124,6 +124,7 @@ class Daemon:
             if self.mail is None
             else MailPublisher(cfg, self.mail, self.fetcher, self.audit, utcnow),
         )
+        self.own_audit = OwnAudit(self.own, self.retriever)
         self.gnupg = GnupgBridge(cfg, self.keys, self.audit)
         self.service = Service(
             self.keys,
@@ -174,6 +175,7 @@ class Daemon:
                 if self.mail is not None:
                     await nursery.start(self.mail.run)
                 await nursery.start(self.own.run)
+                await nursery.start(self.own_audit.run)
                 await nursery.start(self.gnupg.run)
                 if self.cfg.serve.keyserver:
                     nursery.start_soon(self._door, self.cfg.serve.keyserver)

@@ -5,11 +5,18 @@ credential refreshd-passphrase), asks the pure policy what to do, re-signs with
 openpgp/resign.py, writes the file atomically (0600) and uploads the public part with each
 mechanism of own.upload over Tor, retrying with backoff. If the key cannot be unlocked,
 status says so and nothing else is affected.
+
+OwnAudit (at the end) audits what the directories publish for the own addresses: at random
+moments (core/ownaudit.py states the rules), every directory of discovery.order, one at a time,
+each request on its own circuit; the result is an own.audit event, kept for `own`/`status`, a
+re-upload where a directory still serves an old expiry, and own.audit_command run on a new
+mismatch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import secrets
@@ -23,10 +30,13 @@ import trio
 
 from refreshd.audit import AuditLog
 from refreshd.config import Config
-from refreshd.core import ownpolicy, schedule
-from refreshd.net import hkp, vks
-from refreshd.net.answers import SourceError
+from refreshd.core import ownaudit, ownpolicy, schedule
+from refreshd.net import hkp, nicknym, vks
+from refreshd.net.answers import Outcome, SourceError
 from refreshd.net.fetch import Fetcher, FetchFailed, Request
+from refreshd.openpgp.keyview import read_key
+from refreshd.openpgp.packets import KeyRejected
+from refreshd.retrieve import Got, Retriever
 from refreshd.rpc import INVALID_PARAMS, RpcError
 from refreshd.store import Store, iso
 
@@ -36,8 +46,9 @@ if TYPE_CHECKING:
     from refreshd.mail.publish import MailPublisher
     from refreshd.openpgp.resign import OwnKey
 
-__all__ = ["OwnKeys"]
+__all__ = ["OwnAudit", "OwnKeys"]
 
+AUDIT_STATE = "own_audit"
 UPLOAD_RETRY_BASE = 300.0
 UPLOAD_RETRY_CAP = 86400.0
 UPLOAD_ATTEMPTS = 8
@@ -142,6 +153,51 @@ class OwnKeys:
             seed=self._seed(key.fingerprint, key.addresses[0] if key.addresses else ""),
         )
 
+    # -- audit results (written by OwnAudit, read by `own` and `status`) -----------------------
+    def latest_audits(self) -> dict[str, dict[str, Any]]:
+        """address -> the latest own.audit result for it, kept across restarts."""
+        text = self.store.get_state(AUDIT_STATE)
+        if not text:
+            return {}
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def record_audit(self, address: str, result: dict[str, Any]) -> None:
+        latest = self.latest_audits()
+        latest[address] = result
+        self.store.put_state(AUDIT_STATE, json.dumps(latest, sort_keys=True))
+
+    def audit_summary(self, fingerprint: str, addresses: tuple[str, ...]) -> dict[str, Any]:
+        """The `audit` field of `own` (SPEC 4): the latest audit of every own address of the
+        key, combined; each finding names its address."""
+        latest = self.latest_audits()
+        audits = [
+            latest.get(a) if latest.get(a, {}).get("fingerprint") == fingerprint else None
+            for a in addresses
+        ]
+        findings = [
+            {**f, "address": a}
+            for a, audit in zip(addresses, audits, strict=True)
+            if audit is not None
+            for f in audit["findings"]
+        ]
+        states = [ownaudit.State.UNCHECKED if a is None else a["state"] for a in audits]
+        if ownaudit.State.MISMATCH in states:
+            state = ownaudit.State.MISMATCH
+        elif states and all(s == ownaudit.State.OK for s in states):
+            state = ownaudit.State.OK
+        else:
+            state = ownaudit.State.UNCHECKED
+        checked = [a["checked_at"] for a in audits if a is not None]
+        return {
+            "state": str(state),
+            "checked_at": max(checked) if checked else None,
+            "findings": findings,
+        }
+
     def report(self) -> list[dict[str, Any]]:
         armored = self._armored()
         if armored is None:
@@ -173,6 +229,7 @@ class OwnKeys:
                 "last_upload": row.get("last_upload"),
                 "protected": key.protected,
                 "problem": self.problem,
+                "audit": self.audit_summary(key.fingerprint, key.addresses),
             }
         ]
 
@@ -258,9 +315,9 @@ class OwnKeys:
         self.queue_upload()
 
     # -- uploading --------------------------------------------------------------------------
-    def queue_upload(self) -> None:
+    def queue_upload(self, mechanisms: tuple[str, ...] | None = None) -> None:
         if self._uploads is not None:
-            for mechanism in self.cfg.own.upload:
+            for mechanism in self.cfg.own.upload if mechanisms is None else mechanisms:
                 with contextlib.suppress(trio.WouldBlock):  # an upload is already waiting
                     self._uploads.send_nowait(mechanism)
 
@@ -381,3 +438,219 @@ class OwnKeys:
         if ok:
             self._uploaded(own.fingerprint)
         return ok, reason
+
+
+# -- the audit of the own key's publication (SPEC 7) --------------------------------------------
+
+AUDIT_HOOK_TIMEOUT = 60.0
+AUDIT_RECHECK = 60.0  # how often the loop looks for new or removed own addresses
+
+
+def _observation(
+    source: str, gots: list[Got], *, expected: bool, address: str
+) -> ownaudit.Observation:
+    """A directory's answers (WKD may take two requests) as plain facts for the core."""
+    keyed = next((g for g in gots if g.outcome is Outcome.KEY), None)
+    got = keyed or gots[-1]
+    if keyed is not None:
+        served = []
+        for blob in keyed.keys:
+            try:
+                view = read_key(blob)
+            except KeyRejected as exc:
+                return ownaudit.Observation(
+                    source, got.url, ownaudit.Answer.UNREADABLE, reason=exc.reason
+                )
+            served.append(ownaudit.Served(view.fingerprint, view.expires))
+        return ownaudit.Observation(
+            source, got.url, ownaudit.Answer.KEYS, tuple(served), expected=expected
+        )
+    answer = AUDIT_ANSWERS.get(got.outcome, ownaudit.Answer.UNREACHABLE)
+    return ownaudit.Observation(source, got.url, answer, reason=got.reason, expected=expected)
+
+
+AUDIT_ANSWERS = {
+    Outcome.NOT_FOUND: ownaudit.Answer.NOT_FOUND,
+    Outcome.GONE: ownaudit.Answer.NOT_FOUND,
+    Outcome.NOT_ENDORSED: ownaudit.Answer.NOT_FOUND,
+    Outcome.REJECTED: ownaudit.Answer.UNREADABLE,
+    Outcome.RETRY_LATER: ownaudit.Answer.UNREACHABLE,
+    Outcome.ERROR: ownaudit.Answer.UNREACHABLE,
+}
+
+
+class OwnAudit:
+    """Looks up every own address at every directory at random moments and says what it saw.
+
+    One audit at a time, each directory asked after the previous one answered, each request on
+    its own circuit (the fetcher's isolation), through the same retriever as refreshes and
+    first contact, so the requests look like any other. The moments follow
+    core/ownaudit.next_lapse, drawn afresh per address after every audit.
+    """
+
+    def __init__(
+        self,
+        own: OwnKeys,
+        retriever: Retriever,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.own = own
+        self.retriever = retriever
+        self.cfg = own.cfg
+        self.audit = own.audit
+        self.rng = rng or random.SystemRandom()
+        self._due: dict[str, float] = {}  # address -> trio time of its next audit
+
+    def _mean(self) -> float:
+        return float(max(1, self.cfg.own.audit_period))
+
+    def _own_key(self) -> OwnKey | None:
+        armored = self.own._armored()
+        if armored is None:
+            return None
+        resign = _resign()
+        try:
+            return resign.read_own(armored)  # type: ignore[no-any-return]
+        except resign.BadKey:
+            return None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        if not self.cfg.own.audit:
+            return
+        while True:
+            key = self._own_key()
+            addresses = set(key.addresses) if key is not None else set()
+            now = trio.current_time()
+            for address in addresses - set(self._due):
+                self._due[address] = now + ownaudit.next_lapse(self._mean(), self.rng)
+            for address in set(self._due) - addresses:
+                del self._due[address]
+            if not self._due:
+                await trio.sleep(AUDIT_RECHECK)
+                continue
+            address = min(self._due, key=self._due.__getitem__)
+            wait = self._due[address] - now
+            if wait > 0:
+                await trio.sleep(min(wait, AUDIT_RECHECK))
+                continue
+            self._due[address] = now + ownaudit.next_lapse(self._mean(), self.rng)
+            try:
+                await self.audit_address(address)
+            except Exception as exc:  # an audit bug must not stop the daemon
+                self.audit.emit(
+                    "own.audit_error", address=address, error=f"{type(exc).__name__}: {exc}"[:300]
+                )
+
+    def _sources(self) -> list[str]:
+        configured = {"vks": bool(self.cfg.discovery.vks), "hkp": bool(self.cfg.discovery.hkp)}
+        return [s for s in self.cfg.discovery.order if configured.get(s, s != "smtp")]
+
+    async def _ask(self, source: str, address: str, key: OwnKey) -> ownaudit.Observation:
+        keep = frozenset({key.fingerprint})
+        uploaded = ownaudit.UPLOAD_FOR_SOURCE.get(source) in self.cfg.own.upload
+        if source == "hkp":
+            gots = [
+                await self.retriever.key_request("hkp", hkp.lookup(base, key.fingerprint), keep)
+                for base in self.cfg.discovery.hkp
+            ]
+        elif source == "nicknym":
+            uri = await self.retriever.nicknym_uri(address.rpartition("@")[2])
+            if isinstance(uri, Got):  # the provider runs no nicknym: nothing to expect
+                return _observation(source, [uri], expected=False, address=address)
+            req = nicknym.by_address(uri, address)
+            gots = [await self.retriever.nicknym_request(req, address, keep)]
+            uploaded = True  # a provider's nicknym serves its own users
+        else:
+            gots = await self.retriever.by_address(source, address, keep)
+        return _observation(source, gots, expected=uploaded, address=address)
+
+    async def audit_address(self, address: str) -> ownaudit.Audit | None:
+        """One audit of one own address; audited as own.audit, the latest kept for `own`."""
+        key = self._own_key()
+        if key is None or address not in key.addresses:
+            return None
+        primary = next(c for c in key.components if c.role == "primary")
+        facts = ownaudit.OwnFacts(key.fingerprint, address, primary.expires)
+        observations = [await self._ask(s, address, key) for s in self._sources()]
+        row = self.own._row(key.fingerprint) or {}
+        last_upload = row.get("last_upload")
+        now = self.own.clock()
+        result = ownaudit.assess(
+            facts,
+            observations,
+            upload=self.cfg.own.upload,
+            last_upload=datetime.fromisoformat(last_upload) if last_upload else None,
+            now=now,
+            grace=timedelta(seconds=self._mean()),
+        )
+        previous = self.own.latest_audits().get(address)
+        entry = {
+            "fingerprint": key.fingerprint,
+            "state": str(result.state),
+            "checked_at": iso(now),
+            "findings": [f.as_json() for f in result.findings],
+        }
+        self.audit.emit("own.audit", address=address, **entry)
+        self.own.record_audit(address, entry)
+        before = [] if previous is None else _findings(previous)
+        fresh = ownaudit.new_mismatches(before, result.findings)
+        if fresh:
+            await self.run_hook(address, key.fingerprint, entry["checked_at"], fresh)
+        if result.reupload:
+            self.audit.emit(
+                "own.reupload",
+                address=address,
+                fingerprint=key.fingerprint,
+                mechanisms=list(result.reupload),
+                reason="a directory still serves an older expiry after the grace period",
+            )
+            self.own.queue_upload(result.reupload)
+        return result
+
+    async def run_hook(
+        self, address: str, fingerprint: str, checked_at: str, fresh: list[ownaudit.Finding]
+    ) -> None:
+        """own.audit_command, without a shell, the new mismatches as JSON on stdin."""
+        argv = list(self.cfg.own.audit_command)
+        if not argv:
+            return
+        finding = {
+            "address": address,
+            "fingerprint": fingerprint,
+            "state": str(ownaudit.State.MISMATCH),
+            "checked_at": checked_at,
+            "findings": [f.as_json() for f in fresh],
+        }
+        stdin = json.dumps(finding, sort_keys=True).encode("utf-8") + b"\n"
+        outcome: dict[str, Any]
+        try:
+            with trio.fail_after(AUDIT_HOOK_TIMEOUT):
+                done = await trio.run_process(
+                    argv, stdin=stdin, capture_stdout=True, capture_stderr=True, check=False
+                )
+        except OSError as exc:
+            outcome = {"ok": False, "reason": f"cannot run {argv[0]}: {exc.strerror or exc}"}
+        except trio.TooSlowError:
+            reason = f"{argv[0]} ran longer than {AUDIT_HOOK_TIMEOUT:.0f} s"
+            outcome = {"ok": False, "reason": reason}
+        else:
+            outcome = {"ok": done.returncode == 0, "returncode": done.returncode}
+        self.audit.emit("own.audit_command", address=address, command=argv[0], **outcome)
+
+
+def _findings(entry: dict[str, Any]) -> list[ownaudit.Finding]:
+    """Findings read back from a stored audit entry (for `new_mismatches`)."""
+    out = []
+    for f in entry.get("findings", []):
+        try:
+            result = ownaudit.Result(f["result"])
+        except (KeyError, ValueError):
+            continue
+        out.append(
+            ownaudit.Finding(
+                f.get("source", ""), result, f.get("detail", ""), served=tuple(f.get("served", ()))
+            )
+        )
+    return out
