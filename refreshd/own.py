@@ -34,7 +34,7 @@ from refreshd.core import ownaudit, ownpolicy, schedule
 from refreshd.net import hkp, nicknym, vks
 from refreshd.net.answers import Outcome, SourceError
 from refreshd.net.fetch import Fetcher, FetchFailed, Request
-from refreshd.openpgp.keyview import read_key
+from refreshd.openpgp.intake import Intake, Limits, intake
 from refreshd.openpgp.packets import KeyRejected
 from refreshd.retrieve import Got, Retriever
 from refreshd.rpc import INVALID_PARAMS, RpcError
@@ -447,24 +447,21 @@ AUDIT_RECHECK = 60.0  # how often the loop looks for new or removed own addresse
 
 
 def _observation(
-    source: str, gots: list[Got], *, expected: bool, address: str
+    source: str, gots: list[Got], *, expected: bool, read: Intake | None
 ) -> ownaudit.Observation:
-    """A directory's answers (WKD may take two requests) as plain facts for the core."""
+    """A directory's answers (WKD may take two requests) as plain facts for the core; `read`
+    is the intake of the answer that carried a key."""
     keyed = next((g for g in gots if g.outcome is Outcome.KEY), None)
-    got = keyed or gots[-1]
-    if keyed is not None:
-        served = []
-        for blob in keyed.keys:
-            try:
-                view = read_key(blob)
-            except KeyRejected as exc:
-                return ownaudit.Observation(
-                    source, got.url, ownaudit.Answer.UNREADABLE, reason=exc.reason
-                )
-            served.append(ownaudit.Served(view.fingerprint, view.expires))
+    if keyed is not None and read is not None:
+        if not read.keys:
+            return ownaudit.Observation(
+                source, keyed.url, ownaudit.Answer.UNREADABLE, reason=read.failure
+            )
+        served = tuple(ownaudit.Served(k.fingerprint, k.view.expires) for k in read.keys)
         return ownaudit.Observation(
-            source, got.url, ownaudit.Answer.KEYS, tuple(served), expected=expected
+            source, keyed.url, ownaudit.Answer.KEYS, served, expected=expected
         )
+    got = gots[-1]
     answer = AUDIT_ANSWERS.get(got.outcome, ownaudit.Answer.UNREACHABLE)
     return ownaudit.Observation(source, got.url, answer, reason=got.reason, expected=expected)
 
@@ -547,24 +544,36 @@ class OwnAudit:
         configured = {"vks": bool(self.cfg.discovery.vks), "hkp": bool(self.cfg.discovery.hkp)}
         return [s for s in self.cfg.discovery.order if configured.get(s, s != "smtp")]
 
+    async def _read(self, gots: list[Got], keep: frozenset[str]) -> Intake | None:
+        """The key data of the answer that carried one, stripped and parsed off the loop."""
+        keyed = next((g for g in gots if g.outcome is Outcome.KEY), None)
+        if keyed is None:
+            return None
+        limits = Limits(self.cfg.network.max_response_bytes, self.cfg.network.max_key_bytes)
+        try:
+            return await trio.to_thread.run_sync(intake, keyed.data, keep, limits)
+        except KeyRejected as exc:
+            return Intake((), (exc.reason,))
+
     async def _ask(self, source: str, address: str, key: OwnKey) -> ownaudit.Observation:
         keep = frozenset({key.fingerprint})
         uploaded = ownaudit.UPLOAD_FOR_SOURCE.get(source) in self.cfg.own.upload
         if source == "hkp":
             gots = [
-                await self.retriever.key_request("hkp", hkp.lookup(base, key.fingerprint), keep)
+                await self.retriever.key_request("hkp", hkp.lookup(base, key.fingerprint))
                 for base in self.cfg.discovery.hkp
             ]
         elif source == "nicknym":
             uri = await self.retriever.nicknym_uri(address.rpartition("@")[2])
             if isinstance(uri, Got):  # the provider runs no nicknym: nothing to expect
-                return _observation(source, [uri], expected=False, address=address)
+                return _observation(source, [uri], expected=False, read=None)
             req = nicknym.by_address(uri, address)
-            gots = [await self.retriever.nicknym_request(req, address, keep)]
+            gots = [await self.retriever.nicknym_request(req, address)]
             uploaded = True  # a provider's nicknym serves its own users
         else:
-            gots = await self.retriever.by_address(source, address, keep)
-        return _observation(source, gots, expected=uploaded, address=address)
+            gots = await self.retriever.by_address(source, address)
+        read = await self._read(gots, keep)
+        return _observation(source, gots, expected=uploaded, read=read)
 
     async def audit_address(self, address: str) -> ownaudit.Audit | None:
         """One audit of one own address; audited as own.audit, the latest kept for `own`."""
