@@ -102,6 +102,10 @@ class Daemon:
         cfg.daemon.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.audit = AuditLog(cfg.audit_file)
         self.store = Store(cfg.database)
+        # decisions committed whose audit line a crash kept from the file (audit.py)
+        self.audit.recover(self.store.audit_intents())
+        with self.store.transaction():
+            self.store.clear_audit_intents()
         self.keys = KeyManager(self.store, self.audit, cfg, utcnow)
         self.keys.correct_levels()  # a store written by an older refreshd, or changed pins
         self.tor = TorSupervisor(cfg, self.audit.emit)

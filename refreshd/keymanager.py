@@ -337,13 +337,15 @@ class KeyManager:
         *,
         store_key: bool,
     ) -> None:
-        with self.store.transaction():
-            if store_key:
+        def write() -> None:
+            if store_key and (decision.registers or self.store.get_key(held.view.fingerprint)):
                 self.store.put_key(facts_of(held.view), held.data, now)
+            elif store_key:  # a key nobody uses: kept only while rejected_keys has room
+                self.store.put_rejected_key(held.view.fingerprint, held.data, now)
             self.store.apply(address, decision, now)
-        if store_key and decision.registers and self.on_key_changed is not None:
-            self.on_key_changed(decision.fingerprint, held.data)
-        self.audit.emit(
+
+        self._decide(
+            write,
             AUDIT_EVENT[decision.decision],
             address=address,
             fingerprint=decision.fingerprint,
@@ -354,12 +356,26 @@ class KeyManager:
             **({"basis": decision.basis} if decision.basis else {}),
             **({"url": found.url} if found.url else {}),
         )
+        if store_key and decision.registers and self.on_key_changed is not None:
+            self.on_key_changed(decision.fingerprint, held.data)
+
+    def _decide(self, write: Callable[[], object] | None, event: str, **fields: Any) -> None:
+        """One decision: its store writes and its audit line, which cannot part (audit.py).
+        A full disk raises DiskFull before anything is decided, or after the commit with the
+        line held in the store to be written."""
+        intent = self.audit.intent(event, **fields)
+        with self.store.transaction():
+            if write is not None:
+                write()
+            self.store.put_audit_intent(intent.seq, intent.line, self.audit.written_seq)
+        self.audit.commit(intent)
 
     def _reject_unparsed(
         self, address: str, found: Found, reason: str, fingerprint: str = ""
     ) -> Decision:
         decision = found.rejected(fingerprint, f"The key could not be used: {reason}")
-        self.audit.emit(
+        self._decide(
+            None,
             "key.rejected",
             address=address,
             fingerprint=fingerprint,
@@ -454,7 +470,7 @@ class KeyManager:
     # -- user actions -----------------------------------------------------------------------
     def verify(self, address: str, fingerprint: str) -> Decision:
         """Rule 3.2: the user checked this fingerprint for this address."""
-        data = self.store.get_key(fingerprint)
+        data = self.store.held_key(fingerprint)
         found = Found("user", Level.FINGERPRINT, True)
         if data is None:
             return self._reject_unparsed(
@@ -466,9 +482,10 @@ class KeyManager:
         return self.consider(address, data, found)
 
     def used(self, address: str, fingerprint: str, event: str) -> bool:
-        with self.store.transaction():
-            done = self.store.record_use(address, fingerprint, event, self.clock())
-        self.audit.emit(
+        now = self.clock()
+        done = self.store.successfully_used_after(address, fingerprint, event)
+        self._decide(
+            lambda: self.store.record_use(address, fingerprint, event, now),
             "key.used",
             address=address,
             fingerprint=fingerprint,
@@ -500,12 +517,7 @@ class KeyManager:
             }
         facts = self.store.key_facts(reg.fingerprint)
         assert facts is not None
-        decisions = [
-            d
-            for d in self.store.decisions(address)
-            if d["fingerprint"] == reg.fingerprint and d["decision"] != "rejected"
-        ]
-        reason = decisions[-1]["reason"] if decisions else "Registered."
+        reason = self.store.last_reason(address, reg.fingerprint) or "Registered."
         usable = facts.usable(now)
         encrypt = facts.encrypts(now) and reg.positive
         if usable and not encrypt:

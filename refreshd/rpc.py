@@ -241,6 +241,8 @@ class RpcServer:
                 response = {"jsonrpc": "2.0", "id": req.id, "result": await handler(req.params)}
             except RpcError as exc:
                 response = error(req.id, exc.code, exc.message, exc.data)
+            except OSError as exc:
+                response = error(req.id, INTERNAL_ERROR, _os_failure(req.method, exc))
             except Exception as exc:  # a bug in one method must not end the server
                 log.exception("rpc.failed", method=req.method)
                 response = error(req.id, INTERNAL_ERROR, f"Internal error: {type(exc).__name__}")
@@ -376,6 +378,20 @@ class RpcServer:
                 await trio.sleep(0.1)
                 continue
             nursery.start_soon(self.serve_connection, stream)
+
+
+def _os_failure(method: str, exc: OSError) -> str:
+    """The answer to a failure of the machine rather than of the request: a full disk is
+    named, with what became of the request."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        log.error("rpc.disk_full", method=method, path=exc.filename)
+        return (
+            f"Internal error: {exc.strerror}. Nothing was half-written; a decision already "
+            "committed keeps its audit line and it is written once there is room. Free some "
+            "space and retry."
+        )
+    log.exception("rpc.failed", method=method)
+    return f"Internal error: {type(exc).__name__}"
 
 
 class _LineTooLong(Exception):

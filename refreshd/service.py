@@ -172,7 +172,7 @@ class Service:
         if p["fingerprint"] is not None:
             fpr = fingerprint_param(p["fingerprint"])
             found = Found(p["origin"], level, positive, asked_fingerprint=fpr, url=p["url"])
-            stored = self.keys.store.get_key(fpr)
+            stored = self.keys.store.held_key(fpr)
             decision = (
                 self.keys.consider(address, stored, found)
                 if stored is not None

@@ -15,12 +15,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from refreshd.audit import DiskFull
 from refreshd.core.levels import Level
 from refreshd.core.rules import Decision, Registration, successfully_used
 
 __all__ = ["KeyFacts", "Source", "Store", "iso"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+REJECTED_BYTES = 8 << 20  # rejected keys kept (newest first) for `verify` and fingerprint observes
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -109,6 +111,20 @@ MIGRATIONS: dict[int, str] = {
     # (directory agreement used to be counted as consensus; it no longer is).
     3: """
     ALTER TABLE addresses ADD COLUMN base_level TEXT;
+    """,
+    # 4: bounded state and the audit outbox. A decision repeating the address's last one (the
+    # same key seen again, unchanged) updates that row's last_ts and times instead of adding
+    # one; rejected keys live apart, bounded in bytes; audit_intents holds the audit line of
+    # each decision inside the decision's own transaction (audit.py says why).
+    4: """
+    ALTER TABLE decisions ADD COLUMN last_ts TEXT;
+    ALTER TABLE decisions ADD COLUMN times INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE rejected_keys (
+        fingerprint TEXT PRIMARY KEY,
+        data BLOB NOT NULL,
+        stored_at TEXT NOT NULL
+    );
+    CREATE TABLE audit_intents (seq INTEGER PRIMARY KEY, line TEXT NOT NULL);
     """,
 }
 
@@ -199,15 +215,23 @@ class Store:
             finally:
                 self._depth -= 1
             return
-        self.db.execute("BEGIN IMMEDIATE")
         self._depth = 1
         try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        else:
-            self.db.execute("COMMIT")
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+            else:
+                self.db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                raise
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise DiskFull(self.path) from exc
         finally:
             self._depth = 0
 
@@ -218,6 +242,31 @@ class Store:
     def get_key(self, fingerprint: str) -> bytes | None:
         row = self._one("SELECT data FROM keys WHERE fingerprint = ?", fingerprint)
         return None if row is None else bytes(row["data"])
+
+    def held_key(self, fingerprint: str) -> bytes | None:
+        """A stored key, or a rejected one still kept: what `verify` may act on."""
+        data = self.get_key(fingerprint)
+        if data is not None:
+            return data
+        row = self._one("SELECT data FROM rejected_keys WHERE fingerprint = ?", fingerprint)
+        return None if row is None else bytes(row["data"])
+
+    def put_rejected_key(self, fingerprint: str, data: bytes, now: datetime) -> None:
+        """Keep a rejected key while room lasts: the newest REJECTED_BYTES of them."""
+        if len(data) > REJECTED_BYTES // 8:
+            return  # one huge key must not push out all the others; its fingerprint stays
+        self.db.execute(
+            "INSERT INTO rejected_keys(fingerprint, data, stored_at) VALUES (?,?,?) "
+            "ON CONFLICT(fingerprint) DO UPDATE SET data=excluded.data, "
+            "stored_at=excluded.stored_at",
+            (fingerprint, data, iso(now)),
+        )
+        self.db.execute(
+            "DELETE FROM rejected_keys WHERE rowid IN (SELECT rowid FROM ("
+            "SELECT rowid, sum(length(data)) OVER (ORDER BY stored_at DESC, rowid DESC) AS upto "
+            "FROM rejected_keys) WHERE upto > ?)",
+            (REJECTED_BYTES,),
+        )
 
     def put_key(self, facts: KeyFacts, data: bytes, now: datetime) -> None:
         self.db.execute(
@@ -320,10 +369,22 @@ class Store:
             "ELSE seen.source END, reason=excluded.reason",
             (address, d.fingerprint, status, d.level.value, d.source, stamp, stamp, d.reason),
         )
+        last = self._one(
+            "SELECT id, fingerprint, decision, level, source, rule, reason FROM decisions "
+            "WHERE address = ? ORDER BY id DESC LIMIT 1",
+            address,
+        )
+        same = (d.fingerprint, d.decision, d.level.value, d.source, d.rule, d.reason)
+        if last is not None and tuple(last)[1:] == same:  # seen again, nothing new: one row
+            self.db.execute(
+                "UPDATE decisions SET last_ts = ?, times = times + 1 WHERE id = ?",
+                (stamp, last["id"]),
+            )
+            return
         self.db.execute(
             "INSERT INTO decisions(ts, address, fingerprint, decision, level, source, rule, "
             "reason) VALUES (?,?,?,?,?,?,?,?)",
-            (stamp, address, d.fingerprint, d.decision, d.level.value, d.source, d.rule, d.reason),
+            (stamp, address, *same),
         )
 
     def uncorrected(self) -> list[tuple[str, str, Level, str]]:
@@ -368,12 +429,24 @@ class Store:
         return [dict(r) for r in rows]
 
     def decisions(self, address: str) -> list[dict[str, Any]]:
+        """The address's decisions, oldest first; a repeated one once, with `times` and the
+        `last_ts` of its latest repetition."""
         rows = self.db.execute(
-            "SELECT ts, fingerprint, decision, level, source, rule, reason FROM decisions "
-            "WHERE address = ? ORDER BY id",
+            "SELECT ts, coalesce(last_ts, ts) AS last_ts, times, fingerprint, decision, level, "
+            "source, rule, reason FROM decisions WHERE address = ? ORDER BY id",
             (address,),
         ).fetchall()
         return [dict(r) for r in rows]
+
+    def last_reason(self, address: str, fingerprint: str) -> str | None:
+        """The reason of the latest decision that kept `fingerprint` for `address`."""
+        row = self._one(
+            "SELECT reason FROM decisions WHERE address = ? AND fingerprint = ? "
+            "AND decision != 'rejected' ORDER BY id DESC LIMIT 1",
+            address,
+            fingerprint,
+        )
+        return None if row is None else str(row["reason"])
 
     def addresses_of(self, fingerprint: str) -> list[str]:
         rows = self.db.execute(
@@ -423,6 +496,18 @@ class Store:
         )
 
     # usage ------------------------------------------------------------------------------
+    def successfully_used_after(self, address: str, fingerprint: str, event: str) -> bool:
+        """What `record_use` of `event` will make of successfully_used (read before it)."""
+        row = self._one(
+            "SELECT sent_encrypted, received_signed FROM usage WHERE address=? AND fingerprint=?",
+            address,
+            fingerprint,
+        )
+        sent, received = (row[0] is not None, row[1] is not None) if row else (False, False)
+        return successfully_used(
+            sent or event == "sent-encrypted", received or event == "received-signed"
+        )
+
     def record_use(self, address: str, fingerprint: str, event: str, now: datetime) -> bool:
         column = {"sent-encrypted": "sent_encrypted", "received-signed": "received_signed"}[event]
         self.db.execute(
@@ -489,6 +574,18 @@ class Store:
             "ON CONFLICT(name) DO UPDATE SET value=excluded.value",
             (name, value),
         )
+
+    # audit intents (audit.py) -------------------------------------------------------------
+    def put_audit_intent(self, seq: int, line: str, written_seq: int) -> None:
+        """Inside a decision's transaction: its audit line; lines the file holds go."""
+        self.db.execute("DELETE FROM audit_intents WHERE seq <= ?", (written_seq,))
+        self.db.execute("INSERT OR REPLACE INTO audit_intents(seq, line) VALUES (?,?)", (seq, line))
+
+    def audit_intents(self) -> list[tuple[int, str]]:
+        return [(r[0], r[1]) for r in self.db.execute("SELECT seq, line FROM audit_intents")]
+
+    def clear_audit_intents(self) -> None:
+        self.db.execute("DELETE FROM audit_intents")
 
     def maintain(self) -> None:
         """Nightly: checkpoint the WAL and let SQLite refresh its statistics."""
