@@ -188,7 +188,7 @@ def test_a_consensus_registration_of_the_old_rules_is_corrected_at_start(tmp_pat
     old = Store(state / "refreshd.sqlite3")  # only to read what is there before
     before = old.db.execute("SELECT fingerprint, level FROM addresses").fetchall()
     old.close()
-    assert [tuple(r) for r in before][0][1] == "third-party-consensus"
+    assert before[0]["level"] == "third-party-consensus"
     cfg = from_mapping({"daemon": {"state_dir": str(state), "socket": str(tmp_path / "s")}})
     daemon = Daemon(cfg)
     try:
