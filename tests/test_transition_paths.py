@@ -14,8 +14,8 @@ from refreshd.core.levels import Level
 from refreshd.keymanager import Found
 from refreshd.net import wkd
 from refreshd.openpgp import packets
-from refreshd.openpgp.packets import armor
 from refreshd.openpgp.keyview import read_key
+from refreshd.openpgp.packets import armor
 from refreshd.refresher import Refresher
 from refreshd.store import Source
 from tests.keyfactory import Workshop
