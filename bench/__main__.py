@@ -3,7 +3,7 @@ run, refreshd and its peers side by side; prints the Markdown table and writes r
 and results.md (into bench/ for a full run; a quick run writes elsewhere unless --out says
 so, so its smaller figures never replace published ones).
 
-Cases (see bench/README.md): wire, cpu, flood, lookup, idle, startup, staleness, tor. Servers
+Cases (see bench/README.md): wire, cpu, flood, lookup, idle, startup, staleness, tor, door. Servers
 and data are made fresh on loopback (tests/world, tests/keyfactory) and removed at the end.
 """
 
@@ -37,6 +37,7 @@ TITLES = {
     "startup": "6. start to socket-ready",
     "staleness": "7. worst key staleness",
     "tor": "8. refresh over the private Tor network",
+    "door": "9. keyserver door lookup",
 }
 POPULATION = 10_000
 POPULATION_QUICK = 300
@@ -109,20 +110,20 @@ def _case(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-ORDER = ("wire", "cpu", "flood", "lookup", "startup", "staleness", "idle", "tor")
+ORDER = ("wire", "cpu", "flood", "lookup", "door", "startup", "staleness", "idle", "tor")
 
 
 def run_cases(selected: list[str], quick: bool) -> list[dict[str, Any]]:
     """Cases in ORDER; the Tor world starts only for the last two, so its relays' CPU does not
     share the machine with the other cases."""
-    from bench import cpu, idle, lookup, population, startup, tor_refresh, wire
+    from bench import cpu, door, idle, lookup, population, startup, tor_refresh, wire
     from tests.world import World
 
     results = []
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="refreshd-bench-")))
         pop = None
-        if {"lookup", "idle", "startup"} & set(selected):
+        if {"lookup", "door", "idle", "startup"} & set(selected):
             print("bench: building the daemon population ...", file=sys.stderr, flush=True)
             pop = population.build(tmp / "population", POPULATION_QUICK if quick else POPULATION)
         world: World | None = None
@@ -147,6 +148,7 @@ def run_cases(selected: list[str], quick: bool) -> list[dict[str, Any]]:
             "cpu": lambda: cpu.run(quick),
             "flood": lambda: flood_case(quick),
             "lookup": lambda: lookup.run(pop, quick),
+            "door": lambda: door.run(pop, quick),
             "startup": lambda: startup.run(pop, quick),
             "staleness": lambda: staleness_case(quick),
             "idle": lambda: idle.run(pop, tor_ports(), quick),

@@ -29,9 +29,10 @@ from refreshd.openpgp.packets import KeyRejected, armor
 log = structlog.get_logger("refreshd.door")
 
 # How long an address never seen may be discovered before the client gets the 404 that says
-# it is being looked up. Measured: gpg 2.2's dirmngr and sq 0.27 wait for an answer with no
-# read timeout of their own (bench/README.md, "keyserver door"); Thunderbird gives up on a
-# keyserver after about 30 s. Discovery over Tor takes a few seconds per source.
+# it is being looked up. Measured against a keyserver that accepts and never answers: gpg
+# 2.2.40 (--recv-keys and --locate-external-keys, dirmngr defaults) and sq 0.27 were still
+# waiting after 400 s, so the clients set no bound; the bound is the person at the keyboard.
+# First contact over Tor takes a few seconds per source (bench case 8).
 PATIENCE = 25.0
 REQUEST_TIMEOUT = 10.0  # to send the whole request head; a slow client only ends itself
 MAX_REQUEST = 16384  # request line and headers
