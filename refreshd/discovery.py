@@ -22,12 +22,14 @@ from refreshd.keymanager import Found, KeyManager
 from refreshd.net import hkp, vks
 from refreshd.net.answers import Outcome
 from refreshd.net.fetch import Redirects, Request
+from refreshd.openpgp.packets import KeyRejected
 from refreshd.retrieve import Got, Retriever
 from refreshd.store import Source, iso
 
 __all__ = ["Discovery", "audit_fetch"]
 
 CONCURRENT_DISCOVERIES = 4
+ENDORSER_RETRY = 600.0  # seconds between attempts to fetch an endorser's key we do not hold
 
 
 def refresh_url(got: Got, fingerprint: str) -> str:
@@ -96,6 +98,7 @@ class Discovery:
         limiter = trio.CapacityLimiter(CONCURRENT_DISCOVERIES)
         async with trio.open_nursery() as nursery:
             task_status.started()
+            nursery.start_soon(self.fetch_endorsers)
             async for address in self._receive:
                 await limiter.acquire_on_behalf_of(address)
                 nursery.start_soon(self._one, address, limiter)
@@ -110,6 +113,60 @@ class Discovery:
         finally:
             limiter.release_on_behalf_of(address)
             self._done.pop(address).set()
+
+    async def fetch_endorsers(self, retry: float = ENDORSER_RETRY) -> None:
+        """The configured endorsers' keys are fetched by fingerprint (VKS, then HKP) until we
+        hold each one; once registered for its addresses they are refreshed like any key."""
+        while True:
+            missing = [f for f in self.cfg.validation.endorsers if not self.keys.store.get_key(f)]
+            for fingerprint in missing:
+                try:
+                    await self.fetch_endorser(fingerprint)
+                except Exception as exc:  # one endorser must not end the others or the daemon
+                    self.audit.emit(
+                        "discovery.error",
+                        fingerprint=fingerprint,
+                        error=f"{type(exc).__name__}: {exc}"[:300],
+                    )
+            if not missing:
+                return
+            await trio.sleep(retry)
+
+    async def fetch_endorser(self, fingerprint: str) -> Decision | None:
+        """One endorser's key, registered for every address it carries."""
+        last: Decision | None = None
+        for got in await self.retriever.by_fingerprint(fingerprint):
+            ok = got.outcome is Outcome.KEY
+            audit_fetch(
+                self.audit,
+                "discovery.fetched" if ok else "discovery.failed",
+                got,
+                fingerprint=fingerprint,
+            )
+            if not ok:
+                continue
+            level, positive = levels.for_source(got.source)
+            found = Found(got.source, level, positive, asked_fingerprint=fingerprint, url=got.url)
+            try:
+                taken = self.keys.take_in(got.data, None)
+            except KeyRejected as exc:
+                self.audit.emit(
+                    "key.rejected",
+                    fingerprint=fingerprint,
+                    source=got.source,
+                    url=got.url,
+                    rule="8",
+                    reason=f"The key could not be used: {exc.reason}",
+                )
+                continue
+            addresses = sorted({a for k in taken.keys for a in k.view.addresses()})
+            for address in addresses:
+                last = self.keys.consider(address, taken, found)
+                if last.registers:
+                    self._remember_sources(address, last.fingerprint, [got])
+            if last is not None and last.registers:
+                return last
+        return last
 
     def _sources(self) -> list[str]:
         configured = {"vks": bool(self.cfg.discovery.vks), "hkp": bool(self.cfg.discovery.hkp)}
