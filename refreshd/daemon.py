@@ -111,7 +111,9 @@ class Daemon:
         self.tor = TorSupervisor(cfg, self.audit.emit)
         self.fetcher = Fetcher(cfg, self.tor)
         self.retriever = Retriever(cfg, self.fetcher)
-        self.discovery = Discovery(self.keys, self.retriever, cfg, self.audit, utcnow)
+        self.discovery = Discovery(
+            self.keys, self.retriever, cfg, self.audit, utcnow, exit_of=self.tor.exit_of
+        )
         self.refresher = Refresher(self.keys, self.retriever, cfg, self.audit)
         channel = MailChannel(cfg, self.tor)
         # The mail channel exists only when configured both ways (SPEC 10).

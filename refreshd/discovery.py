@@ -4,11 +4,26 @@ The sources in discovery.order are tried one after another, each request on its 
 every answer is audited; what was found goes to the key manager, which registers the highest
 level (rule 1). The URL that gave the registered key is remembered for refreshes: WKD and
 nicknym by address, VKS and HKP by fingerprint.
+
+Network perspectives (core/perspectives.py states the rules): a provider directory (WKD,
+nicknym) is asked over validation.perspectives paths at once. How the paths are chosen: each
+request gets fresh SOCKS credentials, which Tor's IsolateSOCKSAuth turns into a circuit of its
+own, and the exit of each path is then read from Tor's circuit list (the circuit carrying those
+credentials), not assumed. The alternative, building circuits with chosen exits through stem
+and attaching each stream, needs __LeaveStreamsUnattached on the Tor client: every stream of
+every application using that Tor (a system Tor is shared with Tor Browser and others) would then
+wait for refreshd to attach it, and hang whenever refreshd is not running. Isolation leaves Tor
+in charge of its paths and still lets the audit line say which exits answered, and whether the
+paths shared one (a network with a single exit). Agreeing paths give one answer to the rules;
+disagreeing paths register nothing: the conflict is audited as discovery.conflict, `lookup`
+answers `conflict` with what each path saw, and the address is asked again only after
+CONFLICT_HOLD, over fresh circuits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime
 
@@ -16,20 +31,30 @@ import trio
 
 from refreshd.audit import AuditLog
 from refreshd.config import Config
-from refreshd.core import levels
+from refreshd.core import levels, perspectives
 from refreshd.core.rules import Decision
 from refreshd.keymanager import Found, KeyManager
 from refreshd.net import hkp, vks
 from refreshd.net.answers import Outcome
 from refreshd.net.fetch import Redirects, Request
+from refreshd.openpgp.intake import intake
 from refreshd.openpgp.packets import KeyRejected
 from refreshd.retrieve import Got, Retriever
 from refreshd.store import Source, iso
 
 __all__ = ["Discovery", "audit_fetch"]
 
+_FAILED = perspectives.Seen.FAILED
+
 CONCURRENT_DISCOVERIES = 4
 ENDORSER_RETRY = 600.0  # seconds between attempts to fetch an endorser's key we do not hold
+PROVIDER_DIRECTORIES = ("wkd", "nicknym")  # asked over several network paths at first contact
+CONFLICT_HOLD = 600.0  # seconds before an address whose paths disagreed is asked again
+SEEN = {
+    Outcome.KEY: perspectives.Seen.KEYS,
+    Outcome.NOT_FOUND: perspectives.Seen.NOT_FOUND,
+    Outcome.GONE: perspectives.Seen.NOT_FOUND,
+}
 
 
 def refresh_url(got: Got, fingerprint: str) -> str:
@@ -67,20 +92,35 @@ class Discovery:
         cfg: Config,
         audit: AuditLog,
         clock: Callable[[], datetime],
+        *,
+        exit_of: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         self.keys = keys
         self.retriever = retriever
         self.cfg = cfg
         self.audit = audit
         self.clock = clock
+        self.exit_of = exit_of  # SOCKS username -> exit relay, from Tor (TorSupervisor.exit_of)
+        self._conflicts: dict[str, tuple[str, float]] = {}  # address -> (reason, hold until)
         self._done: dict[str, trio.Event] = {}
         self._send, self._receive = trio.open_memory_channel[str](1000)
 
     def pending(self, address: str) -> bool:
         return address in self._done
 
+    def conflict(self, address: str) -> str | None:
+        """Why the last discovery of the address registered nothing because its network paths
+        disagreed, while that is held (CONFLICT_HOLD); else None."""
+        held = self._conflicts.get(address)
+        if held is None:
+            return None
+        if trio.current_time() >= held[1]:
+            del self._conflicts[address]
+            return None
+        return held[0]
+
     def request(self, address: str) -> None:
-        if address in self._done:
+        if address in self._done or self.conflict(address) is not None:
             return
         try:
             self._send.send_nowait(address)
@@ -175,7 +215,10 @@ class Discovery:
     async def discover(self, address: str) -> Decision | None:
         found: list[tuple[bytes, Found, Got]] = []
         for source in self._sources():
-            for got in await self.retriever.by_address(source, address):
+            gots = await self._ask(source, address)
+            if gots is None:  # the network paths disagreed: nothing is registered
+                return None
+            for got in gots:
                 ok = got.outcome is Outcome.KEY
                 audit_fetch(
                     self.audit,
@@ -192,6 +235,71 @@ class Discovery:
         if decision is not None and decision.registers:
             self._remember_sources(address, decision.fingerprint, [g for _, _, g in found])
         return decision
+
+    async def _ask(self, source: str, address: str) -> list[Got] | None:
+        """One source's answers for the address: over several paths for a provider directory
+        (None when they disagree), else one request after another as before."""
+        paths = self.cfg.validation.perspectives
+        if source not in PROVIDER_DIRECTORIES or paths < 2:
+            return await self.retriever.by_address(source, address)
+        answers: list[list[Got]] = [[] for _ in range(paths)]
+
+        async def one(i: int) -> None:
+            answers[i] = await self.retriever.by_address(source, address)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(paths):
+                nursery.start_soon(one, i)
+        views = [await self._view(gots) for gots in answers]
+        comparison = perspectives.compare(views)
+        seen = [v.describe() for v in views]
+        self.audit.emit(
+            "discovery.perspectives",
+            address=address,
+            source=source,
+            verdict=str(comparison.verdict),
+            shared_exit=comparison.shared_exit,
+            exits=list(comparison.exits),
+            paths=seen,
+            reason=comparison.reason,
+        )
+        if comparison.verdict is perspectives.Verdict.CONFLICT:
+            self._conflicts[address] = (comparison.reason, trio.current_time() + CONFLICT_HOLD)
+            for gots in answers:
+                for got in gots:
+                    audit_fetch(self.audit, "discovery.failed", got, address=address)
+            self.audit.emit(
+                "discovery.conflict",
+                address=address,
+                source=source,
+                paths=seen,
+                exits=list(comparison.exits),
+                reason=comparison.reason,
+            )
+            return None
+        # agreement (or a single answering path) is one answer: it raises no level (SPEC 5.1)
+        answered = [g for g, v in zip(answers, views, strict=True) if v.seen is not _FAILED]
+        return answered[0] if answered else answers[0]
+
+    async def _view(self, gots: list[Got]) -> perspectives.View:
+        """What one path saw: its final answer, the exit Tor says carried it, and a digest of
+        each key's material as the rules would take it in."""
+        got = next((g for g in gots if g.outcome is Outcome.KEY), gots[-1] if gots else None)
+        if got is None:
+            return perspectives.View(None, _FAILED, reason="no request was made")
+        username = got.answer.circuit_credentials if got.answer is not None else ""
+        exit_fpr = await self.exit_of(username) if self.exit_of and username else None
+        seen = SEEN.get(got.outcome, _FAILED)
+        if seen is not perspectives.Seen.KEYS:
+            return perspectives.View(exit_fpr, seen, reason=got.reason)
+        try:
+            read = await trio.to_thread.run_sync(intake, got.data, frozenset(), self.keys.limits)
+        except KeyRejected as exc:
+            return perspectives.View(exit_fpr, _FAILED, reason=exc.reason)
+        digests = {k.fingerprint: hashlib.sha256(k.data).hexdigest() for k in read.keys}
+        if not digests:
+            return perspectives.View(exit_fpr, _FAILED, reason=read.failure)
+        return perspectives.View(exit_fpr, perspectives.Seen.KEYS, digests)
 
     def _remember_sources(self, address: str, fingerprint: str, gots: list[Got]) -> None:
         now = iso(self.clock())

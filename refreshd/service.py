@@ -23,6 +23,7 @@ MAX_KEY_TEXT = 1 << 20  # the line limit bounds it anyway; say so clearly
 
 class Discovery(Protocol):
     def pending(self, address: str) -> bool: ...
+    def conflict(self, address: str) -> str | None: ...
     def request(self, address: str) -> None: ...
     async def wait(self, address: str, seconds: float) -> None: ...
     async def by_fingerprint(self, address: str, fingerprint: str, found: Found) -> Any: ...
@@ -109,12 +110,19 @@ class Service:
             await self.discovery.wait(address, p["wait"])
             answer = self.keys.describe(address, with_key=p["armor"])
             if answer["state"] == "registered" or not self.discovery.pending(address):
-                if answer["state"] == "unknown":
+                conflict = self.discovery.conflict(address)
+                if answer["state"] == "unknown" and conflict is not None:
+                    answer.update(state="conflict", reason=f"Nothing registered: {conflict}")
+                elif answer["state"] == "unknown":
                     answer["reason"] = (
                         f"Discovery found no key for {address} that could be registered; see "
                         "`refreshd history` for what was seen."
                     )
                 return answer
+        conflict = self.discovery.conflict(address)
+        if conflict is not None and not self.discovery.pending(address):
+            answer.update(state="conflict", reason=f"Nothing registered: {conflict}")
+            return answer
         answer.update(state="pending", reason=f"Discovery for {address} is under way.")
         return answer
 

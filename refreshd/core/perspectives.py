@@ -73,7 +73,7 @@ def compare(views: Sequence[View]) -> Comparison:
     failed = [v for v in views if v.seen is Seen.FAILED]
     exits = tuple(v.exit for v in views)
     known = [v.exit for v in answered if v.exit is not None]
-    shared = len(answered) > 1 and len(set(known)) < len(answered)
+    shared = len(known) != len(set(known))  # two answering paths named the same exit
     paths = "; ".join(f"path {i + 1}: {v.describe()}" for i, v in enumerate(views))
     if not answered:
         return Comparison(Verdict.FAILED, f"No path answered ({paths}).", shared, exits)

@@ -271,6 +271,26 @@ class TorSupervisor:
             with trio.CancelScope(shield=True):
                 await self._shutdown()
 
+    async def exit_of(self, socks_username: str) -> str | None:
+        """The exit relay (fingerprint) of the circuit Tor isolated for this SOCKS username, as
+        Tor's own circuit list says (GETINFO circuit-status carries the isolation fields);
+        None when Tor does not say (no control connection, the circuit already closed)."""
+        controller = self._controller
+        if controller is None or not socks_username:
+            return None
+
+        def look() -> str | None:
+            for circ in controller.get_circuits():
+                if circ.socks_username == socks_username and circ.path:
+                    return str(circ.path[-1][0])
+            return None
+
+        try:
+            found: str | None = await self._blocking(look)
+        except (TimeoutError, stem.ControllerError, stem.SocketError, OSError):
+            return None
+        return found
+
     # -- shell: everything below talks to tor ---------------------------------------------
 
     async def _blocking(self, fn: Callable[[], Any]) -> Any:
