@@ -1,0 +1,161 @@
+"""End to end, over the private Tor network: the own key's publication audited (time-compressed
+by own.audit_period), and first contact over two network paths of a one-exit network.
+
+A real `refreshd run` publishes its own key to SKS and finds it at WKD (nginx) and HKP; when the
+WKD tree swaps in another key for the own address, the audit says `mismatch` with the served
+fingerprint, `own status` and `status` warn, and own.audit_command hears of it once. With one
+exit, first contact still registers and the perspectives line says the paths shared the exit,
+which Tor's own circuit events confirm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from refreshd.openpgp import resign
+from tests import world
+from tests.daemon_proc import Daemon, write_config
+from tests.e2e_support import Scene, children_of, daemon_sections, wait_for
+from tests.keyfactory import Gpg
+from tests.world.ca import LocalCA
+from tests.world.nginx import WkdServer
+from tests.world.sks import SksServer
+from tests.world.tornet import TorNetwork
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        not world.https_port_443(),
+        reason="refreshd asks WKD on port 443: nginx may not bind it here",
+    ),
+]
+
+OWN = "ona@example.net"
+HOOK = "import sys, pathlib; pathlib.Path(sys.argv[1]).open('a').write(sys.stdin.read())"
+
+
+@pytest.fixture(scope="module")
+def scene(
+    tor_network: TorNetwork,
+    wkd_server: WkdServer,
+    sks_server: SksServer,
+    test_ca: LocalCA,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Scene]:
+    root = tmp_path_factory.mktemp("e2e-audit")
+    sections = daemon_sections(tor_network, test_ca, sks_server)
+    sections["own"] = {
+        "upload": ["hkp"],
+        "audit_period": "4s",  # time-compressed: about one audit of the address every 4 s
+        "audit_command": [sys.executable, "-c", HOOK, str(root / "hook.jsonl")],
+    }
+    sections["validation"] = {"perspectives": 2}
+    config = write_config(root, sections)
+    gpg = Gpg(root / "keyring")
+    daemon = Daemon(config)
+    try:
+        scene = Scene(daemon, gpg, root / "state")
+        scene.wait_tor("ready", 60)
+        yield scene
+    finally:
+        daemon.stop()
+        gpg.close()
+    assert daemon.proc.returncode == 0, (root / "daemon.log").read_text()[-3000:]
+    assert [c for c in children_of(os.getpid()) if "-m refreshd " in c[1]] == []
+
+
+def audits(scene: Scene, after: int = 0) -> list[dict]:
+    return [e for e in scene.audit_since(after) if e["event"] == "own.audit"]
+
+
+def test_the_own_key_audit_sees_a_swapped_key(
+    scene: Scene, wkd_server: WkdServer, sks_server: SksServer
+) -> None:
+    made = scene.daemon.call("own_generate", address=OWN)
+    own_fpr = made["fingerprint"]
+    public = resign.public_armored((scene.state_dir / "own-key.asc").read_text())
+    wkd_server.publish_wkd(OWN, public.encode())
+    start = scene.last_seq()
+
+    # the provider (WKD) and the keyserver it was uploaded to serve the own key: ok everywhere
+    def all_ok() -> dict | None:
+        return next(
+            (
+                e
+                for e in audits(scene, start)
+                if e["state"] == "ok" and all(f["result"] == "ok" for f in e["findings"])
+            ),
+            None,
+        )
+
+    ok = wait_for(all_ok, 90, "an own.audit with every directory ok")
+    assert ok["address"] == OWN and ok["fingerprint"] == own_fpr
+    assert [f["source"] for f in ok["findings"]] == ["wkd", "hkp"]
+    assert scene.daemon.call("own")[0]["audit"]["state"] == "ok"
+
+    # the provider swaps in another key for the own address
+    intruder = scene.new_key(f"Not Ona <{OWN}>")
+    wkd_server.publish_wkd(OWN, scene.public(intruder))
+    swapped = scene.last_seq()
+    mismatch = scene.wait_audit(
+        lambda e: e["event"] == "own.audit" and e["state"] == "mismatch", swapped, timeout=90
+    )
+    wkd = next(f for f in mismatch["findings"] if f["source"] == "wkd")
+    assert wkd["result"] == "other-key" and wkd["served"] == [intruder]
+    assert next(f for f in mismatch["findings"] if f["source"] == "hkp")["result"] == "ok"
+
+    shown = scene.daemon.cli("own", "status")
+    assert shown.returncode == 0, shown.stderr
+    assert "WARNING" in shown.stdout and intruder in shown.stdout
+    status = scene.daemon.cli("status")
+    assert status.stdout.splitlines()[0].startswith("WARNING"), status.stdout
+    assert intruder in status.stdout
+
+    # two more audits with the same mismatch: the hook ran once, with the finding
+    wait_for(lambda: len(audits(scene, swapped)) >= 3, 90, "two more audits")
+    hook = Path(scene.state_dir.parent / "hook.jsonl")
+    heard = [json.loads(line) for line in hook.read_text().splitlines()]
+    assert len(heard) == 1, heard
+    assert heard[0]["address"] == OWN and heard[0]["state"] == "mismatch"
+    assert [f["served"] for f in heard[0]["findings"]] == [[intruder]]
+    ran = [e for e in scene.audit_since(start) if e["event"] == "own.audit_command"]
+    assert len(ran) == 1 and ran[0]["ok"] is True
+    wkd_server.remove_wkd(OWN)
+
+
+def test_with_one_exit_first_contact_works_and_says_the_paths_shared_it(
+    scene: Scene, wkd_server: WkdServer, tor_network: TorNetwork
+) -> None:
+    address = "pia@example.org"
+    fingerprint = scene.new_key(f"Pia <{address}>")
+    wkd_server.publish_wkd(address, scene.public(fingerprint))
+    after = scene.last_seq()
+
+    with tor_network.record_events() as log:
+        answer = scene.lookup(address, wait=60)
+        paths = scene.wait_audit(
+            lambda e: e["event"] == "discovery.perspectives" and e["address"] == address, after
+        )
+        log.wait_until(lambda lg: len(_succeeded(lg)) >= 2)
+        streams = _succeeded(log)
+        circuits = {c.id: c for c in log.circuits if c.status == "BUILT"}
+
+    assert answer["state"] == "registered", answer
+    assert answer["fingerprint"] == fingerprint
+    assert paths["verdict"] == "agree" and paths["shared_exit"] is True
+    assert paths["exits"] == [tor_network.exit_fingerprint] * 2
+    assert "shared an exit" in paths["reason"]
+    # Tor's own events: two streams with distinct credentials, both ending at the one exit
+    assert len({s.socks_username for s in streams}) >= 2
+    exits = {circuits[s.circ_id].path[-1] for s in streams if s.circ_id in circuits}
+    assert exits <= {tor_network.exit_fingerprint}
+
+
+def _succeeded(log) -> list:
+    return [s for s in log.streams if s.status == "SUCCEEDED" and s.socks_username]
