@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import socket
+import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,9 +78,22 @@ def call(path: Path, request: Call) -> Any:
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise DaemonNotRunning(str(path)) from exc
+        trust_peer(sock, path)
         sock.settimeout(request.timeout)
         sock.sendall(line.encode("utf-8") + b"\n")
         return parse_answer(_read_line(sock))
+
+
+def trust_peer(sock: socket.socket, path: Path) -> None:
+    """Only a daemon of this user is believed: whoever could replace the socket file (the
+    fallback directory's parent is shared) must not be able to answer for it."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _ = struct.unpack("3i", creds)
+    if uid != os.getuid():
+        raise DaemonError(
+            f"the socket {path} is served by uid {uid} (pid {pid}), not by this user "
+            f"(uid {os.getuid()}); its answers are not trusted"
+        )
 
 
 def _read_line(sock: socket.socket) -> bytes:
@@ -203,6 +218,42 @@ def _own_import(args: argparse.Namespace) -> Call:
 
 
 # --- rendering: result -> readable text (pure) ---
+
+# What a terminal would act on rather than show: C0 and C1 controls and DEL (ESC starts CSI,
+# backspace overwrites), bidi embeddings/overrides/isolates and marks, invisible format
+# characters, line and paragraph separators, and lone surrogates (which cannot be printed).
+_BEYOND_C0 = "\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2028\u2029\u2060-\u2069\ufeff\ud800-\udfff"
+_UNSHOWABLE = re.compile(f"[\x00-\x1f{_BEYOND_C0}]")
+_UNSHOWABLE_IN_JSON = re.compile(f"[{_BEYOND_C0}]")  # json.dumps escapes C0 itself
+
+
+def escaped(text: str, *, keep_newlines: bool = False) -> str:
+    """Text with everything a terminal would act on written as a visible escape (\\x1b)."""
+
+    def visible(m: re.Match[str]) -> str:
+        c = m.group()
+        if keep_newlines and c == "\n":
+            return c
+        return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+
+    return _UNSHOWABLE.sub(visible, text)
+
+
+def displayable(value: Any) -> Any:
+    """A daemon's result with every string escaped for a terminal, before it is rendered
+    (armored keys keep their line breaks)."""
+    if isinstance(value, str):
+        return escaped(value)
+    if isinstance(value, list):
+        return [displayable(v) for v in value]
+    if isinstance(value, dict):
+        return {
+            escaped(str(k)): escaped(v, keep_newlines=True)
+            if k == "key" and isinstance(v, str)
+            else displayable(v)
+            for k, v in value.items()
+        }
+    return value
 
 
 def when(value: Any, *, date_only: bool = False) -> str:
@@ -475,9 +526,10 @@ def run_client(cfg: config.Config, args: argparse.Namespace) -> int:
     except OSError as exc:  # a timeout, a socket of another user, a path too long
         raise DaemonError(f"cannot talk to the daemon at {cfg.daemon.socket}: {exc}") from exc
     if args.json:
-        print(json.dumps(result, indent=2, ensure_ascii=False))
+        text = json.dumps(result, indent=2, ensure_ascii=False)  # C0 is escaped already
+        print(_UNSHOWABLE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text))
     else:
-        print(command.render(result))
+        print(command.render(displayable(result)))
     return OK if command.verdict(result) else FAILURE
 
 
@@ -617,14 +669,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config.load(getattr(args, "config", None))
         return handler(cfg, args)
     except config.ConfigError as exc:
-        print(f"refreshd: bad config: {exc}", file=sys.stderr)
+        print(f"refreshd: bad config: {escaped(str(exc))}", file=sys.stderr)
         return USAGE
     except UsageError as exc:
-        print(f"refreshd: error: {exc}", file=sys.stderr)
+        print(f"refreshd: error: {escaped(str(exc))}", file=sys.stderr)
         return USAGE
     except DaemonNotRunning:
         print(NOT_RUNNING_HINT, file=sys.stderr)
         return NOT_RUNNING
     except DaemonError as exc:
-        print(f"refreshd: {exc}", file=sys.stderr)
+        print(f"refreshd: {escaped(str(exc))}", file=sys.stderr)
         return FAILURE

@@ -10,6 +10,7 @@ STOPPING.
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import signal
 import sys
@@ -36,6 +37,7 @@ from refreshd.mail.publish import MailPublisher
 from refreshd.net.fetch import Fetcher
 from refreshd.net.tor import TorSupervisor
 from refreshd.own import OwnAudit, OwnKeys
+from refreshd.privacy import UMASK, private_state_dir
 from refreshd.refresher import Refresher
 from refreshd.retrieve import Retriever
 from refreshd.rpc import RpcServer
@@ -99,7 +101,7 @@ def configure_logging() -> None:
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        cfg.daemon.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_state_dir(cfg.daemon.state_dir)
         self.audit = AuditLog(cfg.audit_file)
         self.store = Store(cfg.database)
         # decisions committed whose audit line a crash kept from the file (audit.py)
@@ -225,6 +227,7 @@ def raise_fd_limit() -> None:
 
 
 def run(cfg: Config) -> int:
+    os.umask(UMASK)  # the user's alone, whatever umask we were started with (privacy.py)
     configure_logging()
     raise_fd_limit()
     try:

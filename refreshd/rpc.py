@@ -38,6 +38,8 @@ from typing import Any
 import structlog
 import trio
 
+from refreshd.privacy import private_socket_dir
+
 __all__ = ["INTERNAL_ERROR", "INVALID_PARAMS", "Param", "RpcError", "RpcServer", "checked"]
 
 MAX_LINE = 1 << 20
@@ -442,9 +444,9 @@ def _remove(path: Path) -> None:
 
 
 def _prepare(path: Path) -> None:
-    """Make the 0700 directory and remove a stale socket; refuse if one still answers."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path.parent, 0o700)
+    """Make the 0700 directory (or check the one there, privacy.py) and remove a stale
+    socket; refuse if one still answers."""
+    private_socket_dir(path.parent)
     if path.exists() or path.is_symlink():
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:

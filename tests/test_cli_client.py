@@ -543,3 +543,17 @@ def test_stale_socket_file_exits_3(short_dir: Path, capsys: pytest.CaptureFixtur
     config = write_config(short_dir, path)
     assert cli.main(["lookup", "bob@example.org", "--config", str(config)]) == 3
     assert "systemctl --user start refreshd" in capsys.readouterr().err
+
+
+def test_controls_bidi_and_surrogates_from_the_daemon_are_shown_escaped(
+    run: Run, daemon: FakeDaemon
+) -> None:
+    hostile = "\u202eevil\x1b[2J\x9b\ud800@example.org"
+    daemon.answer("lookup", LOOKUP | {"address": hostile, "reason": "a\rb\u2028c"})
+    code, out, _ = run("lookup", "bob@example.org")
+    assert code == 0
+    for raw in ("\u202e", "\x1b", "\x9b", "\ud800", "\r", "\u2028"):
+        assert raw not in out
+    assert "\\u202eevil\\x1b[2J\\x9b\\ud800@example.org" in out and "a\\x0db\\u2028c" in out
+    code, out, _ = run("lookup", "bob@example.org", "--json")
+    assert "\u202e" not in out and json.loads(out)["address"] == hostile
