@@ -1,7 +1,14 @@
 """The refresh loop: one key at a time, at the moments core/schedule.py draws (SPEC 6).
 
 The loop is a plain trio task; it owns the only refresh fetch in flight. Each step persists
-the cycle state before sleeping, so a restart resumes the cycle where it was. A key is fetched
+the cycle state before sleeping, so a restart resumes the cycle where it was.
+
+Nothing a step does grows with the number of keys. The schedule holds the store's small
+integer ids of the registered keys; the store logs every change of that set (triggers on
+`addresses`) and each step applies the changes since the last one as a delta. What is saved
+per step is the small part of the state (position, urgent queue, retries); the order itself,
+packed as 8 bytes a key, is rewritten only when it changed (a new cycle, keys added or
+dropped), and a new cycle's shuffle and packing run in a worker thread. A key is fetched
 from where it was found; keys seen only in mail or imported from GnuPG are refreshed from
 VKS/HKP by fingerprint or from WKD by address (see _sources). An unchanged answer (304 or same
 body hash) updates only the bookkeeping; anything else goes through the key manager.
@@ -11,7 +18,9 @@ from __future__ import annotations
 
 import random
 import time
+from array import array
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,6 +53,16 @@ IDLE_RECHECK = 5.0
 BACKOFF_BASE = 60.0
 
 
+def pack(order: tuple[schedule.Key, ...]) -> bytes:
+    return array("q", order).tobytes()
+
+
+def unpack(packed: bytes) -> tuple[schedule.Key, ...]:
+    ids = array("q")
+    ids.frombytes(packed)
+    return tuple(ids)
+
+
 def epoch_iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
@@ -66,31 +85,54 @@ class Refresher:
         self.audit = audit
         self.clock = clock
         self.rng = rng or random.SystemRandom()
-        saved = self.store.get_state(STATE_NAME)
-        self.state: schedule.CycleState | None = None
-        if saved is not None:
-            try:
-                self.state = schedule.from_json(saved)
-            except ValueError:
-                audit.emit("refresh.state_reset", reason="the saved cycle state was unreadable")
+        self._seq = 0  # the last change of the registered set applied to self.state
+        self._saved: tuple[int, tuple[schedule.Key, ...]] | None = None  # cycle, order
+        self.state = self._load()
         self.next_at: float | None = None
-        self.next_key: str | None = None
         self.last: dict[str, Any] = {}
         # host -> (keys that failed there in a row, backoff steps, not before)
         self._hosts: dict[str, tuple[frozenset[str], int, float]] = {}
         self._wake = trio.Event()
 
-    # -- requests from the socket -----------------------------------------------------------
-    def _reconciled(self) -> schedule.CycleState:
-        keys = self.store.registered_fingerprints()
-        self.state = schedule.reconcile(self.state, keys, self.rng, self.clock())
+    def _load(self) -> schedule.CycleState:
+        """The saved state, or a first cycle of every registered key (before the socket
+        serves: once, after an upgrade or with a new store)."""
+        saved = self.store.get_state(STATE_NAME)
+        if saved is not None:
+            try:
+                cycle = schedule.saved_cycle(saved)
+                packed = self.store.get_refresh_order(cycle)
+                order = unpack(packed or b"")
+                state = schedule.from_json(saved, order)
+            except ValueError:
+                self.audit.emit(
+                    "refresh.state_reset", reason="the saved cycle state was unreadable"
+                )
+            else:
+                self._saved = (state.cycle, order)
+                return state
+        self._seq = self.store.last_refresh_change()
+        self.state = schedule.update(None, self.store.refresh_ids(), (), self.rng, self.clock())
+        self._save()  # now, before the socket serves: its first save is O(N)
         return self.state
 
+    def _catch_up(self) -> None:
+        """Apply the keys registered or dropped since the last call (rule 4)."""
+        seq, added, removed = self.store.refresh_changes(self._seq)
+        if added or removed:
+            self.state = schedule.update(self.state, added, removed, self.rng, self.clock())
+        self._seq = seq
+
+    # -- requests from the socket -----------------------------------------------------------
     def urgent(self, fingerprint: str) -> str:
-        state = self._reconciled()
+        """A `refresh` request; KeyError when the key is not registered."""
+        key = self.store.refresh_id(fingerprint)
+        if key is None:
+            raise KeyError(fingerprint)
+        self._catch_up()
         due, self.state = schedule.request(
-            state,
-            fingerprint,
+            self.state,
+            key,
             now=self.clock(),
             minimum_lapse=self.cfg.refresh.minimum_lapse,
             rng=self.rng,
@@ -105,14 +147,14 @@ class Refresher:
 
     def status(self) -> dict[str, Any]:
         state = self.state
-        n = len(state.order) if state else 0
+        n = len(state.order)
         period = schedule.effective_period(
             self.cfg.refresh.period, self.cfg.refresh.minimum_lapse, n
         )
         return {
             "next_refresh_at": epoch_iso(self.next_at) if self.next_at else None,
-            "cycle": state.cycle if state else 0,
-            "position": state.position if state else 0,
+            "cycle": state.cycle,
+            "position": state.position,
             "keys_in_cycle": n,
             "effective_period_seconds": period,
             "lengthened": period > self.cfg.refresh.period,
@@ -126,9 +168,42 @@ class Refresher:
         }
 
     def _save(self) -> None:
-        if self.state is not None:
-            with self.store.transaction():
-                self.store.put_state(STATE_NAME, schedule.to_json(self.state))
+        """The small part of the state at every step; the order only when it changed."""
+        state = self.state
+        with self.store.transaction():
+            self.store.put_state(STATE_NAME, schedule.to_json(state))
+            saved = self._saved
+            if saved is None or saved[0] != state.cycle or saved[1] is not state.order:
+                self.store.put_refresh_order(state.cycle, pack(state.order))
+                self._saved = (state.cycle, state.order)
+            self.store.forget_refresh_changes(self._seq)
+
+    async def _new_cycle(self) -> None:
+        """Draw the next cycle's order and save it in a worker thread (O(N)); the loop only
+        commits the small part that makes it current, and the socket keeps serving.
+
+        A `refresh` request meanwhile only adds to the urgent queue and is kept; a change of
+        the key set meanwhile voids the draw (the next step draws again)."""
+        base = self.state
+        cfg = self.cfg.refresh
+
+        def draw() -> schedule.CycleState:
+            new = schedule.next_cycle(
+                base,
+                now=self.clock(),
+                period=cfg.period,
+                minimum_lapse=cfg.minimum_lapse,
+                rng=self.rng,
+            )
+            self.store.put_refresh_order_aside(new.cycle, pack(new.order))
+            return new
+
+        new = await trio.to_thread.run_sync(draw)
+        if self.state.order is not base.order:
+            return
+        self.state = replace(new, urgent=self.state.urgent)
+        self._saved = (new.cycle, new.order)
+        self._save()
 
     # -- the loop ---------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -145,9 +220,12 @@ class Refresher:
     async def _step(self) -> None:
         """One turn of the loop: draw the next fetch, sleep until then, fetch, record."""
         self._wake = trio.Event()
-        state = self._reconciled()
+        self._catch_up()
+        state = self.state
+        if state.order and state.position >= len(state.order) and not state.urgent:
+            await self._new_cycle()
         step = schedule.next_refresh(
-            state,
+            self.state,
             now=self.clock(),
             period=self.cfg.refresh.period,
             minimum_lapse=self.cfg.refresh.minimum_lapse,
@@ -155,15 +233,14 @@ class Refresher:
         )
         self.state = step.state
         self._save()
-        self.next_key = step.key
         self.next_at = None if step.key is None else self.clock() + step.lapse
         with trio.move_on_after(step.lapse if step.key is not None else IDLE_RECHECK):
             await self._wake.wait()
             return  # woken: something changed, draw again
         if step.key is None:
             return
-        ok = await self.refresh(step.key)
-        assert self.state is not None
+        fingerprint = self.store.refresh_fingerprint(int(step.key))
+        ok = fingerprint is not None and await self.refresh(fingerprint)
         if ok:
             self.state = schedule.mark_done(self.state, step.key)
         else:
@@ -180,7 +257,7 @@ class Refresher:
             if retry is not None:
                 self.audit.emit(
                     "refresh.backoff",
-                    fingerprint=step.key,
+                    fingerprint=fingerprint,
                     failures=retry.failures,
                     retry_at=epoch_iso(retry.due),
                 )

@@ -225,7 +225,7 @@ class Service:
             )
         if p["fingerprint"] is not None:
             fpr = fingerprint_param(p["fingerprint"])
-            if fpr not in self.keys.store.registered_fingerprints():
+            if not self.keys.store.is_registered(fpr):
                 raise RpcError(INVALID_PARAMS, f"Invalid params: {fpr} is not a registered key")
         else:
             reg = self.keys.store.registration(address_param(p["address"]))

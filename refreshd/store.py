@@ -21,7 +21,7 @@ from refreshd.core.rules import Decision, Registration, successfully_used
 
 __all__ = ["KeyFacts", "Source", "Store", "iso"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 REJECTED_BYTES = 8 << 20  # rejected keys kept (newest first) for `verify` and fingerprint observes
 
 MIGRATIONS: dict[int, str] = {
@@ -126,7 +126,90 @@ MIGRATIONS: dict[int, str] = {
     );
     CREATE TABLE audit_intents (seq INTEGER PRIMARY KEY, line TEXT NOT NULL);
     """,
+    # 5: what the refresh loop and `status` read on every step must not grow with the number of
+    # keys: each registered key gets a small stable id (the schedule holds ids, not
+    # fingerprints), every change of the registered set is logged for the loop to apply as a
+    # delta, and the counts `status` shows are kept by triggers as the rows change.
+    5: """
+    CREATE INDEX addresses_fingerprint ON addresses(fingerprint);
+    CREATE INDEX sources_failing ON sources(url, failures) WHERE failures > 0;
+    CREATE TABLE refresh_keys (
+        id INTEGER PRIMARY KEY,
+        fingerprint TEXT NOT NULL UNIQUE,
+        addresses INTEGER NOT NULL
+    );
+    CREATE TABLE refresh_changes (
+        seq INTEGER PRIMARY KEY,
+        id INTEGER NOT NULL,
+        registered INTEGER NOT NULL
+    );
+    CREATE TABLE refresh_order (
+        slot INTEGER PRIMARY KEY CHECK (slot IN (0, 1)),
+        ids BLOB NOT NULL
+    );
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO refresh_keys(fingerprint, addresses)
+        SELECT fingerprint, count(*) FROM addresses GROUP BY fingerprint ORDER BY fingerprint;
+    INSERT INTO counters(name, value) VALUES
+        ('keys', (SELECT count(*) FROM refresh_keys)),
+        ('addresses', (SELECT count(*) FROM addresses)),
+        ('stored_keys', (SELECT count(*) FROM keys));
+    CREATE TRIGGER keys_counted AFTER INSERT ON keys BEGIN
+        UPDATE counters SET value = value + 1 WHERE name = 'stored_keys';
+    END;
+    CREATE TRIGGER keys_uncounted AFTER DELETE ON keys BEGIN
+        UPDATE counters SET value = value - 1 WHERE name = 'stored_keys';
+    END;
+    CREATE TRIGGER address_added AFTER INSERT ON addresses BEGIN
+        UPDATE counters SET value = value + 1 WHERE name = 'addresses';
+        INSERT INTO refresh_keys(fingerprint, addresses) SELECT NEW.fingerprint, 0
+            WHERE NOT EXISTS (SELECT 1 FROM refresh_keys WHERE fingerprint = NEW.fingerprint);
+        UPDATE refresh_keys SET addresses = addresses + 1 WHERE fingerprint = NEW.fingerprint;
+        INSERT INTO refresh_changes(id, registered)
+            SELECT id, 1 FROM refresh_keys WHERE fingerprint = NEW.fingerprint AND addresses = 1;
+        UPDATE counters SET value = value + changes() WHERE name = 'keys';
+    END;
+    CREATE TRIGGER address_removed AFTER DELETE ON addresses BEGIN
+        UPDATE counters SET value = value - 1 WHERE name = 'addresses';
+        UPDATE refresh_keys SET addresses = addresses - 1 WHERE fingerprint = OLD.fingerprint;
+        INSERT INTO refresh_changes(id, registered)
+            SELECT id, 0 FROM refresh_keys WHERE fingerprint = OLD.fingerprint AND addresses = 0;
+        UPDATE counters SET value = value - changes() WHERE name = 'keys';
+    END;
+    CREATE TRIGGER address_moved AFTER UPDATE OF fingerprint ON addresses
+    WHEN OLD.fingerprint != NEW.fingerprint BEGIN
+        UPDATE refresh_keys SET addresses = addresses - 1 WHERE fingerprint = OLD.fingerprint;
+        INSERT INTO refresh_changes(id, registered)
+            SELECT id, 0 FROM refresh_keys WHERE fingerprint = OLD.fingerprint AND addresses = 0;
+        UPDATE counters SET value = value - changes() WHERE name = 'keys';
+        INSERT INTO refresh_keys(fingerprint, addresses) SELECT NEW.fingerprint, 0
+            WHERE NOT EXISTS (SELECT 1 FROM refresh_keys WHERE fingerprint = NEW.fingerprint);
+        UPDATE refresh_keys SET addresses = addresses + 1 WHERE fingerprint = NEW.fingerprint;
+        INSERT INTO refresh_changes(id, registered)
+            SELECT id, 1 FROM refresh_keys WHERE fingerprint = NEW.fingerprint AND addresses = 1;
+        UPDATE counters SET value = value + changes() WHERE name = 'keys';
+    END;
+    """,
 }
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a migration one by one (a trigger's body holds semicolons too)."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
+
+
+def _put_order(db: sqlite3.Connection, cycle: int, packed: bytes) -> None:
+    db.execute(
+        "INSERT INTO refresh_order(slot, ids) VALUES (?, ?) "
+        "ON CONFLICT(slot) DO UPDATE SET ids=excluded.ids",
+        (cycle % 2, packed),
+    )
 
 
 def iso(t: datetime | None) -> str | None:
@@ -197,9 +280,8 @@ class Store:
             )
         for target in range(version + 1, SCHEMA_VERSION + 1):
             with self.transaction():
-                for statement in MIGRATIONS[target].split(";"):
-                    if statement.strip():
-                        self.db.execute(statement)
+                for statement in _statements(MIGRATIONS[target]):
+                    self.db.execute(statement)
                 self.db.execute(f"PRAGMA user_version = {target}")
 
     def close(self) -> None:
@@ -454,17 +536,18 @@ class Store:
         )
         return [r["address"] for r in rows]
 
+    def is_registered(self, fingerprint: str) -> bool:
+        return self._one("SELECT 1 FROM addresses WHERE fingerprint = ?", fingerprint) is not None
+
     def registered_fingerprints(self) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT DISTINCT fingerprint FROM addresses")]
+        """Every registered key (import builds its keep-set from it: once per import)."""
+        rows = self.db.execute("SELECT fingerprint FROM refresh_keys WHERE addresses > 0")
+        return [r[0] for r in rows]
 
     def counts(self) -> dict[str, int]:
-        return {
-            "keys": self.db.execute("SELECT count(DISTINCT fingerprint) FROM addresses").fetchone()[
-                0
-            ],
-            "addresses": self.db.execute("SELECT count(*) FROM addresses").fetchone()[0],
-            "stored_keys": self.db.execute("SELECT count(*) FROM keys").fetchone()[0],
-        }
+        """Registered keys, addresses and stored keys: counters the triggers keep, O(1)."""
+        rows = self.db.execute("SELECT name, value FROM counters")
+        return {r[0]: r[1] for r in rows}
 
     def served_status(self, fingerprint: str) -> str | None:
         """`registered` or `retired` if the key is either for some address, else None (a
@@ -562,6 +645,61 @@ class Store:
             host = r["url"].split("/")[2] if "://" in r["url"] else r["url"]
             out[host] = out.get(host, 0) + r["failures"]
         return out
+
+    # the refresh schedule's view of the registered keys -------------------------------------
+    def refresh_ids(self) -> list[int]:
+        """The ids of every registered key (a fresh schedule's first cycle)."""
+        return [r[0] for r in self.db.execute("SELECT id FROM refresh_keys WHERE addresses > 0")]
+
+    def refresh_id(self, fingerprint: str) -> int | None:
+        row = self._one(
+            "SELECT id FROM refresh_keys WHERE fingerprint = ? AND addresses > 0", fingerprint
+        )
+        return None if row is None else int(row[0])
+
+    def refresh_fingerprint(self, key_id: int) -> str | None:
+        row = self._one("SELECT fingerprint FROM refresh_keys WHERE id = ?", key_id)
+        return None if row is None else str(row[0])
+
+    def refresh_changes(self, after: int) -> tuple[int, set[int], set[int]]:
+        """Changes of the registered set since change `after`: (last change, added, removed),
+        each id in at most one of the two sets (its last change wins)."""
+        last, added, removed = after, set(), set()
+        rows = self.db.execute(
+            "SELECT seq, id, registered FROM refresh_changes WHERE seq > ? ORDER BY seq", (after,)
+        )
+        for seq, key_id, registered in rows:
+            last = seq
+            (added if registered else removed).add(key_id)
+            (removed if registered else added).discard(key_id)
+        return last, added, removed
+
+    def forget_refresh_changes(self, through: int) -> None:
+        self.db.execute("DELETE FROM refresh_changes WHERE seq <= ?", (through,))
+
+    def last_refresh_change(self) -> int:
+        row = self._one("SELECT max(seq) FROM refresh_changes")
+        return 0 if row is None or row[0] is None else int(row[0])
+
+    def get_refresh_order(self, cycle: int) -> bytes | None:
+        """The saved order of `cycle` (two slots: the current cycle's, and the next one's
+        while it is being drawn)."""
+        row = self._one("SELECT ids FROM refresh_order WHERE slot = ?", cycle % 2)
+        return None if row is None else bytes(row[0])
+
+    def put_refresh_order(self, cycle: int, packed: bytes) -> None:
+        _put_order(self.db, cycle, packed)
+
+    def put_refresh_order_aside(self, cycle: int, packed: bytes) -> None:
+        """put_refresh_order on a connection of its own, for a worker thread: the slot it
+        writes is not the current cycle's, so the loop's connection never reads it meanwhile."""
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            _put_order(db, cycle, packed)
+            db.execute("COMMIT")
+        finally:
+            db.close()
 
     # engine state -----------------------------------------------------------------------
     def get_state(self, name: str) -> str | None:

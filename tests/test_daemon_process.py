@@ -95,6 +95,12 @@ def test_every_method_over_the_socket(daemon, keys):
 
     scheduled = daemon.call("refresh", address=BOB)
     assert scheduled["scheduled_at"] and scheduled["fingerprint"] == p_fpr
+    by_fpr = daemon.call("refresh", fingerprint=p_fpr)
+    assert by_fpr["scheduled_at"] == scheduled["scheduled_at"]  # already queued: same moment
+    for retired in (keys["a_fpr"], "0" * 40):  # no longer registered; never seen
+        with pytest.raises(RpcFailed) as refused:
+            daemon.call("refresh", fingerprint=retired)
+        assert refused.value.code == -32602 and "not a registered key" in refused.value.message
 
     pending = daemon.call("lookup", address="carol@example.net")
     assert pending["state"] == "pending"

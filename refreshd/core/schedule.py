@@ -50,8 +50,30 @@ or a late batch of new keys, and by chance near the end of a cycle near capacity
 the last fetch of 160 simulated cycles of 2,000 keys with a 180 s floor came at most 12 min
 after the deadline).
 
+Why this floor (the default minimum_lapse, 30 s; parcimonie's is 10 min). parcimonie needs
+its floor to exceed Tor's MaxCircuitDirtiness (10 min) so that two fetches never share a
+circuit and so an exit or a keyserver cannot tie them to one client. refreshd gives every
+fetch its own circuit (a fresh SOCKS username and password, IsolateSOCKSAuth), so that reason
+is gone and what is left for a floor to bound is the rate:
+- Linking by circuit is impossible at any floor; linking by timing depends on the lapses'
+  randomness, not on the floor: the lapse law above keeps them exponential-like with mean
+  period / N. A long floor is itself a mark: gaps never under 10 min are a refresher's
+  signature in a keyserver's log, and a short one hides among other clients' traffic.
+- The guard relay sees every circuit of the user whatever the floor; a shorter floor tells
+  it nothing it did not know (it sees the same fetches, no more of them per period).
+- The rate: one fetch per 30 s at most is far under keyserver limits (keys.openpgp.org
+  answers 429 beyond about 5 requests/s by fingerprint from one address, and exits are
+  shared by many users), and one circuit per 30 s is less than a browser builds.
+- The number of fetches per period does not depend on the floor (one per key per period);
+  the floor only decides where the cycle must lengthen: N * floor * (1 + JITTER) > period.
+  With 30 s and 7 days that is above 13,440 keys (10 min: above 672, which stretched a
+  10,000-key cycle to 104 days and left keys unrefreshed for months).
+So 10,000 keys fit the default period, and the floor stays far above what any server or the
+Tor network would notice as load.
+
 The shell passes random.SystemRandom(): the permutation and the lapses are what an observer
-must not predict. State is plain data with a JSON form so the shell can persist it.
+must not predict. State is plain data; its small part has a JSON form and its order is kept
+apart, so the shell saves per step only what changed.
 """
 
 from __future__ import annotations
@@ -59,38 +81,49 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Collection
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
+from functools import partial
+from itertools import chain, pairwise
 from typing import Any, Literal
 
 __all__ = [
     "CycleState",
+    "Key",
     "backoff",
     "effective_period",
     "from_json",
     "mark_done",
     "mark_failed",
+    "next_cycle",
     "next_refresh",
-    "reconcile",
     "request",
+    "saved_cycle",
     "to_json",
+    "update",
 ]
 
 JITTER = 0.5
-STATE_VERSION = 1
+FEW_CHANGES = 32  # up to this many keys added or dropped at once, update scans per key
+STATE_VERSION = 2
 
 Kind = Literal["urgent", "retry", "cycle"]
+# A key of the schedule: the daemon's small integer ids of registered keys (refreshd.store), or
+# any other distinct, sortable names (the tests use strings).
+Key = int | str
 
 
 @dataclass(frozen=True)
 class Urgent:
-    key: str
+    key: Key
     due: float
 
 
 @dataclass(frozen=True)
 class Retry:
-    key: str
+    key: Key
     due: float
     failures: int
 
@@ -103,7 +136,7 @@ class CycleState:
     """
 
     cycle: int
-    order: tuple[str, ...]
+    order: tuple[Key, ...]
     position: int
     started_at: float
     urgent: tuple[Urgent, ...] = ()
@@ -143,7 +176,7 @@ class Step:
     was drawn at the request). `key` is None, with an infinite lapse, when there are no keys.
     """
 
-    key: str | None
+    key: Key | None
     lapse: float
     kind: Kind | None
     law: LapseLaw | None
@@ -158,40 +191,86 @@ def deadline(state: CycleState, *, period: float, minimum_lapse: float) -> float
     return state.started_at + effective_period(period, minimum_lapse, len(state.order))
 
 
-def reconcile(
-    state: CycleState | None, keys: Collection[str], rng: random.Random, now: float
+def update(
+    state: CycleState | None,
+    added: Collection[Key],
+    removed: Collection[Key],
+    rng: random.Random,
+    now: float,
 ) -> CycleState:
-    """The state for the registered `keys`: a first cycle, or the current one updated."""
-    wanted = set(keys)
-    if state is None or (not state.order and wanted):
+    """The state after keys were registered (`added`) or dropped (`removed`) (rule 4).
+
+    The work grows with the size of the change, not with the number of keys (beyond copying
+    the order once), so the shell can apply each change as it happens.
+    """
+    if state is None or (not state.order and added):
         # the first keys start a cycle of their own: an empty cycle's clock (begun when the
         # daemon started) must not squeeze them into what is left of it
-        order = sorted(wanted)
-        rng.shuffle(order)
         cycle = 1 if state is None else state.cycle
+        order = _shuffled(sorted(set(added)), rng)
         return CycleState(cycle=cycle, order=tuple(order), position=0, started_at=now)
-    present = set(state.order)
-    if wanted == present:
+    if len(added) + len(removed) > FEW_CHANGES:  # one index of the order beats many scans
+        index = {k: i for i, k in enumerate(state.order)}
+        where: Callable[[Key], int | None] = index.get
+    else:
+        where = partial(_index, state.order)
+    at = {k: i for k in set(removed) if (i := where(k)) is not None}
+    new = sorted({k for k in added if k not in at and where(k) is None})
+    if not at and not new:
         return state
-    done = [k for k in state.order[: state.position] if k in wanted]
-    pending = [k for k in state.order[state.position :] if k in wanted]
-    added = sorted(wanted - present)
-    rng.shuffle(added)
+    cut = sorted(at.values())
+    kept = [state.order[i + 1 : j] for i, j in pairwise([-1, *cut, len(state.order)])]
+    order = tuple(chain.from_iterable(kept))
+    position = state.position - bisect_left(cut, state.position)
+    rng.shuffle(new)
+    order = (*order[:position], *_interleave(order[position:], new, rng))
     return replace(
         state,
-        order=(*done, *_interleave(pending, added, rng)),
-        position=len(done),
-        urgent=tuple(u for u in state.urgent if u.key in wanted),
-        retries=tuple(r for r in state.retries if r.key in wanted),
+        order=order,
+        position=position,
+        urgent=tuple(u for u in state.urgent if u.key not in at),
+        retries=tuple(r for r in state.retries if r.key not in at),
     )
 
 
-def _interleave(base: list[str], extra: list[str], rng: random.Random) -> list[str]:
+def _index(order: tuple[Key, ...], key: Key) -> int | None:
+    """Where `key` is in `order` (a scan at C speed, once per changed key: changes are few)."""
+    try:
+        return order.index(key)
+    except ValueError:
+        return None
+
+
+def _interleave(base: tuple[Key, ...], extra: list[Key], rng: random.Random) -> list[Key]:
     """`base` in its order with `extra` in its order at uniformly random places among it."""
-    total = len(base) + len(extra)
-    slots = set(rng.sample(range(total), len(extra)))
-    from_base, from_extra = iter(base), iter(extra)
-    return [next(from_extra) if i in slots else next(from_base) for i in range(total)]
+    slots = sorted(rng.sample(range(len(base) + len(extra)), len(extra)))
+    out: list[Key] = []
+    taken = 0
+    for key, slot in zip(extra, slots, strict=True):
+        count = slot - len(out)
+        out.extend(base[taken : taken + count])
+        taken += count
+        out.append(key)
+    out.extend(base[taken:])
+    return out
+
+
+def _shuffled(keys: list[Key], rng: random.Random) -> list[Key]:
+    """A uniformly random permutation (Fisher-Yates) from one draw of `rng`.
+
+    One getrandbits call instead of one per key: with random.SystemRandom that is one read
+    of the kernel's generator rather than 100,000 (a 64-bit draw per position; the modulo's
+    bias, under n / 2**64, is far below anything observable).
+    """
+    n = len(keys)
+    if n < 2:
+        return list(keys)
+    draws = array("Q", rng.getrandbits(64 * n).to_bytes(8 * n, "little"))
+    out = list(keys)
+    for i in range(n - 1, 0, -1):
+        j = draws[i] % (i + 1)
+        out[i], out[j] = out[j], out[i]
+    return out
 
 
 def next_refresh(
@@ -204,7 +283,7 @@ def next_refresh(
         first = min(state.urgent, key=lambda u: (u.due, u.key))
         return Step(first.key, max(0.0, first.due - now), "urgent", None, state)
     if state.position >= len(state.order):
-        state = _next_cycle(state, now=now, period=period, minimum_lapse=minimum_lapse, rng=rng)
+        state = next_cycle(state, now=now, period=period, minimum_lapse=minimum_lapse, rng=rng)
     pending = len(state.order) - state.position
     due = [r for r in state.retries if r.due <= now and not state.owed]
     kind: Kind
@@ -217,11 +296,15 @@ def next_refresh(
     return Step(key, law.sample(rng), kind, law, state)
 
 
-def _next_cycle(
+def next_cycle(
     state: CycleState, *, now: float, period: float, minimum_lapse: float, rng: random.Random
 ) -> CycleState:
-    order = list(state.order)
-    rng.shuffle(order)
+    """The cycle after a finished one: a fresh order (rule 1), starting at its deadline.
+
+    next_refresh calls it when the walk is done; it is O(N), so the shell calls it first, off
+    the event loop, once state.position reaches the end of the order.
+    """
+    order = _shuffled(list(state.order), rng)
     end = deadline(state, period=period, minimum_lapse=minimum_lapse)
     return replace(
         state, cycle=state.cycle + 1, order=tuple(order), position=0, started_at=max(end, now)
@@ -238,11 +321,12 @@ def _law(
 
 
 def request(
-    state: CycleState, key: str, *, now: float, minimum_lapse: float, rng: random.Random
+    state: CycleState, key: Key, *, now: float, minimum_lapse: float, rng: random.Random
 ) -> tuple[float, CycleState]:
-    """A `refresh` request: (the time the key is due, new state). Raises KeyError if unknown."""
-    if key not in state.order:
-        raise KeyError(key)
+    """A `refresh` request for a key of the state: (the time the key is due, new state).
+
+    The caller checks that the key is registered (the daemon asks the store's index; a scan
+    of the order here would cost O(N) per request)."""
     for u in state.urgent:
         if u.key == key:
             return u.due, state
@@ -250,7 +334,7 @@ def request(
     return due, replace(state, urgent=(*state.urgent, Urgent(key, due)))
 
 
-def mark_done(state: CycleState, key: str) -> CycleState:
+def mark_done(state: CycleState, key: Key) -> CycleState:
     """A successful fetch of `key`: done for this cycle, failure count cleared."""
     state = _attempted(state, key)
     if any(r.key == key for r in state.retries):
@@ -260,7 +344,7 @@ def mark_done(state: CycleState, key: str) -> CycleState:
 
 def mark_failed(
     state: CycleState,
-    key: str,
+    key: Key,
     *,
     now: float,
     base: float,
@@ -280,7 +364,7 @@ def mark_failed(
     return replace(state, retries=(*(r for r in state.retries if r.key != key), retry))
 
 
-def _attempted(state: CycleState, key: str) -> CycleState:
+def _attempted(state: CycleState, key: Key) -> CycleState:
     if any(u.key == key for u in state.urgent):
         state = replace(state, urgent=tuple(u for u in state.urgent if u.key != key))
     order, position = state.order, state.position
@@ -313,11 +397,13 @@ def backoff(failures: int, *, base: float, cap: float, rng: random.Random) -> fl
 
 
 def to_json(state: CycleState) -> str:
+    """Everything but the order, which the shell keeps apart: it changes only when the set of
+    keys or the cycle does, while this small part changes at every step."""
     return json.dumps(
         {
             "version": STATE_VERSION,
             "cycle": state.cycle,
-            "order": list(state.order),
+            "keys": len(state.order),
             "position": state.position,
             "started_at": state.started_at,
             "urgent": [[u.key, u.due] for u in state.urgent],
@@ -329,18 +415,30 @@ def to_json(state: CycleState) -> str:
     )
 
 
-def from_json(text: str | bytes) -> CycleState:
-    """Parse to_json's output; anything else raises ValueError."""
+def saved_cycle(text: str | bytes) -> int:
+    """The cycle number of a saved state (to find its order); ValueError if unreadable."""
+    try:
+        data = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"schedule state: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("schedule state: not an object")
+    return _int(data.get("cycle"), "cycle", 1)
+
+
+def from_json(text: str | bytes, order: tuple[Key, ...]) -> CycleState:
+    """Parse to_json's output with the order saved beside it; anything else raises ValueError."""
     data = json.loads(text, parse_constant=_no_constant)
-    fields = {"version", "cycle", "order", "position", "started_at", "urgent", "retries", "owed"}
+    fields = {"version", "cycle", "keys", "position", "started_at", "urgent", "retries", "owed"}
     if not isinstance(data, dict) or set(data) != fields:
         raise ValueError(f"schedule state: expected the fields {sorted(fields)}")
     if data["version"] != STATE_VERSION or isinstance(data["version"], bool):
         raise ValueError(f"schedule state: unknown version {data['version']!r}")
-    order = _list(data["order"], "order")
-    if not all(isinstance(k, str) for k in order) or len(set(order)) != len(order):
-        raise ValueError("schedule state: order must hold distinct strings")
+    if _int(data["keys"], "keys", 0) != len(order):
+        raise ValueError("schedule state: the saved order does not have the saved length")
     keys = set(order)
+    if len(keys) != len(order):
+        raise ValueError("schedule state: order must hold distinct keys")
     position = _int(data["position"], "position", 0)
     if position > len(order):
         raise ValueError("schedule state: position beyond the order")
@@ -359,7 +457,7 @@ def from_json(text: str | bytes) -> CycleState:
         raise ValueError("schedule state: owed must be true or false")
     return CycleState(
         cycle=_int(data["cycle"], "cycle", 1),
-        order=tuple(order),
+        order=order,
         position=position,
         started_at=_time(data["started_at"], "started_at"),
         urgent=urgent,
@@ -402,7 +500,7 @@ def _time(value: Any, name: str) -> float:
     return seconds
 
 
-def _key(value: Any, keys: set[str]) -> str:
-    if not isinstance(value, str) or value not in keys:
+def _key(value: Any, keys: set[Key]) -> Key:
+    if isinstance(value, bool) or not isinstance(value, int | str) or value not in keys:
         raise ValueError("schedule state: an urgent or retry entry names a key not in the order")
     return value
