@@ -24,7 +24,8 @@ parcimonie, as its 0.12 code does it (App::Parcimonie::Daemon, Debian package):
 
 Both run with the same minimum lapse. The first scenario uses 180 s, the longest whole minute
 for which 2,000 keys fit in a week under refreshd's rule (2,000 * 180 s * 1.5 <= 7 days); the
-second uses the default 600 s, where both stretch (refreshd says so in `status`).
+second uses parcimonie's default 600 s, where both stretch (refreshd says so in `status`). The
+third is refreshd's default config (a 30 s floor) with 10,000 keys, which fits the period.
 
     python -m bench.staleness
 """
@@ -36,6 +37,7 @@ import statistics
 from collections.abc import Iterator
 
 from refreshd.core import schedule
+from tests.schedule_support import reconcile
 
 DAY = 86400.0
 WEEK = 7 * DAY
@@ -45,7 +47,7 @@ def refreshd_fetches(
     n_keys: int, *, until: float, period: float, minimum_lapse: float, rng: random.Random
 ) -> Iterator[tuple[float, int]]:
     """(time, key) of each fetch by refreshd's schedule."""
-    state = schedule.reconcile(None, [f"{i:05d}" for i in range(n_keys)], rng, 0.0)
+    state = reconcile(None, [f"{i:05d}" for i in range(n_keys)], rng, 0.0)
     now = 0.0
     while True:
         step = schedule.next_refresh(

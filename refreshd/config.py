@@ -97,7 +97,9 @@ class NetworkConfig:
 @dataclass(frozen=True)
 class RefreshConfig:
     period: int = 7 * 86400
-    minimum_lapse: int = 600
+    # 30 s, not parcimonie's 10 min: see core/schedule.py ("Why this floor"); 10,000 keys
+    # fit the default period (a cycle lengthens above period / (1.5 * 30 s) = 13,440 keys).
+    minimum_lapse: int = 30
 
 
 @dataclass(frozen=True)
