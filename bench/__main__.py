@@ -3,7 +3,8 @@ run, refreshd and its peers side by side; prints the Markdown table and writes r
 and results.md (into bench/ for a full run; a quick run writes elsewhere unless --out says
 so, so its smaller figures never replace published ones).
 
-Cases (see bench/README.md): wire, cpu, flood, lookup, idle, startup, staleness, tor, door. Servers
+Cases (see bench/README.md): wire, cpu, flood, lookup, idle, startup, staleness, tor, door,
+scale. Servers
 and data are made fresh on loopback (tests/world, tests/keyfactory) and removed at the end.
 """
 
@@ -26,6 +27,7 @@ from typing import Any
 from bench import report
 from bench.engine import discard_logs
 from bench.report import Row, spread
+from refreshd.config import RefreshConfig
 
 BENCH_DIR = Path(__file__).resolve().parent
 TITLES = {
@@ -38,6 +40,7 @@ TITLES = {
     "staleness": "7. worst key staleness",
     "tor": "8. refresh over the private Tor network",
     "door": "9. keyserver door lookup",
+    "scale": "10. the loop's cost at 1k / 10k / 100k keys",
 }
 POPULATION = 10_000
 POPULATION_QUICK = 300
@@ -73,9 +76,13 @@ def staleness_case(quick: bool) -> dict[str, Any]:
 
     seeds = range(1, 3 if quick else 6)
     rows, details = [], {}
-    for minimum_lapse in (180.0, 600.0):
-        runs = [staleness.run(minimum_lapse=minimum_lapse, seed=seed) for seed in seeds]
-        details[f"minimum_lapse_{minimum_lapse:.0f}"] = runs
+    default = float(RefreshConfig().minimum_lapse)
+    scenarios = [(2000, 180.0, ""), (2000, 600.0, ""), (10_000, default, ", the default config")]
+    for n_keys, minimum_lapse, note in scenarios:
+        runs = [
+            staleness.run(n_keys=n_keys, minimum_lapse=minimum_lapse, seed=seed) for seed in seeds
+        ]
+        details[f"keys_{n_keys}_minimum_lapse_{minimum_lapse:.0f}"] = runs
         first = runs[0]
         worst = spread(r["refreshd"]["worst"] for r in runs)
         peer = spread(r["parcimonie"]["worst"] for r in runs)
@@ -85,7 +92,8 @@ def staleness_case(quick: bool) -> dict[str, Any]:
         rows.append(
             Row(f"worst staleness: {first['keys']:,} keys, {first['days']:g} d, period "
                 f"{first['period_days']:g} d, minimum lapse {minimum_lapse:.0f} s "
-                f"(refreshd's cycle: {first['effective_period_days']:.1f} d; {len(runs)} seeds)",
+                f"(refreshd's cycle: {first['effective_period_days']:.1f} d; {len(runs)} seeds)"
+                f"{note}",
                 "periods", worst, target, met, "parcimonie's sampling with replacement", peer)
         )  # fmt: skip
     return {"rows": rows, "details": details}
@@ -110,13 +118,13 @@ def _case(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-ORDER = ("wire", "cpu", "flood", "lookup", "door", "startup", "staleness", "idle", "tor")
+ORDER = ("wire", "cpu", "flood", "lookup", "door", "startup", "staleness", "scale", "idle", "tor")
 
 
 def run_cases(selected: list[str], quick: bool) -> list[dict[str, Any]]:
     """Cases in ORDER; the Tor world starts only for the last two, so its relays' CPU does not
     share the machine with the other cases."""
-    from bench import cpu, door, idle, lookup, population, startup, tor_refresh, wire
+    from bench import cpu, door, idle, lookup, population, scale, startup, tor_refresh, wire
     from tests.world import World
 
     results = []
@@ -151,6 +159,7 @@ def run_cases(selected: list[str], quick: bool) -> list[dict[str, Any]]:
             "door": lambda: door.run(pop, quick),
             "startup": lambda: startup.run(pop, quick),
             "staleness": lambda: staleness_case(quick),
+            "scale": lambda: scale.run(quick),
             "idle": lambda: idle.run(pop, tor_ports(), quick),
             "tor": lambda: tor_refresh.run(tor_world(), quick),
         }
