@@ -4,8 +4,8 @@ and results.md (into bench/ for a full run; a quick run writes elsewhere unless 
 so, so its smaller figures never replace published ones).
 
 Cases (see bench/README.md): wire, cpu, flood, lookup, idle, startup, staleness, tor, door,
-scale. Servers
-and data are made fresh on loopback (tests/world, tests/keyfactory) and removed at the end.
+scale. Servers and data are made fresh on loopback (tests/world, tests/keyfactory) and removed
+at the end.
 """
 
 from __future__ import annotations
