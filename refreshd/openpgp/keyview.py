@@ -1,22 +1,46 @@
-"""What decisions need to know about a public key, computed and verified here.
+"""What decisions need to know about a public key at a given time, computed and verified here.
 
 pgpy mis-reads expiry and does not check self-signatures fully, so every fact below comes from
 signatures this module verified itself (refreshd.openpgp.verify) over the packets as received.
+A view is taken at a time `now` (the caller's clock): it says what RFC 4880 / RFC 9580, gpg and
+sq say the key is at that moment.
 
 Rules:
-- Only signatures by the primary key count, and only if they verify, are not older than the key
-  they speak about, and have no unknown critical subpacket.
-- A user id is listed only with a valid self-certification (0x10-0x13); it is revoked when a
-  valid certification revocation (0x30) is at least as new as its newest certification.
-- Primary key expiry and flags: from the newest valid direct-key signature (0x1F) and the newest
-  self-certification of the primary user id, the newer one that states them wins (a tie goes to
-  the direct-key signature, as gpg does). The primary user id is the non-revoked one flagged
-  primary, else the one with the newest self-certification.
-- A subkey is listed only with a valid binding (0x18); its newest binding gives expiry and
-  flags; "sign" needs a valid embedded back-signature (0x19). Any valid revocation (0x20 for the
-  key, 0x28 for a subkey) revokes.
+- Only signatures by the primary key count, and only if they verify, were made at or before
+  now, are not older than the key they speak about, and have no critical subpacket we do not
+  understand. No notation is understood, so a critical notation (subpacket 20) voids its
+  signature, as in gpg and sq. v3 signatures count like v4 ones (a v3 key revocation revokes).
+- Signatures count where they sign, not where they sit: a key revocation or direct-key
+  signature anywhere in the blob (after the subkeys, as a second armor block, ahead of the key)
+  belongs to the primary; a certification or binding that does not verify where it stands is
+  tried on the other components of its kind and moved to the one it signs (at most
+  MAX_RELOCATIONS tries per key, so a hostile key cannot make this quadratic).
+- Two copies of one certificate in a blob are read as one (packets.merge_copies).
+- A key whose primary was created after now is refused ("created in the future"); so is a
+  subkey, a signature, a revocation made after now ignored.
+- Signature expiration (subpacket 3): the newest binding of a user id or subkey decides; when
+  it has expired at now the component is not valid (an older binding does not step in).
+- A user id is listed only with a valid, unexpired self-certification (0x10-0x13), the newest
+  one (a tie goes to the later packet, as gpg and sq do); it is revoked when a valid
+  certification revocation (0x30) is at least as new as that binding.
+- The primary key is bound by a valid, unexpired direct-key signature (0x1F) or user id
+  binding (a revoked user id still binds, as in gpg and sq). Without one the key is still read
+  (its revocations are known, a copy without user ids still merges) but it is not usable and
+  has no capability: a subkey binding alone never makes a key.
+- Primary key expiry and flags: from the newest valid direct-key signature and the binding of
+  the primary user id, the newer one that states them wins (a tie goes to the direct-key
+  signature, as gpg does; a key expiration time of 0 states nothing, as in gpg and sq). The
+  primary user id is the non-revoked one flagged primary, else the one with the newest
+  self-certification.
+- A subkey is listed only with a valid, unexpired binding (0x18), its newest, which gives expiry
+  and flags; "sign" needs a valid embedded back-signature (0x19). Any valid revocation (0x20 for
+  the key, 0x28 for a subkey) revokes.
 - Without a key-flags subpacket, capabilities follow the algorithm; flags the algorithm cannot
-  do are masked off. The primary key can always certify.
+  do are masked off. A bound primary key can always certify.
+- Absurd or weak RSA material is refused before any arithmetic (verify.material_refusal: a
+  primary refuses the key, a subkey is left out); when the backend cannot verify the primary
+  (verify.backend_refusal, e.g. DSA with a 1017-bit p), that limit is the reason, never "no
+  valid self-signature".
 - A key without any valid self-signature is rejected; a key without user ids is not.
 """
 
@@ -42,13 +66,20 @@ from refreshd.openpgp.packets import (
     Bundle,
     Cert,
     KeyRejected,
+    Packet,
     PublicKey,
     Signature,
     StreamingKeyFilter,
     parse_public_key,
     parse_signature,
 )
-from refreshd.openpgp.verify import key_context, uid_context, verify
+from refreshd.openpgp.verify import (
+    backend_refusal,
+    key_context,
+    material_refusal,
+    uid_context,
+    verify,
+)
 
 __all__ = [
     "CERTIFICATIONS",
@@ -71,10 +102,15 @@ __all__ = [
 CERTIFICATIONS = frozenset({0x10, 0x11, 0x12, 0x13})
 SUBKEY_BINDING, PRIMARY_BINDING, DIRECT_KEY = 0x18, 0x19, 0x1F
 KEY_REVOCATION, SUBKEY_REVOCATION, CERT_REVOCATION = 0x20, 0x28, 0x30
-# subpackets whose meaning we know; an unknown one marked critical invalidates the signature
+PRIMARY_TYPES = frozenset({DIRECT_KEY, KEY_REVOCATION})
+UID_TYPES = CERTIFICATIONS | {CERT_REVOCATION}
+SUBKEY_TYPES = frozenset({SUBKEY_BINDING, SUBKEY_REVOCATION})
+# subpackets whose meaning we know; an unknown one marked critical invalidates the signature.
+# Notation data (20) is not among them: no notation is known, so a critical one voids.
 KNOWN_SUBPACKETS = frozenset(
-    {2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 16, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33}
+    {2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 16, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33}
 )
+MAX_RELOCATIONS = 256
 FLAG_BITS = (
     (0x01, "certify"),
     (0x02, "sign"),
@@ -129,11 +165,13 @@ class Component:
     expires: datetime | None
     revoked: bool
     flags: frozenset[str]
+    bound: bool = True  # a primary without any valid binding is read but never usable
 
     def live(self, now: datetime) -> bool:
-        """Not revoked, already created and not expired at now."""
+        """Bound, not revoked, already created and not expired at now."""
         return (
-            not self.revoked
+            self.bound
+            and not self.revoked
             and self.created <= now
             and (self.expires is None or now < self.expires)
         )
@@ -146,6 +184,11 @@ class UserID:
     created: datetime
     revoked: bool
     primary: bool
+    expires: datetime | None = None  # the binding's signature expiration
+
+    def valid(self, now: datetime) -> bool:
+        """Not revoked and its binding not expired at now."""
+        return not self.revoked and (self.expires is None or now < self.expires)
 
 
 @dataclass(frozen=True)
@@ -238,10 +281,21 @@ def _issued_by(sig: Signature, fpr: bytes) -> bool:
     return True
 
 
+def _understood(sig: Signature) -> bool:
+    """No critical subpacket we do not understand (a critical notation never is)."""
+    return not any(crit and (kind not in KNOWN_SUBPACKETS) for kind, crit, _ in sig.hashed)
+
+
 def valid_sigs(
-    packets: Iterable[bytes], signer: PublicKey, context: bytes, types: frozenset[int], since: int
+    packets: Iterable[bytes],
+    signer: PublicKey,
+    context: bytes,
+    types: frozenset[int],
+    since: int,
+    at: int | None = None,
 ) -> list[Signature]:
-    """Signatures of the given types by signer over context that verify, created >= since."""
+    """Signatures of the given types by signer over context that verify, created >= since
+    (and <= at when given)."""
     fpr = signer.fingerprint
     found = []
     for body in packets:
@@ -254,19 +308,32 @@ def valid_sigs(
             sig.sigtype in types
             and created is not None
             and created >= since
+            and (at is None or created <= at)
             and _issued_by(sig, fpr)
-            and not any(crit and kind not in KNOWN_SUBPACKETS for kind, crit, _ in sig.hashed)
+            and _understood(sig)
             and verify(signer, sig, context)
         ):
             found.append(sig)
     return found
 
 
+def sig_expires(sig: Signature) -> int | None:
+    """When the signature itself expires (subpacket 3), None for never."""
+    payload = sig.first(SUB_SIG_EXPIRES)
+    seconds = int.from_bytes(payload, "big") if payload and len(payload) == 4 else 0
+    return (sig.created or 0) + seconds if seconds else None
+
+
+def _alive(sig: Signature, at: int) -> bool:
+    until = sig_expires(sig)
+    return until is None or at < until
+
+
 def newest(sigs: Iterable[Signature]) -> Signature | None:
-    """The newest signature; the first one wins a tie."""
+    """The newest signature; the later one wins a tie (as gpg and sq pick)."""
     best: Signature | None = None
     for sig in sigs:
-        if best is None or (sig.created or 0) > (best.created or 0):
+        if best is None or (sig.created or 0) >= (best.created or 0):
             best = sig
     return best
 
@@ -292,11 +359,14 @@ def _component(
     flags: frozenset[str] | None,
     *,
     primary: bool,
+    bound: bool = True,
 ) -> Component:
     capable = CAPABLE.get(key.algorithm, frozenset())
     granted = capable if flags is None else flags & capable
     if primary and capable & SIGNING:
         granted |= {"certify"}
+    if not bound:
+        granted = frozenset()
     fpr = key.fingerprint
     return Component(
         fingerprint=fpr.hex().upper(),
@@ -307,6 +377,80 @@ def _component(
         expires=expires,
         revoked=revoked,
         flags=frozenset(granted),
+        bound=bound,
+    )
+
+
+# --- where signatures belong ------------------------------------------------------------------
+
+
+@dataclass
+class _Slot:
+    context: bytes | None  # None: a subkey packet that cannot be read
+    types: frozenset[int]
+    sigs: list[Packet]
+
+    def signed_by(self, primary: PublicKey, sig: Signature) -> bool:
+        return (
+            self.context is not None
+            and sig.sigtype in self.types
+            and verify(primary, sig, self.context)
+        )
+
+
+def _subkey_or_none(body: bytes) -> PublicKey | None:
+    try:
+        return parse_public_key(body)
+    except KeyRejected:
+        return None
+
+
+def placed(cert: Cert) -> Cert:
+    """cert with every self-signature on the component it signs (module rules); cert itself
+    when nothing moves."""
+    primary = parse_public_key(cert.primary.packet.body)
+    pctx = key_context(primary)
+    slots = [_Slot(pctx, PRIMARY_TYPES, [])]
+    slots += [
+        _Slot(pctx + uid_context(b.packet.tag, b.packet.body), UID_TYPES, []) for b in cert.uids
+    ]
+    for bundle in cert.subkeys:
+        sub = _subkey_or_none(bundle.packet.body)
+        slots.append(_Slot(None if sub is None else pctx + key_context(sub), SUBKEY_TYPES, []))
+    budget, moved = MAX_RELOCATIONS, False
+    for home, bundle in enumerate((cert.primary, *cert.uids, *cert.subkeys)):
+        for packet in bundle.sigs:
+            target = home
+            try:
+                sig: Signature | None = parse_signature(packet.body)
+            except KeyRejected:
+                sig = None
+            if (
+                sig is not None
+                and _issued_by(sig, primary.fingerprint)
+                and not slots[home].signed_by(primary, sig)
+            ):
+                for i, slot in enumerate(slots):
+                    if i == home or sig.sigtype not in slot.types or budget <= 0:
+                        continue
+                    budget -= 1
+                    if slot.signed_by(primary, sig):
+                        target, moved = i, True
+                        break
+            slots[target].sigs.append(packet)
+    if not moved:
+        return cert
+    n = len(cert.uids)
+    return Cert(
+        Bundle(cert.primary.packet, tuple(slots[0].sigs)),
+        tuple(
+            Bundle(b.packet, tuple(s.sigs))
+            for b, s in zip(cert.uids, slots[1 : 1 + n], strict=True)
+        ),
+        tuple(
+            Bundle(b.packet, tuple(s.sigs))
+            for b, s in zip(cert.subkeys, slots[1 + n :], strict=True)
+        ),
     )
 
 
@@ -319,17 +463,18 @@ class _UidFacts:
     binding: Signature
 
 
-def _uid_facts(bundle: Bundle, primary: PublicKey) -> _UidFacts | None:
+def _uid_facts(bundle: Bundle, primary: PublicKey, at: int) -> _UidFacts | None:
     context = key_context(primary) + uid_context(bundle.packet.tag, bundle.packet.body)
     bodies = [s.body for s in bundle.sigs]
-    binding = newest(valid_sigs(bodies, primary, context, CERTIFICATIONS, primary.created))
-    if binding is None or binding.created is None:
+    binding = newest(valid_sigs(bodies, primary, context, CERTIFICATIONS, primary.created, at))
+    if binding is None or binding.created is None or not _alive(binding, at):
         return None
     revocations = valid_sigs(
-        bodies, primary, context, frozenset({CERT_REVOCATION}), primary.created
+        bodies, primary, context, frozenset({CERT_REVOCATION}), primary.created, at
     )
     uid = bundle.packet.body.decode("utf-8", "replace")
     flag = binding.first(SUB_PRIMARY_UID)
+    until = sig_expires(binding)
     return _UidFacts(
         UserID(
             uid=uid,
@@ -337,25 +482,29 @@ def _uid_facts(bundle: Bundle, primary: PublicKey) -> _UidFacts | None:
             created=_time(binding.created),
             revoked=any((r.created or 0) >= binding.created for r in revocations),
             primary=bool(flag and flag[0]),
+            expires=None if until is None else _time(until),
         ),
         binding,
     )
 
 
-def _subkey(bundle: Bundle, primary: PublicKey) -> tuple[Component, list[Signature]] | None:
-    try:
-        sub = parse_public_key(bundle.packet.body)
-    except KeyRejected:
+def _subkey(
+    bundle: Bundle, primary: PublicKey, at: int
+) -> tuple[Component, list[Signature]] | None:
+    sub = _subkey_or_none(bundle.packet.body)
+    if sub is None or sub.created > at or material_refusal(sub):
         return None
     context = key_context(primary) + key_context(sub)
     bodies = [s.body for s in bundle.sigs]
-    bindings = valid_sigs(bodies, primary, context, frozenset({SUBKEY_BINDING}), sub.created)
+    bindings = valid_sigs(bodies, primary, context, frozenset({SUBKEY_BINDING}), sub.created, at)
     binding = newest(bindings)
-    if binding is None:
+    if binding is None or not _alive(binding, at):
         return None
-    revocations = valid_sigs(bodies, primary, context, frozenset({SUBKEY_REVOCATION}), sub.created)
+    revocations = valid_sigs(
+        bodies, primary, context, frozenset({SUBKEY_REVOCATION}), sub.created, at
+    )
     flags = _flags(binding)
-    if flags is not None and "sign" in flags and not _back_signed(binding, sub, context):
+    if flags is not None and "sign" in flags and not _back_signed(binding, sub, context, at):
         flags = flags - {"sign"}
     component = _component(
         sub, _expiry(binding, sub.created), bool(revocations), flags, primary=False
@@ -363,39 +512,56 @@ def _subkey(bundle: Bundle, primary: PublicKey) -> tuple[Component, list[Signatu
     return component, bindings + revocations
 
 
-def _back_signed(binding: Signature, sub: PublicKey, context: bytes) -> bool:
+def _back_signed(binding: Signature, sub: PublicKey, context: bytes, at: int) -> bool:
     for kind, _critical, payload in binding.hashed + binding.unhashed:
         if kind == SUB_EMBEDDED and valid_sigs(
-            [payload], sub, context, frozenset({PRIMARY_BINDING}), sub.created
+            [payload], sub, context, frozenset({PRIMARY_BINDING}), sub.created, at
         ):
             return True
     return False
 
 
-def view_of(cert: Cert) -> KeyView:
-    """The KeyView of a parsed certificate; KeyRejected if nothing in it is validly self-signed."""
+def _readable(primary: PublicKey, at: int) -> None:
+    """KeyRejected for a primary key refreshd does not read at all at `at`."""
+    refusal = material_refusal(primary)
+    if refusal:
+        raise KeyRejected(f"the key is refused: {refusal}")
+    if primary.created > at:
+        when = _time(primary.created).strftime("%Y-%m-%d %H:%M:%S UTC")
+        raise KeyRejected(f"the key was created in the future ({when})")
+
+
+def view_of(cert: Cert, now: datetime | None = None) -> KeyView:
+    """The KeyView of a parsed certificate at now (the system clock when not given); KeyRejected
+    if nothing in it is validly self-signed."""
+    at = int((now if now is not None else datetime.now(UTC)).timestamp())
     primary = parse_public_key(cert.primary.packet.body)
+    _readable(primary, at)
+    cert = placed(cert)
     context = key_context(primary)
     own = [s.body for s in cert.primary.sigs]
-    directs = valid_sigs(own, primary, context, frozenset({DIRECT_KEY}), primary.created)
-    revocations = valid_sigs(own, primary, context, frozenset({KEY_REVOCATION}), primary.created)
+    since = primary.created
+    directs = valid_sigs(own, primary, context, frozenset({DIRECT_KEY}), since, at)
+    revocations = valid_sigs(own, primary, context, frozenset({KEY_REVOCATION}), since, at)
     uid_facts = [
         facts
         for bundle in cert.uids
-        if bundle.packet.tag == TAG_USER_ID and (facts := _uid_facts(bundle, primary))
+        if bundle.packet.tag == TAG_USER_ID and (facts := _uid_facts(bundle, primary, at))
     ]
-    subkeys = [found for bundle in cert.subkeys if (found := _subkey(bundle, primary))]
+    subkeys = [found for bundle in cert.subkeys if (found := _subkey(bundle, primary, at))]
 
     live = [f for f in uid_facts if not f.view.revoked]
     chosen = sorted(live, key=lambda f: (f.view.primary, f.view.created), reverse=True)[:1]
     direct = newest(directs)
+    if direct is not None and not _alive(direct, at):
+        direct = None
     # newest first; on a tie the direct-key signature comes first
     candidates = sorted(
         [*([direct] if direct else []), *(f.binding for f in chosen)],
         key=lambda s: s.created or 0,
         reverse=True,
     )
-    expiry_sig = next((s for s in candidates if s.first(SUB_KEY_EXPIRES) is not None), None)
+    expiry_sig = next((s for s in candidates if _expiry(s, 0) is not None), None)
     flags = next((f for s in candidates if (f := _flags(s)) is not None), None)
 
     all_valid = [
@@ -405,11 +571,12 @@ def view_of(cert: Cert) -> KeyView:
         *(sig for _, sigs in subkeys for sig in sigs),
     ]
     if not all_valid:
-        raise KeyRejected("the key has no valid self-signature")
+        raise KeyRejected(backend_refusal(primary) or "the key has no valid self-signature")
     expires = _expiry(expiry_sig, primary.created) if expiry_sig else None
+    bound = direct is not None or bool(uid_facts)
     return KeyView(
         fingerprint=primary.fingerprint.hex().upper(),
-        primary=_component(primary, expires, bool(revocations), flags, primary=True),
+        primary=_component(primary, expires, bool(revocations), flags, primary=True, bound=bound),
         uids=tuple(f.view for f in uid_facts),
         subkeys=tuple(component for component, _ in subkeys),
         newest_self_signature=_time(max(s.created or 0 for s in all_valid)),
@@ -434,9 +601,10 @@ def parse_one(
 
 
 @rejecting
-def read_key(data: bytes) -> KeyView:
-    """The view of one public key, binary or armored (KeyRejected with a reason otherwise)."""
-    return view_of(parse_one(data))
+def read_key(data: bytes, now: datetime | None = None) -> KeyView:
+    """The view of one public key at now, binary or armored (KeyRejected with a reason
+    otherwise)."""
+    return view_of(parse_one(data), now)
 
 
 def certifiers(
@@ -477,10 +645,8 @@ def _current(sig: Signature, now: datetime | None) -> bool:
     """A signature is current until its own expiration time (subpacket 3), if it has one."""
     if now is None:
         return True
-    payload = sig.first(SUB_SIG_EXPIRES)
-    seconds = int.from_bytes(payload, "big") if payload and len(payload) == 4 else 0
-    created = sig.created or 0
-    return _time(created) <= now and (not seconds or now < _time(created + seconds))
+    at = int(now.timestamp())
+    return (sig.created or 0) <= at and _alive(sig, at)
 
 
 def primary_key(cert: Cert) -> PublicKey:

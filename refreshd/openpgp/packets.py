@@ -4,12 +4,19 @@ Keys come from strangers, so the first pass over them is a cheap walk over packe
 never hands a flooded key to a full parser.
 
 Rules:
-- Input is binary or ASCII armor; several certificates and several armor blocks may follow one
-  another. Armor is decoded line-block by line-block with its CRC24 checked when present.
+- Input is binary or ASCII armor; several certificates and several armor blocks (public key or
+  signature blocks) may follow one another. Armor is decoded line-block by line-block with its
+  CRC24 checked when present.
 - More than `max_response_bytes` fed in, malformed armor or packet headers, partial or
   indeterminate lengths, secret key packets (tags 5 and 7) and packets that do not belong in a
   public key end the walk with `KeyRejected`.
 - Only v4 certificates are read; a certificate of another version is skipped whole.
+- Signatures before any key (a revocation certificate sent as its own block ahead of the key)
+  join the certificate whose primary key issued them; when no certificate follows at all,
+  `LoneSignatures` carries them (at most `MAX_LONE_SIGNATURES`) so the caller can apply them to
+  a key it holds.
+- Two copies of one certificate (same primary key packet) are merged into one: components and
+  signatures of the later copy are added to the first, exact duplicates kept once.
 - Signatures are kept when issued by the certificate's own primary key (self-signatures,
   direct-key signatures, revocations, subkey bindings). On the primary key and on user ids,
   signatures whose issuer key id or fingerprint is in `keep_issuers` are kept too (all
@@ -25,6 +32,7 @@ import binascii
 import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TypeVar
 
 __all__ = [
@@ -39,12 +47,15 @@ __all__ = [
     "Bundle",
     "Cert",
     "KeyRejected",
+    "LoneSignatures",
     "Packet",
     "PublicKey",
+    "SecretKeyRefused",
     "Signature",
     "StreamingKeyFilter",
     "armor",
     "key_fingerprint",
+    "merge_copies",
     "parse_public_key",
     "parse_signature",
     "signature_fields",
@@ -75,6 +86,10 @@ SUB_ISSUER_FPR = 33
 _ARMOR_BEGIN = b"-----BEGIN PGP "
 _PUBLIC_BEGIN = b"-----BEGIN PGP PUBLIC KEY BLOCK-----"
 _PUBLIC_END = b"-----END PGP PUBLIC KEY BLOCK-----"
+_SIGNATURE_BEGIN = b"-----BEGIN PGP SIGNATURE-----"
+_SIGNATURE_END = b"-----END PGP SIGNATURE-----"
+_ARMOR_ENDS = {_PUBLIC_BEGIN: _PUBLIC_END, _SIGNATURE_BEGIN: _SIGNATURE_END}
+MAX_LONE_SIGNATURES = 16
 _WHITESPACE = b" \t\r\n\x0b\x0c"
 _LINE_LIMIT = 4096
 _T = TypeVar("_T")
@@ -86,6 +101,24 @@ class KeyRejected(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class SecretKeyRefused(KeyRejected):
+    """The data holds secret key material: refreshd takes public keys only."""
+
+    def __init__(self) -> None:
+        super().__init__("secret key material is refused: public keys only")
+
+
+class LoneSignatures(KeyRejected):
+    """The data holds signatures but no key (a revocation certificate alone)."""
+
+    def __init__(self, signatures: tuple[Packet, ...]):
+        super().__init__(
+            "the data holds only signatures, no public key (a revocation certificate alone "
+            "is taken only for a key refreshd holds)"
+        )
+        self.signatures = signatures
 
 
 # --- CRC24 (RFC 4880 6.1) -------------------------------------------------------------------
@@ -172,12 +205,41 @@ class Cert:
     uids: tuple[Bundle, ...]  # user ids and user attributes, in order
     subkeys: tuple[Bundle, ...]
 
+    def fingerprint(self) -> str:
+        """The primary key's v4 fingerprint, upper-case hex."""
+        return key_fingerprint(self.primary.packet.body).hex().upper()
+
     def serialize(self) -> bytes:
         parts = [self.primary.packet.raw, *(s.raw for s in self.primary.sigs)]
         for bundle in (*self.uids, *self.subkeys):
             parts.append(bundle.packet.raw)
             parts.extend(s.raw for s in bundle.sigs)
         return b"".join(parts)
+
+
+def _joined(first: Bundle, second: Bundle) -> Bundle:
+    seen = {s.raw for s in first.sigs}
+    return Bundle(first.packet, first.sigs + tuple(s for s in second.sigs if s.raw not in seen))
+
+
+def _add_parts(parts: tuple[Bundle, ...], more: tuple[Bundle, ...]) -> tuple[Bundle, ...]:
+    out = list(parts)
+    for bundle in more:
+        at = next((i for i, b in enumerate(out) if b.packet.raw == bundle.packet.raw), None)
+        if at is None:
+            out.append(bundle)
+        else:
+            out[at] = _joined(out[at], bundle)
+    return tuple(out)
+
+
+def merge_copies(first: Cert, second: Cert) -> Cert:
+    """Two copies of one certificate as one (module rules); the first copy's order is kept."""
+    return Cert(
+        _joined(first.primary, second.primary),
+        _add_parts(first.uids, second.uids),
+        _add_parts(first.subkeys, second.subkeys),
+    )
 
 
 def key_fingerprint(body: bytes) -> bytes:
@@ -227,16 +289,21 @@ def _areas(body: bytes) -> tuple[int, int, int] | None:
 
 @dataclass(frozen=True)
 class Signature:
-    """A v4 signature packet split into the parts verification and interpretation need."""
+    """A v3 or v4 signature packet split into the parts verification and interpretation need.
+
+    A v3 signature has no subpackets: its creation time and issuer key id are fixed fields,
+    presented here as if they were a hashed creation-time and an unhashed issuer subpacket."""
 
     sigtype: int
     pubalg: int
     hashalg: int
-    hashed_part: bytes  # the octets hashed before the trailer
+    hashed_part: bytes  # the octets hashed before the trailer (v3: type and creation time)
     hashed: tuple[tuple[int, bool, bytes], ...]
     unhashed: tuple[tuple[int, bool, bytes], ...]
     left16: bytes
     material: bytes  # algorithm-specific signature fields
+    created: int | None
+    version: int = 4
 
     def first(self, kind: int) -> bytes | None:
         """Payload of the first hashed subpacket of this kind (only hashed ones are trusted)."""
@@ -245,27 +312,44 @@ class Signature:
                 return payload
         return None
 
-    @property
-    def created(self) -> int | None:
-        payload = self.first(SUB_CREATED)
-        return int.from_bytes(payload, "big") if payload and len(payload) == 4 else None
+
+def _v3_signature(body: bytes) -> Signature:
+    if len(body) < 19 or body[1] != 5:
+        raise KeyRejected("a signature is not a well-formed version 3 signature")
+    return Signature(
+        sigtype=body[2],
+        pubalg=body[15],
+        hashalg=body[16],
+        hashed_part=body[2:7],
+        hashed=((SUB_CREATED, False, body[3:7]),),
+        unhashed=((SUB_ISSUER, False, body[7:15]),),
+        left16=body[17:19],
+        material=body[19:],
+        created=int.from_bytes(body[3:7], "big"),
+        version=3,
+    )
 
 
 def parse_signature(body: bytes) -> Signature:
-    """Parse a v4 signature packet body; KeyRejected when it is not one."""
+    """Parse a v3 or v4 signature packet body; KeyRejected when it is neither."""
+    if body[:1] == b"\x03":
+        return _v3_signature(body)
     areas = _areas(body)
     if areas is None:
         raise KeyRejected("a signature is not a well-formed version 4 signature")
     hashed_end, unhashed_end, _ = areas
+    hashed = tuple(subpackets(body, 6, hashed_end))
+    created = next((p for k, _c, p in hashed if k == SUB_CREATED), None)
     return Signature(
         sigtype=body[1],
         pubalg=body[2],
         hashalg=body[3],
         hashed_part=body[:hashed_end],
-        hashed=tuple(subpackets(body, 6, hashed_end)),
+        hashed=hashed,
         unhashed=tuple(subpackets(body, hashed_end + 2, unhashed_end)),
         left16=body[unhashed_end : unhashed_end + 2],
         material=body[unhashed_end + 2 :],
+        created=int.from_bytes(created, "big") if created and len(created) == 4 else None,
     )
 
 
@@ -428,8 +512,28 @@ class _Builder:
         return Cert(Bundle(self.primary, tuple(self.primary_sigs)), uids, subs)
 
 
-_OUTSIDE, _HEADERS, _BODY = "outside", "headers", "body"
-_CTX_PRIMARY, _CTX_UID, _CTX_SUBKEY, _CTX_SKIP = "primary", "uid", "subkey", "skip"
+class Armor(Enum):
+    """Where the armor decoder stands."""
+
+    OUTSIDE = "outside"
+    HEADERS = "headers"
+    BODY = "body"
+
+
+class Input(Enum):
+    """How the data is encoded, known from its first non-blank octet."""
+
+    BINARY = "binary"
+    ARMOR = "armor"
+
+
+class Place(Enum):
+    """What the packets being read belong to."""
+
+    PRIMARY = "primary"
+    UID = "uid"
+    SUBKEY = "subkey"
+    SKIP = "skip"  # an unsupported certificate or subkey, read past
 
 
 def _issuer_sets(keep: frozenset[str]) -> tuple[frozenset[bytes], frozenset[bytes]]:
@@ -468,16 +572,18 @@ class StreamingKeyFilter:
         self.bytes_in = 0
         self.certifications_dropped = 0
         self.unsupported_certificates = 0
-        self._mode: str | None = None
+        self._mode: Input | None = None
         self._text = bytearray()
-        self._armor = _OUTSIDE
+        self._armor = Armor.OUTSIDE
         self._b64 = b""
         self._crc = _CRC_INIT
         self._blocks = 0
         self._buf = bytearray()
         self._certs: list[Cert] = []
+        self._lone: list[Packet] = []
+        self._end_line = _PUBLIC_END
         self._cur: _Builder | None = None
-        self._context = _CTX_SKIP
+        self._context = Place.SKIP
         self._closed = False
 
     # public interface
@@ -516,8 +622,8 @@ class StreamingKeyFilter:
             chunk = chunk.lstrip(_WHITESPACE)
             if not chunk:
                 return
-            self._mode = "binary" if chunk[0] & 0x80 else "armor"
-        if self._mode == "binary":
+            self._mode = Input.BINARY if chunk[0] & 0x80 else Input.ARMOR
+        if self._mode is Input.BINARY:
             self._buf += chunk
             self._walk()
         else:
@@ -528,15 +634,16 @@ class StreamingKeyFilter:
         self._closed = True
         if self._mode is None:
             raise KeyRejected("the response is empty")
-        if self._mode == "armor":
+        if self._mode is Input.ARMOR:
             self._dearmor(final=True)
-            if self._armor != _OUTSIDE:
+            if self._armor != Armor.OUTSIDE:
                 raise KeyRejected("the armored key block is truncated")
             if self._blocks == 0:
                 raise KeyRejected("no armored public key block was found")
         if self._buf:
             raise KeyRejected("the key data ends in the middle of a packet")
         self._close_cert()
+        self._attach_lone()
         if not self._certs:
             skipped = self.unsupported_certificates
             detail = f" ({skipped} certificate(s) of an unsupported version skipped)"
@@ -548,7 +655,7 @@ class StreamingKeyFilter:
     def _dearmor(self, *, final: bool) -> None:
         text = self._text
         while True:
-            if self._armor == _OUTSIDE:
+            if self._armor == Armor.OUTSIDE:
                 start = text.find(_ARMOR_BEGIN)
                 if start < 0:
                     del text[: max(0, len(text) - len(_ARMOR_BEGIN))]
@@ -556,15 +663,16 @@ class StreamingKeyFilter:
                 line = self._take_line(start, final)
                 if line is None:
                     return
-                if line == _PUBLIC_BEGIN:
-                    self._armor, self._b64, self._crc = _HEADERS, b"", _CRC_INIT
+                if line in _ARMOR_ENDS:
+                    self._armor, self._b64, self._crc = Armor.HEADERS, b"", _CRC_INIT
+                    self._end_line = _ARMOR_ENDS[line]
                 elif b"PRIVATE KEY" in line:
-                    raise KeyRejected("secret key material is refused: public keys only")
+                    raise SecretKeyRefused()
                 else:
                     raise KeyRejected(
                         f"unexpected armor block {line[:48].decode('ascii', 'replace')!r}"
                     )
-            elif self._armor == _HEADERS:
+            elif self._armor == Armor.HEADERS:
                 if not text:
                     return
                 end = text.find(b"\n")
@@ -574,11 +682,11 @@ class StreamingKeyFilter:
                     return
                 line = bytes(text[: end if end >= 0 else len(text)]).strip()
                 if line and b":" not in line:
-                    self._armor = _BODY  # no blank line after the headers: body starts here
+                    self._armor = Armor.BODY  # no blank line after the headers: body starts here
                     continue
                 del text[: end + 1 if end >= 0 else len(text)]
                 if not line:
-                    self._armor = _BODY
+                    self._armor = Armor.BODY
             else:
                 if not self._armor_body(final):
                     return
@@ -643,7 +751,7 @@ class StreamingKeyFilter:
         self._walk()
 
     def _end_block(self, tail: bytes, end_line: bytes) -> None:
-        if end_line != _PUBLIC_END:
+        if end_line != self._end_line:
             raise KeyRejected("the armored key block does not end with its END line")
         pad = -len(self._b64) % 4
         if len(self._b64) % 4 == 1 or tail[:pad] != b"=" * pad:
@@ -660,7 +768,7 @@ class StreamingKeyFilter:
         if self._buf:
             raise KeyRejected("an armored key block ends in the middle of a packet")
         self._blocks += 1
-        self._armor = _OUTSIDE
+        self._armor = Armor.OUTSIDE
 
     # packets
 
@@ -715,7 +823,7 @@ class StreamingKeyFilter:
 
     def _packet(self, tag: int, raw: bytes, head: int) -> None:
         cur = self._cur
-        if tag == TAG_SIGNATURE and cur is not None and self._context != _CTX_SKIP:
+        if tag == TAG_SIGNATURE and cur is not None and self._context != Place.SKIP:
             body = raw[head:]
             if not self._keep(body, cur):
                 self.certifications_dropped += 1
@@ -727,14 +835,17 @@ class StreamingKeyFilter:
             self._check_size(cur)
             return
         if tag in (TAG_SECRET_KEY, TAG_SECRET_SUBKEY):
-            raise KeyRejected("secret key material is refused: public keys only")
+            raise SecretKeyRefused()
         if tag == TAG_PUBLIC_KEY:
             self._open_cert(Packet(tag, raw[head:], raw))
             return
         if tag in IGNORED_TAGS:
             return
         if self._cur is None:
-            if self._context == _CTX_SKIP and self.unsupported_certificates:
+            if self._context == Place.SKIP and self.unsupported_certificates:
+                return
+            if tag == TAG_SIGNATURE and len(self._lone) < MAX_LONE_SIGNATURES:
+                self._lone.append(Packet(tag, raw[head:], raw))
                 return
             raise KeyRejected(f"a packet (tag {tag}) comes before any public key packet")
         if tag == TAG_SIGNATURE:  # after a skipped subkey
@@ -742,13 +853,13 @@ class StreamingKeyFilter:
         packet = Packet(tag, raw[head:], raw)
         if tag in (TAG_USER_ID, TAG_USER_ATTRIBUTE):
             cur.components.append((packet, []))
-            self._context = _CTX_UID
+            self._context = Place.UID
         elif tag == TAG_PUBLIC_SUBKEY:
             if not packet.body or packet.body[0] != 4 or len(packet.body) < 6:
-                self._context = _CTX_SKIP
+                self._context = Place.SKIP
                 return
             cur.components.append((packet, []))
-            self._context = _CTX_SUBKEY
+            self._context = Place.SUBKEY
         else:
             raise KeyRejected(f"a packet with tag {tag} does not belong in a public key")
         cur.size += len(raw)
@@ -761,16 +872,38 @@ class StreamingKeyFilter:
             raise KeyRejected("a public key packet has an impossible length")
         if body[0] != 4:
             self.unsupported_certificates += 1
-            self._context = _CTX_SKIP
+            self._context = Place.SKIP
             return
         self._cur = _Builder(primary=packet, fpr=key_fingerprint(body), size=len(packet.raw))
-        self._context = _CTX_PRIMARY
+        self._context = Place.PRIMARY
         self._check_size(self._cur)
 
     def _close_cert(self) -> None:
         if self._cur is not None:
-            self._certs.append(self._cur.build())
+            cert = self._cur.build()
             self._cur = None
+            for i, known in enumerate(self._certs):
+                if known.primary.packet.body == cert.primary.packet.body:
+                    self._certs[i] = merge_copies(known, cert)
+                    return
+            self._certs.append(cert)
+
+    def _attach_lone(self) -> None:
+        """Signatures that came before any key join the certificate that issued them."""
+        if not self._lone:
+            return
+        if not self._certs and not self.unsupported_certificates:
+            raise LoneSignatures(tuple(self._lone))
+        for packet in self._lone:
+            key_id, fpr = signature_issuer(packet.body)
+            for i, cert in enumerate(self._certs):
+                own = key_fingerprint(cert.primary.packet.body)
+                if fpr == own or (fpr is None and key_id == own[-8:]):
+                    primary = Bundle(cert.primary.packet, (*cert.primary.sigs, packet))
+                    self._certs[i] = Cert(primary, cert.uids, cert.subkeys)
+                    break
+            else:
+                self.certifications_dropped += 1
 
     def _check_size(self, cur: _Builder) -> None:
         if cur.size > self.max_key_bytes:
@@ -785,7 +918,7 @@ class StreamingKeyFilter:
             return False
         if fpr == cur.fpr or (fpr is None and key_id == cur.fpr[-8:]):
             return True
-        if self._context == _CTX_SUBKEY:
+        if self._context == Place.SUBKEY:
             return False
         if self.keep_all:
             return True

@@ -1,4 +1,4 @@
-"""Cryptographic verification of v4 signatures over key material, with `cryptography`.
+"""Cryptographic verification of v3 and v4 signatures over key material, with `cryptography`.
 
 The hashed octets are rebuilt from the packets exactly as received (RFC 4880 5.2.4), so no
 re-encoding by a parser can make a bad signature pass or a good one fail.
@@ -10,6 +10,14 @@ Rules:
   must match the quick-check field.
 - RSA (PKCS#1 v1.5), DSA, ECDSA (NIST, brainpool, secp256k1), EdDSA over Ed25519 (legacy 22 and
   RFC 9580 27) and Ed448 (28) are verified; anything else does not verify.
+- Key material that is absurd or weak is refused before any arithmetic (`material_refusal`):
+  an RSA public exponent that is even, below 3 or over 64 bits (e close to n is a known way to
+  freeze a verifier for seconds), an RSA modulus over 16384 bits (cost) or under 1024 bits
+  (factorable: anyone could have made its signatures).
+- Material the backend cannot verify though the key may be sound (`backend_refusal`): DSA
+  with p other than 1024, 2048, 3072 or 4096 bits or q other than 160, 224 or 256 bits,
+  ECDSA on a curve not listed here. Readers name this limit instead of "no valid
+  self-signature".
 """
 
 from __future__ import annotations
@@ -58,9 +66,42 @@ _RSA, _DSA, _ECDSA, _EDDSA = frozenset({1, 3}), 17, 19, 22
 _CRYPTO_ERRORS = (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError, OverflowError)
 
 
+MAX_RSA_EXPONENT_BITS = 64
+MAX_RSA_MODULUS_BITS = 16384
+MIN_RSA_MODULUS_BITS = 1024
+_DSA_P_BITS, _DSA_Q_BITS = frozenset({1024, 2048, 3072, 4096}), frozenset({160, 224, 256})
+
+
+def material_refusal(key: PublicKey) -> str | None:
+    """Why this key's material is refused outright (absurdly slow or weak), None if it is not."""
+    if key.algorithm in _RSA and len(key.fields) == 2:
+        n, e = (int.from_bytes(f, "big") for f in key.fields)
+        bits = n.bit_length()
+        if bits > MAX_RSA_MODULUS_BITS:
+            return f"an RSA modulus of {bits} bits is over the limit of {MAX_RSA_MODULUS_BITS}"
+        if bits < MIN_RSA_MODULUS_BITS:
+            return f"an RSA modulus of {bits} bits is too weak (under {MIN_RSA_MODULUS_BITS})"
+        if e < 3 or not e & 1 or e.bit_length() > MAX_RSA_EXPONENT_BITS:
+            return f"an RSA public exponent of {e.bit_length()} bits is refused (odd, 3 to 64 bits)"
+    return None
+
+
+def backend_refusal(key: PublicKey) -> str | None:
+    """Why the crypto backend cannot verify with this key though it may be sound."""
+    if key.algorithm == _DSA and len(key.fields) == 4:
+        p, q = (int.from_bytes(f, "big").bit_length() for f in key.fields[:2])
+        if p not in _DSA_P_BITS or q not in _DSA_Q_BITS:
+            return f"DSA with a {p}-bit p and a {q}-bit q cannot be verified here"
+    if key.algorithm == _ECDSA and key.curve not in _EC_CURVES:
+        return "ECDSA on this curve cannot be verified here"
+    return None
+
+
 def hashed_data(context: bytes, sig: Signature) -> bytes:
-    """What a v4 signature hashes: the context, its hashed part and the trailer."""
+    """What a signature hashes: the context and its hashed part, and for v4 the trailer."""
     part = sig.hashed_part
+    if sig.version == 3:
+        return context + part
     return context + part + b"\x04\xff" + len(part).to_bytes(4, "big")
 
 
