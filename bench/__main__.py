@@ -4,8 +4,8 @@ and results.md (into bench/ for a full run; a quick run writes elsewhere unless 
 so, so its smaller figures never replace published ones).
 
 Cases (see bench/README.md): wire, cpu, flood, lookup, idle, startup, staleness, tor, door,
-scale. Servers and data are made fresh on loopback (tests/world, tests/keyfactory) and removed
-at the end.
+scale, corpus. Servers and data are made fresh on loopback (tests/world, tests/keyfactory)
+and removed at the end.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ TITLES = {
     "tor": "8. refresh over the private Tor network",
     "door": "9. keyserver door lookup",
     "scale": "10. the loop's cost at 1k / 10k / 100k keys",
+    "corpus": "11. strip + read per real-world key",
 }
 POPULATION = 10_000
 POPULATION_QUICK = 300
@@ -118,13 +119,25 @@ def _case(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-ORDER = ("wire", "cpu", "flood", "lookup", "door", "startup", "staleness", "scale", "idle", "tor")
+ORDER = (
+    "wire",
+    "cpu",
+    "flood",
+    "corpus",
+    "lookup",
+    "door",
+    "startup",
+    "staleness",
+    "scale",
+    "idle",
+    "tor",
+)
 
 
 def run_cases(selected: list[str], quick: bool) -> list[dict[str, Any]]:
     """Cases in ORDER; the Tor world starts only for the last two, so its relays' CPU does not
     share the machine with the other cases."""
-    from bench import cpu, door, idle, lookup, population, scale, startup, tor_refresh, wire
+    from bench import corpus, cpu, door, idle, lookup, population, scale, startup, tor_refresh, wire
     from tests.world import World
 
     results = []
@@ -155,6 +168,7 @@ def run_cases(selected: list[str], quick: bool) -> list[dict[str, Any]]:
             "wire": lambda: wire.run(quick),
             "cpu": lambda: cpu.run(quick),
             "flood": lambda: flood_case(quick),
+            "corpus": lambda: corpus.run(quick),
             "lookup": lambda: lookup.run(pop, quick),
             "door": lambda: door.run(pop, quick),
             "startup": lambda: startup.run(pop, quick),

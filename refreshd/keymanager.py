@@ -23,7 +23,14 @@ from refreshd.core.rules import Candidate, Decision, Vouch
 from refreshd.openpgp.intake import Intake, Limits, ParsedKey, intake, read_stored
 from refreshd.openpgp.keyview import KeyView, certifiers, normalize_address, primary_key
 from refreshd.openpgp.merge import merge
-from refreshd.openpgp.packets import Cert, KeyRejected, PublicKey, armor
+from refreshd.openpgp.packets import (
+    Cert,
+    KeyRejected,
+    LoneSignatures,
+    PublicKey,
+    armor,
+    signature_issuer,
+)
 from refreshd.store import KeyFacts, Store, iso
 
 __all__ = ["Found", "KeyManager", "address_or_none"]
@@ -45,6 +52,8 @@ def facts_of(view: KeyView) -> KeyFacts:
     enc = [s for s in view.subkeys if "encrypt" in s.flags and not s.revoked]
     if "encrypt" in view.primary.flags:
         enc.append(view.primary)
+    if not view.primary.bound:  # no valid binding: nothing of it encrypts (keyview rules)
+        enc = []
     until = (
         None
         if any(s.expires is None for s in enc)
@@ -120,8 +129,28 @@ class KeyManager:
 
     def take_in(self, data: bytes, addresses: Iterable[str] | None) -> Intake:
         """The one intake path: strip once with the keep set for these addresses, parse once
-        (KeyRejected when the data as a whole is refused)."""
-        return intake(data, self.keep_for(addresses), self.limits)
+        (KeyRejected when the data as a whole is refused). A revocation certificate alone is
+        taken in as the key we hold that issued it, with the revocation added."""
+        keep = self.keep_for(addresses)
+        try:
+            return intake(data, keep, self.limits, self.clock())
+        except LoneSignatures as lone:
+            held = self._issuer_held(lone)
+            if held is None:
+                raise
+            return intake(held + b"".join(p.raw for p in lone.signatures), keep, self.limits)
+
+    def _issuer_held(self, lone: LoneSignatures) -> bytes | None:
+        """The stored registered key that issued one of these signatures."""
+        for packet in lone.signatures:
+            key_id, fpr = signature_issuer(packet.body)
+            for registered in self.store.registered_fingerprints():
+                mine = bytes.fromhex(registered)
+                if (fpr == mine or key_id == mine[-8:]) and (
+                    data := self.store.get_key(registered)
+                ):
+                    return data
+        return None
 
     def _intake(self, address: str, data: bytes | Intake) -> tuple[tuple[ParsedKey, ...], str]:
         """The keys for address (taken in now if given as bytes), or why there are none."""
@@ -305,7 +334,7 @@ class KeyManager:
         stored = self.store.get_key(parsed.fingerprint)
         if stored is None:
             return _Held(parsed.data, parsed.cert, parsed.view, True, False)
-        result = merge(stored, parsed.cert, parsed.view)
+        result = merge(stored, parsed.cert, parsed.view, self.clock())
         if result.dropped:  # SPEC 8: forged or damaged parts end in a rejection with a reason
             self.audit.emit(
                 "key.rejected",

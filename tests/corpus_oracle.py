@@ -25,7 +25,6 @@ from refreshd.openpgp.packets import KeyRejected, SecretKeyRefused, StreamingKey
 
 REFERENCE = datetime(2026, 9, 1, tzinfo=UTC)  # after the newest snapshot in SOURCES.md
 ORACLE_TIMEOUT = 20  # seconds for one oracle on one blob
-_GPG_TIME = REFERENCE.strftime("%Y%m%dT%H%M%S!")
 
 
 def corpus_dir(start: Path | None = None) -> Path | None:
@@ -114,15 +113,16 @@ def _view_facts(view: KeyView) -> CertFacts:
 # --- gpg -----------------------------------------------------------------------------------
 
 
-def gpg_facts(path: Path) -> BlobFacts | None:
-    """gpg 2.2's show-only import listing at REFERENCE, in a throw-away home (None when gpg
-    gives no answer in time)."""
+def gpg_facts(path: Path, at: datetime = REFERENCE) -> BlobFacts | None:
+    """gpg 2.2's show-only import listing at `at`, in a throw-away home (None when gpg gives
+    no answer in time)."""
     with tempfile.TemporaryDirectory(prefix="oracle-gpg-") as home:
         try:
             done = subprocess.run(
                 [
                     "gpg", "--homedir", home, "--batch", "--no-tty", "--no-autostart",
-                    "--with-colons", "--fixed-list-mode", "--faked-system-time", _GPG_TIME,
+                    "--with-colons", "--fixed-list-mode", "--faked-system-time",
+                    at.strftime("%Y%m%dT%H%M%S!"),
                     "--import-options", "show-only", "--import", str(path),
                 ],
                 capture_output=True,
@@ -130,7 +130,7 @@ def gpg_facts(path: Path) -> BlobFacts | None:
             )  # fmt: skip
         except subprocess.TimeoutExpired:
             return None
-    return parse_gpg(done.stdout.decode("utf-8", "replace"))
+    return parse_gpg(done.stdout.decode("utf-8", "replace"), at)
 
 
 def _unescape(text: str) -> str:
@@ -161,7 +161,7 @@ class _GpgCert:
         )
 
 
-def parse_gpg(listing: str) -> BlobFacts:
+def parse_gpg(listing: str, at: datetime = REFERENCE) -> BlobFacts:
     """The colon listing of `--import-options show-only`, one record per line."""
     out = BlobFacts()
     cur: _GpgCert | None = None
@@ -183,7 +183,7 @@ def parse_gpg(listing: str) -> BlobFacts:
         elif kind == "fpr" and cur is not None and pending is not None:
             if pending[0] in ("pub", "sec"):
                 cur.fingerprint = f[9]
-            if pending[2] and (pending[1] is None or pending[1] > REFERENCE.timestamp()):
+            if pending[2] and (pending[1] is None or pending[1] > at.timestamp()):
                 cur.encrypt.add((f[9], pending[1]))
             pending = None
         elif kind == "uid" and cur is not None and validity not in _NOT_VALID:

@@ -6,8 +6,8 @@ parsed value flows on to merge, the certification checks and the rules, and noth
 those bytes again.
 
 Rules:
-- `intake` is a pure function of (bytes, keep set, limits): no store, no network, no clock, so
-  it can run in a worker thread unchanged.
+- `intake` is a pure function of (bytes, keep set, limits, the time the views are taken at):
+  no store, no network, no clock of its own, so it can run in a worker thread unchanged.
 - The bytes go through the streaming packet filter (packets.py) once: third-party
   certifications are dropped unless their issuer is in the keep set, sizes are bounded.
 - Each certificate is then read into its KeyView once. A certificate that cannot be read is a
@@ -19,6 +19,7 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from refreshd.openpgp.keyview import KeyView, parse_one, rejecting, view_of
 from refreshd.openpgp.packets import Cert, KeyRejected, StreamingKeyFilter
@@ -66,10 +67,10 @@ class Intake:
 
 
 @rejecting
-def read_cert(cert: Cert) -> ParsedKey:
+def read_cert(cert: Cert, now: datetime | None = None) -> ParsedKey:
     """A certificate already through the filter (a keyring export streamed through it) read
-    into its view."""
-    return ParsedKey(cert.serialize(), cert, view_of(cert))
+    into its view at now (keyview.view_of)."""
+    return ParsedKey(cert.serialize(), cert, view_of(cert, now))
 
 
 @rejecting
@@ -78,7 +79,9 @@ def read_stored(data: bytes) -> ParsedKey:
     return read_cert(parse_one(data, keep_all=True))
 
 
-def intake(data: bytes, keep: frozenset[str], limits: Limits) -> Intake:
+def intake(
+    data: bytes, keep: frozenset[str], limits: Limits, now: datetime | None = None
+) -> Intake:
     """Strip and parse every key in data (see module rules)."""
     flt = StreamingKeyFilter(
         max_response_bytes=limits.max_response_bytes,
@@ -92,7 +95,7 @@ def intake(data: bytes, keep: frozenset[str], limits: Limits) -> Intake:
     failures: list[str] = []
     for cert in flt.finish_certificates():
         try:
-            keys.append(read_cert(cert))
+            keys.append(read_cert(cert, now))
         except KeyRejected as exc:
             failures.append(exc.reason)
     return Intake(tuple(keys), tuple(failures))

@@ -92,6 +92,7 @@ __all__ = [
     "certifiers",
     "normalize_address",
     "parse_one",
+    "placed",
     "primary_key",
     "read_key",
     "rejecting",
@@ -616,7 +617,7 @@ def certifiers(
     signer. Whether a signer itself is still valid is the caller's question."""
     target = normalize_address(address)
     subject = parse_public_key(cert.primary.packet.body)
-    view = view_of(cert)
+    view = view_of(cert, now)
     wanted = {u.uid for u in view.uids if not u.revoked and u.address == target}
     others = [s for s in signers if s.fingerprint != subject.fingerprint]
     if target is None or not wanted or not others:

@@ -2,6 +2,8 @@
 
 Rules:
 - Both copies must have the same primary key fingerprint (KeyRejected otherwise).
+- Each copy's signatures are first put where they sign (keyview.placed): a revocation that
+  came after the subkeys, or alone, merges as the key's revocation.
 - User ids, user attributes and subkeys are matched by their packet; new ones are appended.
 - Signatures by the primary key are kept from both copies when they verify and are of a kind
   that belongs where they stand; those that do not verify are dropped, never merged. Exact
@@ -33,6 +35,7 @@ from refreshd.openpgp.keyview import (
     SUBKEY_REVOCATION,
     KeyView,
     parse_one,
+    placed,
     rejecting,
     valid_sigs,
     view_of,
@@ -211,14 +214,19 @@ def _reason(tally: _Tally, refused: bool) -> str:
 
 
 @rejecting
-def merge(stored: bytes, fresh: bytes | Cert, fresh_view: KeyView | None = None) -> MergeResult:
+def merge(
+    stored: bytes,
+    fresh: bytes | Cert,
+    fresh_view: KeyView | None = None,
+    now: datetime | None = None,
+) -> MergeResult:
     """Merge fresh into stored (see module rules). The key manager hands the fresh copy in
     parsed, with its view (openpgp/intake.py), so it is not parsed again; bytes are read here,
     keeping no third-party certification."""
     if isinstance(fresh, bytes):
         new = parse_one(fresh)
         try:
-            fresh_view = view_of(new)
+            fresh_view = view_of(new, now)
         except KeyRejected:
             fresh_view = None
     else:
@@ -226,11 +234,11 @@ def merge(stored: bytes, fresh: bytes | Cert, fresh_view: KeyView | None = None)
     old = parse_one(stored, keep_all=True)
     if old.primary.packet.body != new.primary.packet.body:
         raise KeyRejected("the fresh copy is a different key (fingerprints differ)")
-    view_of(old)
+    view_of(old, now)
     tally = _Tally()
-    cert = _merge_certs(old, new, tally)
+    cert = _merge_certs(placed(old), placed(new), tally)
     key = cert.serialize()
-    view = view_of(cert)
+    view = view_of(cert, now)
     refused = _refused(fresh_view, view)
     return MergeResult(
         key=key,

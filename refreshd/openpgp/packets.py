@@ -224,9 +224,11 @@ def _joined(first: Bundle, second: Bundle) -> Bundle:
 
 def _add_parts(parts: tuple[Bundle, ...], more: tuple[Bundle, ...]) -> tuple[Bundle, ...]:
     out = list(parts)
-    for bundle in more:
-        at = next((i for i, b in enumerate(out) if b.packet.raw == bundle.packet.raw), None)
+    index = {b.packet.raw: i for i, b in enumerate(out)}  # linear: a fuzzed keyring repeats
+    for bundle in more:  # one key with 100,000s of user ids
+        at = index.get(bundle.packet.raw)
         if at is None:
+            index[bundle.packet.raw] = len(out)
             out.append(bundle)
         else:
             out[at] = _joined(out[at], bundle)

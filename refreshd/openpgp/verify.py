@@ -187,6 +187,12 @@ Public = (
 )
 
 
+def clear_caches() -> None:
+    """Forget remembered verifications and keys (a measurement of a cold read needs this)."""
+    _verified.cache_clear()
+    _public_key.cache_clear()
+
+
 @lru_cache(maxsize=256)
 def _public_key(body: bytes) -> Public:
     """The verifying key of a key packet body, or None for encryption-only algorithms."""
