@@ -1,9 +1,16 @@
 """First contact: a person is waiting, so discovery runs at once (SPEC 6).
 
-The sources in discovery.order are tried one after another, each request on its own circuit;
-every answer is audited; what was found goes to the key manager, which registers the highest
-level (rule 1). The URL that gave the registered key is remembered for refreshes: WKD and
-nicknym by address, VKS and HKP by fingerprint.
+The sources in discovery.order are asked at once, each request on its own circuit, and their
+answers weighed in that order; every answer is audited; what was found goes to the key manager,
+which registers the highest level (rule 1). The URL that gave the registered key is remembered
+for refreshes: WKD and nicknym by address, VKS and HKP by fingerprint.
+
+The bound a person waits for: one source may take SOURCE_BUDGET (30 s) at first contact, after
+which it counts as failed for this discovery; since all sources run at once, a first contact
+ends within SOURCE_BUDGET of its start however many servers stall. CONCURRENT_DISCOVERIES run
+together, so an unrelated address waits behind stalled ones for at most one budget. The queue
+holds QUEUE addresses and WAITING_FOR_ROOM more in arrival order; `lookup` of one still
+waiting says so ("queue full, will retry"), never "no key found".
 
 Network perspectives (core/perspectives.py states the rules): a provider directory (WKD,
 nicknym) is asked over validation.perspectives paths at once. How the paths are chosen: each
@@ -46,7 +53,10 @@ __all__ = ["Discovery", "audit_fetch"]
 
 _FAILED = perspectives.Seen.FAILED
 
-CONCURRENT_DISCOVERIES = 4
+CONCURRENT_DISCOVERIES = 8
+SOURCE_BUDGET = 30.0  # seconds one source may take at first contact (all are asked at once)
+QUEUE = 1000  # addresses handed to the discovery loop
+WAITING_FOR_ROOM = 10_000  # addresses beyond QUEUE, sent on as discoveries end
 ENDORSER_RETRY = 600.0  # seconds between attempts to fetch an endorser's key we do not hold
 PROVIDER_DIRECTORIES = ("wkd", "nicknym")  # asked over several network paths at first contact
 CONFLICT_HOLD = 600.0  # seconds before an address whose paths disagreed is asked again
@@ -103,7 +113,8 @@ class Discovery:
         self.exit_of = exit_of  # SOCKS username -> exit relay, from Tor (TorSupervisor.exit_of)
         self._conflicts: dict[str, tuple[str, float]] = {}  # address -> (reason, hold until)
         self._done: dict[str, trio.Event] = {}
-        self._send, self._receive = trio.open_memory_channel[str](1000)
+        self._send, self._receive = trio.open_memory_channel[str](QUEUE)
+        self._later: dict[str, None] = {}  # in arrival order
 
     def pending(self, address: str) -> bool:
         return address in self._done
@@ -119,14 +130,31 @@ class Discovery:
             return None
         return held[0]
 
-    def request(self, address: str) -> None:
+    def request(self, address: str) -> bool:
+        """Queue a first contact; False only when even the overflow is full (ask again)."""
         if address in self._done or self.conflict(address) is not None:
-            return
+            return True
         try:
             self._send.send_nowait(address)
         except trio.WouldBlock:
-            return  # too many waiting; the client may ask again
+            if len(self._later) >= WAITING_FOR_ROOM:
+                return False
+            self._later[address] = None  # sent on by _refill when a discovery ends
         self._done[address] = trio.Event()
+        return True
+
+    def waiting_for_room(self, address: str) -> bool:
+        """The queue was full when the address was asked for: it waits its turn."""
+        return address in self._later
+
+    def _refill(self) -> None:
+        while self._later:
+            address = next(iter(self._later))
+            try:
+                self._send.send_nowait(address)
+            except trio.WouldBlock:
+                return
+            del self._later[address]
 
     async def wait(self, address: str, seconds: float) -> None:
         event = self._done.get(address)
@@ -140,6 +168,7 @@ class Discovery:
             task_status.started()
             nursery.start_soon(self.fetch_endorsers)
             async for address in self._receive:
+                self._refill()  # a place in the queue just came free
                 await limiter.acquire_on_behalf_of(address)
                 nursery.start_soon(self._one, address, limiter)
 
@@ -153,6 +182,7 @@ class Discovery:
         finally:
             limiter.release_on_behalf_of(address)
             self._done.pop(address).set()
+            self._refill()
 
     async def fetch_endorsers(self, retry: float = ENDORSER_RETRY) -> None:
         """The configured endorsers' keys are fetched by fingerprint (VKS, then HKP) until we
@@ -213,9 +243,22 @@ class Discovery:
         return [s for s in self.cfg.discovery.order if configured.get(s, True)]
 
     async def discover(self, address: str) -> Decision | None:
+        sources = self._sources()
+        answers: dict[str, list[Got] | None] = {}
+
+        async def ask(source: str) -> None:
+            with trio.move_on_after(SOURCE_BUDGET) as budget:
+                answers[source] = await self._ask(source, address)
+            if budget.cancelled_caught:
+                reason = f"no answer within {SOURCE_BUDGET:g} s, the bound of a first contact"
+                answers[source] = [Got(source, "", Outcome.ERROR, reason)]
+
+        async with trio.open_nursery() as nursery:  # sources at once: a stalled one costs
+            for source in sources:  # SOURCE_BUDGET, not its place in the order times that
+                nursery.start_soon(ask, source)
         found: list[tuple[bytes, Found, Got]] = []
-        for source in self._sources():
-            gots = await self._ask(source, address)
+        for source in sources:  # audited and weighed in discovery.order, as before
+            gots = answers[source]
             if gots is None:  # the network paths disagreed: nothing is registered
                 return None
             for got in gots:

@@ -19,12 +19,16 @@ __all__ = ["Service"]
 
 FPR = re.compile(r"^[0-9A-Fa-f]{40}$")
 MAX_KEY_TEXT = 1 << 20  # the line limit bounds it anyway; say so clearly
+QUEUE_FULL = "The discovery queue is full (queue full, will retry): {address} {when}."
+TURN = "waits for its turn and is looked for as soon as there is room"
+ASK = "could not even wait for its turn; ask again in a while"
 
 
 class Discovery(Protocol):
     def pending(self, address: str) -> bool: ...
     def conflict(self, address: str) -> str | None: ...
-    def request(self, address: str) -> None: ...
+    def request(self, address: str) -> bool: ...
+    def waiting_for_room(self, address: str) -> bool: ...
     async def wait(self, address: str, seconds: float) -> None: ...
     async def by_fingerprint(self, address: str, fingerprint: str, found: Found) -> Any: ...
     async def from_header_url(self, address: str, url: str) -> Any: ...
@@ -104,8 +108,9 @@ class Service:
         answer = self.keys.describe(address, with_key=p["armor"])
         if answer["state"] == "registered" or not p["discover"]:
             return answer
-        if not self.discovery.pending(address):
-            self.discovery.request(address)
+        if not self.discovery.pending(address) and not self.discovery.request(address):
+            answer.update(state="pending", reason=QUEUE_FULL.format(address=address, when=ASK))
+            return answer
         if p["wait"]:
             await self.discovery.wait(address, p["wait"])
             answer = self.keys.describe(address, with_key=p["armor"])
@@ -123,7 +128,10 @@ class Service:
         if conflict is not None and not self.discovery.pending(address):
             answer.update(state="conflict", reason=f"Nothing registered: {conflict}")
             return answer
-        answer.update(state="pending", reason=f"Discovery for {address} is under way.")
+        if self.discovery.waiting_for_room(address):
+            answer.update(state="pending", reason=QUEUE_FULL.format(address=address, when=TURN))
+        else:
+            answer.update(state="pending", reason=f"Discovery for {address} is under way.")
         return answer
 
     async def observe(self, params: dict[str, Any]) -> dict[str, Any]:

@@ -212,3 +212,69 @@ async def test_key_met_in_mail_falls_back_to_wkd_when_the_keyserver_fails(world,
     kinds = {s.kind: s.failures for s in world.store.sources_of(fpr)}
     assert kinds == {"hkp": 1, "wkd": 0}
     assert world.keys.describe(BOB)["source"] == "wkd"  # confirmed by the provider
+
+
+async def stall(_req: Captured, stream: trio.abc.Stream) -> None:
+    """Accepts the request and never answers."""
+    await trio.sleep_forever()
+
+
+async def test_stalled_key_servers_cost_one_budget_not_their_timeouts(
+    nursery, tmp_path, keys, monkeypatch
+):
+    """Two HKP servers that never answer: the WKD key is still registered, and each stalled
+    source ends on the first-contact budget, not on network.timeout one after another."""
+    import refreshd.discovery as discovery_module
+
+    monkeypatch.setattr(discovery_module, "SOURCE_BUDGET", 2.0)
+    tls = make_tls(str(tmp_path), "openpgpkey.example.org", "example.org", "nicknym.example.org")
+    https = await HttpServer({advanced_path(BOB): static(200, keys["p"])}, tls=tls.server).start(
+        nursery
+    )
+    stalled = await HttpServer({"/": stall}).start(nursery)
+    world = World(tmp_path, https, stalled, tls.ca_file)
+    try:
+        d = await world.discovery.discover(BOB)
+        assert d is not None and d.decision == "registered" and d.level is Level.PROVIDER_TRUST
+        failed = [e for e in world.events() if e["event"] == "discovery.failed"]
+        assert any(e["source"] == "hkp" and "no answer within 2 s" in e["reason"] for e in failed)
+    finally:
+        world.close()
+
+
+async def test_a_full_queue_is_answered_pending_never_no_key(tmp_path, monkeypatch):
+    """Nothing consumes the queue here: the addresses past it wait their turn, and lookup
+    says so, also after a wait, instead of "Discovery found no key"."""
+    import refreshd.discovery as discovery_module
+    from refreshd.service import Service
+
+    monkeypatch.setattr(discovery_module, "QUEUE", 2)
+    monkeypatch.setattr(discovery_module, "WAITING_FOR_ROOM", 1)
+    cfg = from_mapping({"daemon": {"state_dir": str(tmp_path / "state")}})
+    store, audit = Store(cfg.database), AuditLog(cfg.audit_file)
+    keys = KeyManager(store, audit, cfg)
+    discovery = Discovery(keys, None, cfg, audit, lambda: datetime.now(UTC))  # type: ignore[arg-type]
+    service = Service(
+        keys,
+        discovery=discovery,
+        refresher=None,
+        own=None,  # type: ignore[arg-type]
+        tor_status=dict,
+        import_gnupg=None,  # type: ignore[arg-type]
+    )
+    try:
+        answers = [
+            await service.lookup({"address": f"u{i}@example.org", "wait": 0.1}) for i in range(4)
+        ]
+        assert [a["state"] for a in answers] == ["pending"] * 4
+        assert "under way" in answers[0]["reason"]
+        assert (
+            "queue full, will retry" in answers[2]["reason"] and "its turn" in answers[2]["reason"]
+        )
+        assert (
+            "queue full, will retry" in answers[3]["reason"] and "ask again" in answers[3]["reason"]
+        )
+        assert not any("found no key" in a["reason"] for a in answers)
+    finally:
+        store.close()
+        audit.close()
