@@ -19,7 +19,7 @@ from typing import Any
 
 from refreshd.core.levels import LEVELS, Level
 
-__all__ = ["Config", "ConfigError", "expand_path", "load"]
+__all__ = ["Config", "ConfigError", "RefreshConfig", "expand_path", "from_mapping", "load"]
 SOURCES = ("nicknym", "wkd", "vks", "hkp", "smtp")
 DEFAULT_ORDER = ("nicknym", "wkd", "vks", "hkp")
 UPLOADS = ("vks", "hkp", "wks", "kpp", "nicknym")

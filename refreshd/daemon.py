@@ -44,7 +44,7 @@ from refreshd.rpc import RpcServer
 from refreshd.service import Service
 from refreshd.store import Store
 
-__all__ = ["run"]
+__all__ = ["configure_logging", "run"]
 
 MAIL_MAX_BYTES = 4 << 20  # an answer larger than this is refused unread (a key is < 1 MiB)
 

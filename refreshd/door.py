@@ -26,7 +26,9 @@ from refreshd.keymanager import KeyManager
 from refreshd.openpgp.keyview import read_key
 from refreshd.openpgp.packets import KeyRejected, armor
 
-log = structlog.get_logger("refreshd.door")
+__all__ = ["TABLES", "KeyserverDoor"]
+
+_log = structlog.get_logger("refreshd.door")
 
 # How long an address never seen may be discovered before the client gets the 404 that says
 # it is being looked up. Measured against a keyserver that accepts and never answers: gpg

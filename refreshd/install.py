@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+__all__ = ["install"]
+
 UNITS = ("refreshd.service", "refreshd.socket")
 SHIPPED_EXEC_START = "ExecStart=%h/.local/bin/refreshd run"
 SYSTEMCTL_TIMEOUT = 60

@@ -33,7 +33,7 @@ from refreshd.openpgp.packets import (
 )
 from refreshd.store import KeyFacts, Store, iso
 
-__all__ = ["Found", "KeyManager", "address_or_none"]
+__all__ = ["Found", "KeyManager", "address_or_none", "facts_of"]
 
 AUDIT_EVENT = {
     "registered": "key.registered",

@@ -24,6 +24,19 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from refreshd.openpgp.keyview import KeyView, normalize_address
 from refreshd.openpgp.packets import ALGORITHMS
 
+__all__ = [
+    "By",
+    "Op",
+    "Query",
+    "RefusalLog",
+    "Response",
+    "index",
+    "key",
+    "refused_because",
+    "route",
+    "text",
+]
+
 MAX_TARGET = 4096  # request targets longer than this are not lookups
 REFUSAL_INTERVAL = 60.0  # seconds between two socket.refused lines of the door
 _FINGERPRINT = re.compile(r"^(?:0x)?([0-9A-Fa-f]{40})$")

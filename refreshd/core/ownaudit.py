@@ -30,6 +30,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+__all__ = [
+    "UPLOAD_FOR_SOURCE",
+    "Answer",
+    "Audit",
+    "Finding",
+    "Observation",
+    "OwnFacts",
+    "Result",
+    "Served",
+    "State",
+    "assess",
+    "new_mismatches",
+    "next_lapse",
+]
+
 
 class Result(StrEnum):
     OK = "ok"

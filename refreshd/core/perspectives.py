@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+__all__ = ["Seen", "Verdict", "View", "compare"]
+
 
 class Seen(StrEnum):
     KEYS = "keys"

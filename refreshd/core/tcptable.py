@@ -17,6 +17,8 @@ from __future__ import annotations
 import ipaddress
 import sys
 
+__all__ = ["owner"]
+
 
 def endpoint(host: str, port: int) -> str:
     """`host:port` as the kernel writes it in /proc/net/tcp or tcp6."""

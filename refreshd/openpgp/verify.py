@@ -38,7 +38,14 @@ from refreshd.openpgp.packets import (
     signature_fields,
 )
 
-__all__ = ["key_context", "uid_context", "verify"]
+__all__ = [
+    "backend_refusal",
+    "clear_caches",
+    "key_context",
+    "material_refusal",
+    "uid_context",
+    "verify",
+]
 
 SHA1_CUTOFF = 1675209600  # 2023-02-01T00:00:00Z
 
