@@ -112,7 +112,7 @@ class Daemon:
         self.keys.correct_levels()  # a store written by an older refreshd, or changed pins
         self.tor = TorSupervisor(cfg, self.audit.emit)
         self.fetcher = Fetcher(cfg, self.tor)
-        self.retriever = Retriever(cfg, self.fetcher)
+        self.retriever = Retriever(cfg, self.fetcher, pins=self.keys)
         self.discovery = Discovery(
             self.keys, self.retriever, cfg, self.audit, utcnow, exit_of=self.tor.exit_of
         )

@@ -10,16 +10,18 @@ transaction plus one audit line.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from refreshd.audit import AuditLog
 from refreshd.config import Config
-from refreshd.core import autocrypt, levels, rules
+from refreshd.core import autocrypt, levels, providerkeys, rules
 from refreshd.core.levels import Level
 from refreshd.core.rules import Candidate, Decision, Vouch
+from refreshd.net.nicknym import Capability
 from refreshd.openpgp.intake import Intake, Limits, ParsedKey, intake, read_stored
 from refreshd.openpgp.keyview import KeyView, certifiers, normalize_address, primary_key
 from refreshd.openpgp.merge import merge
@@ -31,7 +33,7 @@ from refreshd.openpgp.packets import (
     armor,
     signature_issuer,
 )
-from refreshd.store import KeyFacts, Store, iso
+from refreshd.store import KeyFacts, ProviderPin, Store, iso
 
 __all__ = ["Found", "KeyManager", "address_or_none", "facts_of"]
 
@@ -110,22 +112,32 @@ class KeyManager:
             if (a := normalize_address(address)) is not None
         }
         self.endorsers = frozenset(cfg.validation.endorsers)
+        self.provider_config = {d: frozenset(f) for d, f in cfg.validation.provider_keys}
         self.on_key_changed: Callable[[str, bytes], None] | None = None  # new key bytes stored
 
     # -- keys in --------------------------------------------------------------------------
     def keep_for(self, addresses: Iterable[str] | None) -> frozenset[str]:
         """Whose certifications survive the strip (SPEC 5.1): the keys registered for the
-        addresses (rule 3.1) and the configured endorsers. With addresses None (a keyring
-        import, whose addresses are only known after parsing) every registered key counts."""
+        addresses (rule 3.1), the endorsement keys pinned for their providers and the
+        configured endorsers. With addresses None (a keyring import, whose addresses are only
+        known after parsing) every registered key and every pinned provider key counts."""
         keep: set[str] = set()
-        fingerprints = (
-            self.store.registered_fingerprints()
-            if addresses is None
-            else [r.fingerprint for a in addresses if (r := self.store.registration(a))]
-        )
+        if addresses is None:
+            fingerprints = [*self.store.registered_fingerprints(), *self.store.all_provider_pins()]
+        else:
+            addresses = list(addresses)
+            fingerprints = [r.fingerprint for a in addresses if (r := self.store.registration(a))]
+            for domain in {a.rpartition("@")[2] for a in addresses}:
+                fingerprints += self._endorsement_fingerprints(domain)
         for fpr in [*fingerprints, *self.endorsers]:
             keep |= key_ids(fpr)
         return frozenset(keep)
+
+    def _endorsement_fingerprints(self, domain: str) -> list[str]:
+        pinned = [
+            p.fingerprint for p in self.store.provider_pins(domain) if p.kind == "endorsement"
+        ]
+        return [*pinned, *self.provider_config.get(domain, ())]
 
     def take_in(self, data: bytes, addresses: Iterable[str] | None) -> Intake:
         """The one intake path: strip once with the keep set for these addresses, parse once
@@ -240,6 +252,9 @@ class KeyManager:
             out.append(Vouch("pinned", f"pinned by the user for {address} (validation.known_keys)"))
         if fpr in self.endorsers:
             out.append(Vouch("endorser-key", f"the key of endorser 0x{fpr} (validation.endorsers)"))
+        provider = self._provider_endorsement(address, held, now)
+        if provider is not None:
+            out.append(provider)
         endorsers = self._endorser_keys(now, fpr)
         if endorsers:
             by = sorted(certifiers(held.cert, address, endorsers, now))
@@ -258,6 +273,138 @@ class KeyManager:
                             )
                         )
         return tuple(out)
+
+    def _provider_endorsement(self, address: str, held: _Held, now: datetime) -> Vouch | None:
+        """provider-endorsement: the uid for the address is certified by an endorsement key
+        pinned for its domain, and that provider signs its answers (a pinned response key)."""
+        domain = address.rpartition("@")[2]
+        pins = self.store.provider_pins(domain)
+        if not any(p.kind == "response" for p in pins):
+            return None
+        signers: dict[str, tuple[PublicKey, datetime]] = {}
+        for pin in pins:
+            if pin.kind != "endorsement":
+                continue
+            try:
+                key = read_stored(pin.data)
+            except KeyRejected:
+                continue
+            if key.view.usable(now):
+                signers[key.fingerprint] = (primary_key(key.cert), pin.pinned_at)
+        by = sorted(certifiers(held.cert, address, [k for k, _ in signers.values()], now))
+        if not by:
+            return None
+        pinned = iso(signers[by[0]][1]) or ""
+        return Vouch(
+            "provider-endorsed",
+            f"endorsed by {domain}'s key 0x{by[0]}, pinned {pinned[:10]}",
+        )
+
+    # -- provider keys (retrieve.ProviderPins) -------------------------------------------------
+    def response_key(self, domain: str) -> bytes | None:
+        """The pinned key a provider's nicknym answers must be signed with, if it signs."""
+        return next(
+            (p.data for p in self.store.provider_pins(domain) if p.kind == "response"), None
+        )
+
+    def learn_provider(self, domain: str, capability: Capability) -> None:
+        """What provider.json offers, against what is pinned (core/providerkeys.py): new pins
+        and refusals are audited (provider.key_pinned, provider.key_refused)."""
+        now = self.clock()
+        pins = self.store.provider_pins(domain)
+        pinned = {p.fingerprint: p for p in pins if p.kind == "endorsement"}
+        configured = self.provider_config.get(domain, frozenset())
+        trusted_keys = [
+            (primary_key(k.cert), k.view) for p in pinned.values() for k in [read_stored(p.data)]
+        ]
+        offered: dict[str, ParsedKey] = {}
+        for armored in capability.endorsement_keys:
+            try:
+                taken = intake(
+                    armored.encode(),
+                    frozenset(k for f in [*pinned, *configured] for k in key_ids(f)),
+                    self.limits,
+                )
+            except KeyRejected as exc:
+                self.audit.emit("provider.key_refused", domain=domain, reason=exc.reason)
+                continue
+            for key in taken.keys:
+                offered[key.fingerprint] = key
+        signers = [k for k, view in trusted_keys if view.usable(now)]
+        verdicts = providerkeys.review(
+            domain,
+            frozenset(pinned),
+            configured,
+            [
+                providerkeys.Offered(
+                    fpr,
+                    frozenset(
+                        f
+                        for a in key.view.addresses()
+                        for f in certifiers(key.cert, a, signers, now)
+                    ),
+                )
+                for fpr, key in offered.items()
+            ],
+        )
+        for verdict in verdicts:
+            key = offered[verdict.fingerprint]
+            if verdict.rule is providerkeys.Rule.REFUSED:
+                self.audit.emit(
+                    "provider.key_refused",
+                    domain=domain,
+                    fingerprint=verdict.fingerprint,
+                    kind="endorsement",
+                    reason=verdict.reason,
+                )
+                continue
+            data = key.data
+            if verdict.rule is providerkeys.Rule.PINNED:
+                data = merge(pinned[verdict.fingerprint].data, key.cert, key.view).key
+                pin = replace(pinned[verdict.fingerprint], data=data)
+            else:
+                pin = ProviderPin(
+                    domain, key.fingerprint, "endorsement", data, now, verdict.rule.value
+                )
+            with self.store.transaction():
+                self.store.pin_provider_key(pin)
+            if verdict.rule is not providerkeys.Rule.PINNED:
+                self.audit.emit(
+                    "provider.key_pinned",
+                    domain=domain,
+                    fingerprint=key.fingerprint,
+                    kind="endorsement",
+                    how=verdict.rule.value,
+                    reason=verdict.reason,
+                )
+        if capability.response_key is not None:
+            offered_name = "ed25519:" + base64.b64encode(capability.response_key).decode()
+            current = next((p for p in pins if p.kind == "response"), None)
+            verdict = providerkeys.review_response_key(
+                domain, current.fingerprint if current else None, offered_name
+            )
+            if verdict.rule is providerkeys.Rule.FIRST_USE:
+                pin = ProviderPin(
+                    domain, offered_name, "response", capability.response_key, now, "first-use"
+                )
+                with self.store.transaction():
+                    self.store.pin_provider_key(pin)
+                self.audit.emit(
+                    "provider.key_pinned",
+                    domain=domain,
+                    fingerprint=offered_name,
+                    kind="response",
+                    how="first-use",
+                    reason=verdict.reason,
+                )
+            elif verdict.rule is providerkeys.Rule.REFUSED:
+                self.audit.emit(
+                    "provider.key_refused",
+                    domain=domain,
+                    fingerprint=offered_name,
+                    kind="response",
+                    reason=verdict.reason,
+                )
 
     def _endorsed_elsewhere(
         self, address: str, fingerprint: str, endorsers: list[PublicKey], now: datetime

@@ -11,8 +11,11 @@ job.
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import urlsplit
 
 from refreshd.config import Config
 from refreshd.net import hkp, nicknym, vks, wkd
@@ -42,10 +45,20 @@ def _failed(
     return Got(source, url, outcome, reason, answer=answer, validators=validators)
 
 
+class ProviderPins(Protocol):
+    """Where a provider's keys are pinned (the key manager): what provider.json offered is
+    handed over, and the pinned response key is asked for before an answer is believed."""
+
+    def learn_provider(self, domain: str, capability: nicknym.Capability) -> None: ...
+
+    def response_key(self, domain: str) -> bytes | None: ...
+
+
 class Retriever:
-    def __init__(self, cfg: Config, fetcher: Fetcher) -> None:
+    def __init__(self, cfg: Config, fetcher: Fetcher, pins: ProviderPins | None = None) -> None:
         self.cfg = cfg
         self.fetcher = fetcher
+        self.pins = pins
         self._no_nicknym = nicknym.NegativeCache()
 
     async def key_request(self, source: str, req: Request) -> Got:
@@ -67,10 +80,28 @@ class Retriever:
         )
 
     async def nicknym_request(self, req: Request, address: str | None) -> Got:
+        """A nicknym query; from a provider whose answers are signed, an answer without a
+        valid signature bound to this request is refused (never read as its status)."""
+        nonce = secrets.token_hex(16)
+        req = nicknym.with_nonce(req, nonce)
         try:
             answer = await self.fetcher.fetch(req)
         except FetchFailed as exc:
             return _failed("nicknym", req.url, Outcome.ERROR, exc.reason)
+        domain = address.rpartition("@")[2] if address else urlsplit(req.url).hostname or ""
+        key = self.pins.response_key(domain) if self.pins is not None else None
+        if key is not None:
+            unsigned = nicknym.check_signature(
+                key, dict(answer.headers), nonce, answer.url, answer.status, answer.body
+            )
+            if unsigned is not None:
+                return _failed(
+                    "nicknym",
+                    answer.url,
+                    Outcome.REJECTED,
+                    f"nicknym answered {answer.status} but {unsigned}; the answer is refused",
+                    answer,
+                )
         if answer.unchanged:
             return _failed("nicknym", answer.url, Outcome.UNCHANGED, "unchanged", answer)
         try:
@@ -113,6 +144,8 @@ class Retriever:
             else:
                 answers.append((answer.status, answer.body))
         capability = nicknym.read_capability(domain, answers[0], answers[1])
+        if self.pins is not None and capability.nicknym_uri is not None:
+            self.pins.learn_provider(domain, capability)
         if capability.nicknym_uri is None:
             self._no_nicknym = self._no_nicknym.remember(domain, time.time())
             return _failed("nicknym", probes[0].url, Outcome.NOT_FOUND, capability.reason)

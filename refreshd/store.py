@@ -19,9 +19,9 @@ from refreshd.audit import DiskFull
 from refreshd.core.levels import Level
 from refreshd.core.rules import Decision, Registration, successfully_used
 
-__all__ = ["KeyFacts", "Source", "Store", "iso"]
+__all__ = ["KeyFacts", "ProviderPin", "Source", "Store", "iso"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 REJECTED_BYTES = 8 << 20  # rejected keys kept (newest first) for `verify` and fingerprint observes
 
 MIGRATIONS: dict[int, str] = {
@@ -190,6 +190,19 @@ MIGRATIONS: dict[int, str] = {
         UPDATE counters SET value = value + changes() WHERE name = 'keys';
     END;
     """,
+    # 6: provider keys pinned forever (SPEC 5.1): endorsement keys (OpenPGP, several per
+    # provider) and the key its nicknym answers are signed with (kind 'response', raw Ed25519).
+    6: """
+    CREATE TABLE provider_keys (
+        domain TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        data BLOB NOT NULL,
+        pinned_at TEXT NOT NULL,
+        how TEXT NOT NULL,
+        PRIMARY KEY (domain, fingerprint)
+    );
+    """,
 }
 
 
@@ -239,6 +252,18 @@ class KeyFacts:
             and self.can_encrypt
             and (self.encrypt_until is None or self.encrypt_until > now)
         )
+
+
+@dataclass(frozen=True)
+class ProviderPin:
+    """A provider key pinned for a domain: an endorsement key or the response-signing key."""
+
+    domain: str
+    fingerprint: str  # OpenPGP fingerprint, or "ed25519:<base64>" for the response key
+    kind: str  # endorsement | response
+    data: bytes
+    pinned_at: datetime
+    how: str  # first-use | configured | forward-signed
 
 
 @dataclass(frozen=True)
@@ -700,6 +725,32 @@ class Store:
             db.execute("COMMIT")
         finally:
             db.close()
+
+    # provider keys ----------------------------------------------------------------------
+    def provider_pins(self, domain: str) -> list[ProviderPin]:
+        rows = self.db.execute(
+            "SELECT domain, fingerprint, kind, data, pinned_at, how FROM provider_keys "
+            "WHERE domain = ? ORDER BY pinned_at, fingerprint",
+            (domain,),
+        ).fetchall()
+        return [
+            ProviderPin(r[0], r[1], r[2], bytes(r[3]), datetime.fromisoformat(r[4]), r[5])
+            for r in rows
+        ]
+
+    def all_provider_pins(self) -> list[str]:
+        """The fingerprints of every endorsement key pinned for any provider."""
+        rows = self.db.execute("SELECT fingerprint FROM provider_keys WHERE kind = 'endorsement'")
+        return [r[0] for r in rows]
+
+    def pin_provider_key(self, pin: ProviderPin) -> None:
+        """Pin a key, or (already pinned) take its newer data; the pin itself never moves."""
+        self.db.execute(
+            "INSERT INTO provider_keys(domain, fingerprint, kind, data, pinned_at, how) "
+            "VALUES (?,?,?,?,?,?) ON CONFLICT(domain, fingerprint) DO UPDATE SET "
+            "data=excluded.data",
+            (pin.domain, pin.fingerprint, pin.kind, pin.data, iso(pin.pinned_at), pin.how),
+        )
 
     # engine state -----------------------------------------------------------------------
     def get_state(self, name: str) -> str | None:

@@ -108,6 +108,8 @@ class Request:
     redirects: Redirects = Redirects.NONE
     validators: Validators | None = None
     kind: Kind = Kind.KEY
+    headers: tuple[tuple[str, str], ...] = ()  # sent besides the fixed ones (a nonce, say)
+    keep_headers: tuple[str, ...] = ()  # response headers the reader needs (lower case)
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ class Answer:
     wire_bytes: int  # request and response heads plus body, approximately
     seconds: float
     circuit_credentials: str  # the SOCKS username (isolation key); "" without Tor
+    headers: tuple[tuple[str, str], ...] = ()  # those of Request.keep_headers that came
 
 
 class FetchFailed(Exception):
@@ -426,6 +429,7 @@ class Fetcher:
                 headers = conditional_headers(req.validators)
                 if req.content_type:
                     headers.append(("Content-Type", req.content_type))
+                headers.extend(req.headers)
                 request = client.build_request(req.method, url, content=req.body, headers=headers)
                 wire += _head_size(request.headers.raw) + len(req.body or b"")
                 response = await client.send(request, stream=True)
@@ -450,13 +454,16 @@ class Fetcher:
         wire: int,
     ) -> Answer:
         previous = req.validators or Validators()
+        kept_headers = tuple(
+            (name, value) for name in req.keep_headers if (value := response.headers.get(name))
+        )
         etag = response.headers.get("etag")
         last_modified = response.headers.get("last-modified")
         if response.status_code == 304:
             validators = Validators(
                 etag or previous.etag, last_modified or previous.last_modified, previous.body_sha256
             )
-            return Answer(304, url, b"", validators, True, 0, wire, 0.0, "")
+            return Answer(304, url, b"", validators, True, 0, wire, 0.0, "", kept_headers)
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         if encoding != "identity":
             raise FetchFailed(
@@ -502,6 +509,7 @@ class Fetcher:
             wire + size,
             0.0,
             "",
+            kept_headers,
         )
 
 

@@ -13,20 +13,45 @@ Rules:
   410 gone, 500/502/504 (every 5xx) retry later.
 - A 200 body is the nickserver's JSON {"address": ..., "openpgp": "<armored key>"} or a bare
   armored key; a JSON answer for another address, or no armored key, is rejected.
+- Signed answers (docs/nicknym-signatures.md): provider.json may name the provider's
+  endorsement keys (`endorsement_keys`, armored OpenPGP keys) and its response-signing key
+  (`response_key`, "ed25519:<base64>"). Every query then carries a fresh random nonce, and
+  every answer, whatever its status, must carry an Ed25519 signature over the nonce, the
+  request target, the status and the body's SHA-256 (`check_signature`); the caller refuses
+  an answer that fails it.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from urllib.parse import quote, urlsplit
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from refreshd.net.answers import LOOKUP_STATUS, Outcome, SourceError, json_object, lookup_outcome
 from refreshd.net.fetch import Kind, Redirects, Request, Validators, registrable_domain
 from refreshd.net.wkd import same_address, split_address
 
-__all__ = ["NegativeCache", "by_address", "capability_requests", "read_answer", "read_capability"]
+__all__ = [
+    "Capability",
+    "NegativeCache",
+    "by_address",
+    "capability_requests",
+    "check_signature",
+    "read_answer",
+    "read_capability",
+    "with_nonce",
+]
+
+NONCE_HEADER = "Nicknym-Nonce"
+SIGNATURE_HEADER = "nicknym-signature"
+SIGNATURE_DOMAIN = b"nicknym-response-v1"
 
 NEGATIVE_TTL = 86400.0
 ARMOR_HEADER = "-----BEGIN PGP PUBLIC KEY BLOCK-----"
@@ -43,6 +68,8 @@ STATUS: Mapping[int, Outcome] = {
 class Capability:
     nicknym_uri: str | None  # None: the domain does not support nicknym
     reason: str
+    endorsement_keys: tuple[str, ...] = ()  # armored, as provider.json lists them
+    response_key: bytes | None = None  # the raw Ed25519 public key answers are signed with
 
 
 @dataclass(frozen=True)
@@ -67,8 +94,7 @@ def capability_requests(domain: str) -> list[Request]:
     ]
 
 
-def _nicknym_uri(domain: str, body: bytes) -> str:
-    provider = json_object(body, "provider.json")
+def _nicknym_uri(domain: str, provider: Mapping[str, object]) -> str:
     uri = provider.get("nicknym_uri")
     if not isinstance(uri, str) or not uri:
         raise SourceError("provider.json names no nicknym_uri")
@@ -85,6 +111,26 @@ def _nicknym_uri(domain: str, body: bytes) -> str:
     return uri
 
 
+def _provider_keys(provider: Mapping[str, object]) -> tuple[tuple[str, ...], bytes | None]:
+    """The endorsement keys and the response-signing key provider.json names, if any."""
+    keys = provider.get("endorsement_keys", [])
+    if not isinstance(keys, list) or not all(
+        isinstance(k, str) and ARMOR_HEADER in k for k in keys
+    ):
+        raise SourceError("provider.json: endorsement_keys is not a list of armored keys")
+    raw = provider.get("response_key")
+    if raw is None:
+        return tuple(keys), None
+    kind, _, value = raw.partition(":") if isinstance(raw, str) else ("", "", "")
+    try:
+        key = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if kind != "ed25519" or len(key) != 32:
+        raise SourceError('provider.json: response_key is not "ed25519:<base64 of 32 bytes>"')
+    return tuple(keys), key
+
+
 def read_capability(
     domain: str,
     provider: tuple[int, bytes] | None,
@@ -98,7 +144,10 @@ def read_capability(
         status, body = provider
         if status == 200:
             try:
-                return Capability(_nicknym_uri(domain, body), "provider.json names the nickserver")
+                read = json_object(body, "provider.json")
+                uri = _nicknym_uri(domain, read)
+                endorsement, response = _provider_keys(read)
+                return Capability(uri, "provider.json names the nickserver", endorsement, response)
             except SourceError as exc:
                 problem = exc.reason
         else:
@@ -119,6 +168,48 @@ def _query(uri: str, name: str, value: str, validators: Validators | None) -> Re
         validators=validators,
         kind=Kind.JSON,
     )
+
+
+def with_nonce(req: Request, nonce: str) -> Request:
+    """The query carrying the nonce a signed answer must bind (and asking for the signature)."""
+    return replace(req, headers=((NONCE_HEADER, nonce),), keep_headers=(SIGNATURE_HEADER,))
+
+
+def signed_message(nonce: str, target: str, status: int, body: bytes) -> bytes:
+    """What the provider's response key signs for one answer (docs/nicknym-signatures.md)."""
+    digest = hashlib.sha256(body).hexdigest()
+    return b"\n".join(
+        [SIGNATURE_DOMAIN, nonce.encode(), target.encode(), str(status).encode(), digest.encode()]
+    )
+
+
+def request_target(url: str) -> str:
+    """The request target as sent: path and query."""
+    parts = urlsplit(url)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def check_signature(
+    response_key: bytes, headers: Mapping[str, str], nonce: str, url: str, status: int, body: bytes
+) -> str | None:
+    """None when the answer carries a valid signature by response_key bound to this request;
+    otherwise why not, in one sentence."""
+    value = headers.get(SIGNATURE_HEADER)
+    if value is None:
+        return "the answer is not signed, though this provider signs its answers"
+    kind, _, encoded = value.strip().partition(" ")
+    try:
+        signature = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        signature = b""
+    if kind != "ed25519" or len(signature) != 64:
+        return "the answer's signature is malformed"
+    message = signed_message(nonce, request_target(url), status, body)
+    try:
+        Ed25519PublicKey.from_public_bytes(response_key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return "the answer's signature does not verify with the provider's pinned response key"
+    return None
 
 
 def by_address(uri: str, address: str, validators: Validators | None = None) -> Request:

@@ -19,12 +19,21 @@ Answers to a query:
 - whatever `set_response` forced for that address or fingerprint (400, 404, 409, 410, 500,
   502, 504, 304 or 200), optionally with a forced body (to serve garbage).
 Error bodies are one line of text.
+
+Signed answers (docs/nicknym-signatures.md), with `signing=True`: provider.json names the
+endorsement keys given to `set_endorsement_keys` and the Ed25519 response key; every answer to
+a query, whatever its status, carries `Nicknym-Signature: ed25519 <base64>` over
+"nicknym-response-v1", the request's Nicknym-Nonce, the request target, the status and the
+hex SHA-256 of the body, joined by newlines. `set_response(..., signature="none" | "bad")`
+forges an unsigned answer or one signed over another message.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import email.utils
+import hashlib
 import json
 import re
 import socket
@@ -35,6 +44,9 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from tests.world.ca import LocalCA
 
@@ -55,6 +67,7 @@ class NicknymKey:
 class Forced:
     status: int
     body: bytes | None
+    signature: str = "good"  # good | none | bad
 
 
 @dataclass(frozen=True)
@@ -78,8 +91,18 @@ class Reply:
 class NicknymServer:
     """The server on <address>:<free port>, answering as `host` for `domain`."""
 
-    def __init__(self, ca: LocalCA, host: str, domain: str, address: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        ca: LocalCA,
+        host: str,
+        domain: str,
+        address: str = "127.0.0.1",
+        *,
+        signing: bool = False,
+    ) -> None:
         self.host = host
+        self._signer = Ed25519PrivateKey.generate() if signing else None
+        self._endorsement_keys: list[str] = []
         self.address = address
         self.domain = domain.lower()
         self._ca = ca
@@ -101,7 +124,7 @@ class NicknymServer:
         self.stop()
 
     def start(self) -> None:
-        cert = self._ca.issue([self.host])
+        cert = self._ca.issue([self.host, self.domain])
         self._server = _TlsServer((self.address, 0), cert.server_context(), self)
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(
@@ -126,7 +149,13 @@ class NicknymServer:
 
     def provider_files(self) -> dict[str, bytes]:
         """Capability files to serve at https://<domain>/ (the provider's web server)."""
-        provider = {"domain": self.domain, "nicknym_uri": self.nicknym_uri}
+        provider: dict[str, object] = {"domain": self.domain, "nicknym_uri": self.nicknym_uri}
+        with self._lock:
+            if self._endorsement_keys:
+                provider["endorsement_keys"] = list(self._endorsement_keys)
+        if self._signer is not None:
+            raw = self._signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+            provider["response_key"] = "ed25519:" + base64.b64encode(raw).decode()
         return {
             "/.well-known/key-discovery": b"nicknym\n",
             "/provider.json": json.dumps(provider).encode(),
@@ -149,6 +178,27 @@ class NicknymServer:
             self._keys[key.address] = key
             return key
 
+    def set_endorsement_keys(self, armored: list[str]) -> None:
+        """The endorsement keys provider.json names from now on."""
+        with self._lock:
+            self._endorsement_keys = list(armored)
+
+    def sign(self, nonce: str, target: str, reply: Reply, how: str = "good") -> Reply:
+        """reply with its signature header (signing servers only; see the module doc)."""
+        if self._signer is None or how == "none":
+            return reply
+        body = b"" if reply.status == 304 else reply.body
+        lines = [b"nicknym-response-v1", nonce.encode(), target.encode(),
+                 str(reply.status).encode(), hashlib.sha256(body).hexdigest().encode()]  # fmt: skip
+        if how == "bad":
+            lines[3] = b"200"  # a signature over another answer
+        signature = base64.b64encode(self._signer.sign(b"\n".join(lines))).decode()
+        return Reply(
+            reply.status,
+            reply.body,
+            (*reply.headers, ("Nicknym-Signature", f"ed25519 {signature}")),
+        )
+
     def remove(self, address: str) -> None:
         with self._lock:
             self._keys.pop(address.lower(), None)
@@ -160,12 +210,14 @@ class NicknymServer:
         fingerprint: str | None = None,
         status: int,
         body: bytes | None = None,
+        signature: str = "good",
     ) -> None:
-        """Force `status` (and optionally a raw body) for one address or fingerprint."""
+        """Force `status` (and optionally a raw body, an unsigned or badly signed answer) for
+        one address or fingerprint."""
         if status not in CODES:
             raise ValueError(f"nicknym has no response code {status}")
         with self._lock:
-            self._forced[_selector(address, fingerprint)] = Forced(status, body)
+            self._forced[_selector(address, fingerprint)] = Forced(status, body, signature)
 
     def clear_response(self, *, address: str | None = None, fingerprint: str | None = None) -> None:
         with self._lock:
@@ -186,6 +238,20 @@ class NicknymServer:
             return self._tls_failures
 
     # -- answering (called from server threads) ---------------------------------------------
+
+    def signature_for(self, target: str) -> str:
+        """How the answer to target is signed: as forced for its selector, else well."""
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query)
+        with self._lock:
+            for value in query.get("address", []):
+                forced = self._forced.get(("address", value.lower()))
+                if forced is not None:
+                    return forced.signature
+            for value in query.get("fingerprint", []):
+                forced = self._forced.get(("fingerprint", value.upper()))
+                if forced is not None:
+                    return forced.signature
+        return "good"
 
     def _count_accept(self, tls_ok: bool) -> None:
         with self._lock:
@@ -303,6 +369,10 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         reply = nicknym.answer(self.command, self.path, headers)
         parsed = urllib.parse.urlsplit(self.path)
+        if parsed.path == "/":
+            reply = nicknym.sign(
+                headers.get("nicknym-nonce", ""), self.path, reply, nicknym.signature_for(self.path)
+            )
         nicknym._record(
             NicknymRequest(
                 method=self.command,
