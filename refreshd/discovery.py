@@ -44,7 +44,7 @@ from refreshd.keymanager import Found, KeyManager
 from refreshd.net import hkp, vks
 from refreshd.net.answers import Outcome
 from refreshd.net.fetch import Redirects, Request
-from refreshd.openpgp.intake import intake
+from refreshd.openpgp.intake import Intake, intake
 from refreshd.openpgp.packets import KeyRejected
 from refreshd.retrieve import Got, Retriever
 from refreshd.store import Source, iso
@@ -256,7 +256,7 @@ class Discovery:
         async with trio.open_nursery() as nursery:  # sources at once: a stalled one costs
             for source in sources:  # SOURCE_BUDGET, not its place in the order times that
                 nursery.start_soon(ask, source)
-        found: list[tuple[bytes, Found, Got]] = []
+        found: list[tuple[bytes | Intake, Found, Got]] = []
         for source in sources:  # audited and weighed in discovery.order, as before
             gots = answers[source]
             if gots is None:  # the network paths disagreed: nothing is registered
@@ -271,7 +271,8 @@ class Discovery:
                 )
                 if ok:
                     level, positive = levels.for_source(source)
-                    found.append((got.data, Found(source, level, positive, url=got.url), got))
+                    data = got.taken if got.taken is not None else got.data
+                    found.append((data, Found(source, level, positive, url=got.url), got))
         if not found:
             return None
         decision = self.keys.first_contact(address, [(k, f) for k, f, _ in found])
@@ -293,7 +294,7 @@ class Discovery:
         async with trio.open_nursery() as nursery:
             for i in range(paths):
                 nursery.start_soon(one, i)
-        views = [await self._view(gots) for gots in answers]
+        views = [await self._view(gots, address) for gots in answers]
         comparison = perspectives.compare(views)
         seen = [v.describe() for v in views]
         self.audit.emit(
@@ -324,9 +325,11 @@ class Discovery:
         answered = [g for g, v in zip(answers, views, strict=True) if v.seen is not _FAILED]
         return answered[0] if answered else answers[0]
 
-    async def _view(self, gots: list[Got]) -> perspectives.View:
+    async def _view(self, gots: list[Got], address: str) -> perspectives.View:
         """What one path saw: its final answer, the exit Tor says carried it, and a digest of
-        each key's material as the rules would take it in."""
+        each key's material as the rules take it in. The key is taken in here, with the key
+        manager's keep set, and the parsed value replaces the answer in gots, so the rules do
+        not parse it again (one intake per fetched key)."""
         got = next((g for g in gots if g.outcome is Outcome.KEY), gots[-1] if gots else None)
         if got is None:
             return perspectives.View(None, _FAILED, reason="no request was made")
@@ -336,9 +339,11 @@ class Discovery:
         if seen is not perspectives.Seen.KEYS:
             return perspectives.View(exit_fpr, seen, reason=got.reason)
         try:
-            read = await trio.to_thread.run_sync(intake, got.data, frozenset(), self.keys.limits)
+            keep = self.keys.keep_for([address])
+            read = await trio.to_thread.run_sync(intake, got.data, keep, self.keys.limits)
         except KeyRejected as exc:
             return perspectives.View(exit_fpr, _FAILED, reason=exc.reason)
+        gots[gots.index(got)] = replace(got, taken=read)
         digests = {k.fingerprint: hashlib.sha256(k.data).hexdigest() for k in read.keys}
         if not digests:
             return perspectives.View(exit_fpr, _FAILED, reason=read.failure)

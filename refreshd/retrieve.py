@@ -21,6 +21,7 @@ from refreshd.config import Config
 from refreshd.net import hkp, nicknym, vks, wkd
 from refreshd.net.answers import Outcome, SourceError, lookup_outcome
 from refreshd.net.fetch import Answer, Fetcher, FetchFailed, Kind, Redirects, Request, Validators
+from refreshd.openpgp.intake import Intake
 
 __all__ = ["Got", "Retriever"]
 
@@ -36,6 +37,7 @@ class Got:
     data: bytes = b""  # the key data as received, when outcome is KEY
     answer: Answer | None = None
     validators: Validators = field(default_factory=Validators)
+    taken: Intake | None = None  # data already taken in (stripped, parsed), when it was
 
 
 def _failed(

@@ -145,7 +145,7 @@ async def test_a_rotated_key_certified_by_the_pinned_one_is_accepted(provider, k
     assert pinned.get(keys.p2) == "forward-signed"
     assert keys.p3 not in pinned
     refused = [e for e in provider.events("provider.key_refused") if e.get("kind") == "endorsement"]
-    assert [e["fingerprint"] for e in refused] == [keys.p3]
+    assert {e["fingerprint"] for e in refused} == {keys.p3}  # once per network path
     assert "not certified by any key pinned" in refused[0]["reason"]
     fingerprints = {p.fingerprint for p in provider.store.provider_pins(DOMAIN)}
     assert {keys.p1, keys.p2} <= fingerprints and keys.p3 not in fingerprints
