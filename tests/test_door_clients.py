@@ -92,7 +92,10 @@ def keys(tmp_path_factory) -> dict[str, bytes | str]:
         a_old = g.export(a)
         g.set_expire(a, "2y")
         b = g.generate(f"Bob two <{BOB}>", expire="1y")
-        return {"a": a, "a_old": a_old, "a_new": g.export(a), "b": b, "b_key": g.export(b)}
+        c = g.generate("Carol <carol@example.net>", expire="1y")
+        g.certify(c, b, f"Bob two <{BOB}>")  # a third-party certification refreshd drops
+        return {"a": a, "a_old": a_old, "a_new": g.export(a), "b": b, "b_key": g.export(b),
+                "c": c}  # fmt: skip
     finally:
         ws.close()
 
@@ -158,6 +161,24 @@ def test_rejected_never_retired_only_by_fingerprint(door, keys) -> None:
     assert client.gpg("--recv-keys", keys["a"]).returncode == 0  # old signatures still verify
     index = http(client.port, f"/pks/lookup?op=index&options=mr&search={BOB}")[1]
     assert f"pub:{keys['b']}:" in index and keys["a"] not in index
+
+
+def signers(listing: str) -> set[str]:
+    """Key ids of every signature in a `gpg --with-colons --list-sigs` listing."""
+    return {line.split(":")[4] for line in listing.splitlines() if line.startswith("sig:")}
+
+
+def test_served_bytes_carry_no_dropped_certification(door, keys) -> None:
+    d, client = door
+    carol = keys["c"][-16:]
+    d.call("observe", address=BOB, key=armor(keys["b_key"]), origin="autocrypt")
+    assert client.gpg("--recv-keys", keys["b"]).returncode == 0
+    listing = client.gpg("--with-colons", "--list-sigs", keys["b"]).stdout
+    assert signers(listing) == {keys["b"][-16:]}  # self-signatures only
+    # the key as observed did carry Carol's certification
+    client.gpg("--import", data=armor(keys["b_key"]).encode())
+    listing = client.gpg("--with-colons", "--list-sigs", keys["b"]).stdout
+    assert carol in signers(listing)
 
 
 def test_uploads_unknown_addresses_and_garbage(door, keys) -> None:
