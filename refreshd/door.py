@@ -140,7 +140,11 @@ class KeyserverDoor:
             request.method.decode("ascii", "replace"),
             request.target.decode("ascii", "replace"),
         )
-        answer = await self.answer(method, target)
+        try:
+            answer = await self.answer(method, target)
+        except Exception:  # a bug behind one request must not end the door or the daemon
+            _log.exception("door.failed", target=target[:200])
+            answer = door.text(500, "refreshd could not answer this lookup; see its journal.")
         await self._send(conn, stream, answer, head=method == "HEAD")
 
     async def _request(self, conn: h11.Connection, stream: trio.SocketStream) -> h11.Request | None:

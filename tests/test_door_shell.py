@@ -103,3 +103,31 @@ def test_an_unknown_owner_is_refused(tmp_path: Path) -> None:
     answers, lines = served(tmp_path, [GOOD], owner_of=lambda client, server: None)
     assert answers == [b""]
     assert [x["peer_uid"] for x in lines if x["event"] == "socket.refused"] == [-1]
+
+
+def test_a_failing_lookup_is_a_500_and_the_door_goes_on(tmp_path: Path) -> None:
+    door, audit, store = make_door(tmp_path)
+    calls = 0
+
+    async def broken(params: dict[str, Any]) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        return await unknown(params)
+
+    door.lookup = broken
+
+    async def main() -> list[bytes]:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(door.serve, "127.0.0.1:0")
+            answers = [await exchange(port, GOOD) for _ in range(2)]
+            nursery.cancel_scope.cancel()
+        return answers
+
+    try:
+        first, second = trio.run(main)
+    finally:
+        store.close()
+        audit.close()
+    assert first.startswith(b"HTTP/1.1 500 ") and second.startswith(b"HTTP/1.1 404 ")
