@@ -14,6 +14,7 @@ import base64
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from refreshd.audit import AuditLog
@@ -614,23 +615,25 @@ class KeyManager:
             if held is not None:
                 vouch = max(self._vouches(address, held, now), key=lambda v: v.level, default=None)
             level = base if vouch is None or vouch.level <= base else vouch.level
-            with self.store.transaction():
-                self.store.correct_level(address, fpr, level, base, source)
-            if level != old:
-                changed += 1
-                basis = vouch.detail if vouch and vouch.level > base else f"found through {source}"
-                self.audit.emit(
-                    "key.level_corrected",
-                    address=address,
-                    fingerprint=fpr,
-                    old_level=old.value,
-                    new_level=level.value,
-                    source=source,
-                    basis=basis,
-                    reason=f"The level of {fpr} for {address} was recomputed from the ways it "
-                    f"was found: {level.value} ({basis}), not {old.value}. Agreement of "
-                    "directories is not consensus (SPEC 5.1).",
-                )
+            if level == old:
+                with self.store.transaction():
+                    self.store.correct_level(address, fpr, level, base, source)
+                continue
+            changed += 1
+            basis = vouch.detail if vouch and vouch.level > base else f"found through {source}"
+            self._decide(
+                partial(self.store.correct_level, address, fpr, level, base, source),
+                "key.level_corrected",
+                address=address,
+                fingerprint=fpr,
+                old_level=old.value,
+                new_level=level.value,
+                source=source,
+                basis=basis,
+                reason=f"The level of {fpr} for {address} was recomputed from the ways it "
+                f"was found: {level.value} ({basis}), not {old.value}. Agreement of "
+                "directories is not consensus (SPEC 5.1).",
+            )
         return changed
 
     def _held(self, fingerprint: str) -> _Held | None:

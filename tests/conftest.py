@@ -67,7 +67,9 @@ def test_ca(world_dir: Path) -> LocalCA:
 @pytest.fixture(scope="session")
 def nicknym_server(test_ca: LocalCA) -> Iterator[NicknymServer]:
     address = world.world_address()
-    with NicknymServer(test_ca, names.NICKNYM_HOST, names.NICKNYM_DOMAIN, address) as server:
+    with NicknymServer(
+        test_ca, names.NICKNYM_HOST, names.NICKNYM_DOMAIN, address, signing=True
+    ) as server:
         yield server
 
 

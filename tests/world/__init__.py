@@ -148,7 +148,9 @@ class World(contextlib.AbstractContextManager["World"]):
         self.address = world_address()
         self.ca = LocalCA(self.base_dir / "ca")
         self.nicknym = self._stack.enter_context(
-            NicknymServer(self.ca, names.NICKNYM_HOST, names.NICKNYM_DOMAIN, self.address)
+            NicknymServer(
+                self.ca, names.NICKNYM_HOST, names.NICKNYM_DOMAIN, self.address, signing=True
+            )
         )
         self.wkd = start_wkd_server(self.ca, self.nicknym, self.base_dir)
         self._stack.callback(self.wkd.stop)
