@@ -4,8 +4,8 @@ and results.md (into bench/ for a full run; a quick run writes elsewhere unless 
 so, so its smaller figures never replace published ones).
 
 Cases (see bench/README.md): wire, cpu, flood, lookup, idle, startup, staleness, tor, door,
-scale, corpus. Servers and data are made fresh on loopback (tests/world, tests/keyfactory)
-and removed at the end.
+scale, corpus, perspectives. Servers and data are made fresh on loopback (tests/world,
+tests/keyfactory) and removed at the end.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ TITLES = {
     "door": "9. keyserver door lookup",
     "scale": "10. the loop's cost at 1k / 10k / 100k keys",
     "corpus": "11. strip + read per real-world key",
+    "perspectives": "12. first contact over two network paths",
 }
 POPULATION = 10_000
 POPULATION_QUICK = 300
@@ -131,13 +132,26 @@ ORDER = (
     "scale",
     "idle",
     "tor",
+    "perspectives",
 )
 
 
 def run_cases(selected: list[str], quick: bool) -> list[dict[str, Any]]:
-    """Cases in ORDER; the Tor world starts only for the last two, so its relays' CPU does not
+    """Cases in ORDER; the Tor world starts only for the last three, so its relays' CPU does not
     share the machine with the other cases."""
-    from bench import corpus, cpu, door, idle, lookup, population, scale, startup, tor_refresh, wire
+    from bench import (
+        corpus,
+        cpu,
+        door,
+        idle,
+        lookup,
+        perspectives,
+        population,
+        scale,
+        startup,
+        tor_refresh,
+        wire,
+    )
     from tests.world import World
 
     results = []
@@ -176,6 +190,7 @@ def run_cases(selected: list[str], quick: bool) -> list[dict[str, Any]]:
             "scale": lambda: scale.run(quick),
             "idle": lambda: idle.run(pop, tor_ports(), quick),
             "tor": lambda: tor_refresh.run(tor_world(), quick),
+            "perspectives": lambda: perspectives.run(tor_world(), quick),
         }
         for name in ORDER:
             if name in selected:

@@ -84,6 +84,8 @@ def engine(state_dir: Path, sections: dict[str, dict[str, Any]]) -> Engine:
         keys=keys,
         tor=tor,
         retriever=retriever,
-        discovery=Discovery(keys, retriever, cfg, audit, utcnow),
+        discovery=Discovery(
+            keys, retriever, cfg, audit, utcnow, exit_of=tor.exit_of if tor else None
+        ),
         refresher=Refresher(keys, retriever, cfg, audit),
     )

@@ -9,7 +9,10 @@ so no name ever meets a resolver; the exit may only connect to the mapped loopba
 The client carries streams only to the exit's own address (`exit_address`): Tor pins such a
 stream to that relay (target `<address>.<exit fingerprint>.exit`), while ordinary exit
 selection finds no relay for a loopback target. So servers listen on the exit's address and
-every name maps to it.
+every name maps to it. With `more_exits` the network has further exits, each on its own
+address; a stream reaches a server through the exit whose address it targets. (An exit cannot be
+told apart by the address it connects from: Tor never binds OutboundBindAddress* for loopback
+destinations, so every exit connects from 127.0.0.1 here.)
 
 Start order: keys, then authorities and relays, then (once the consensus lists every relay and
 flags the exit) the client, then a real fetch through SOCKS to a loopback probe server. A start
@@ -28,7 +31,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -205,11 +208,13 @@ class TorNetwork:
         *,
         mapping: Mapping[str, str] | None = None,
         exit_address: str = "127.0.0.1",
+        more_exits: Sequence[str] = (),
         base_dir: Path | None = None,
         timeout: float = START_TIMEOUT,
         attempts: int = 2,
     ) -> None:
         self.exit_address = exit_address
+        self.exit_node_addresses = (exit_address, *more_exits)
         self.mapping: dict[str, str] = dict.fromkeys(domains, exit_address)
         self.mapping.update(mapping or {})
         self._base_parent = base_dir
@@ -244,12 +249,23 @@ class TorNetwork:
 
     @property
     def exit_fingerprint(self) -> str:
-        return next(node.fingerprint for node in self.nodes if node.role == "exit")
+        """The first exit's fingerprint (the one on `exit_address`)."""
+        return self.exit_fingerprints[0]
+
+    @property
+    def exit_fingerprints(self) -> tuple[str, ...]:
+        return tuple(node.fingerprint for node in self.nodes if node.role == "exit")
+
+    @property
+    def exits_by_fingerprint(self) -> dict[str, str]:
+        """Each exit's fingerprint to the loopback address it connects from."""
+        return {node.fingerprint: node.address for node in self.nodes if node.role == "exit"}
 
     @property
     def exit_addresses(self) -> tuple[str, ...]:
-        """Loopback addresses the exit may connect to: its own, 127.0.0.1, every mapping target."""
-        return tuple(sorted({self.exit_address, "127.0.0.1", *self.mapping.values()}))
+        """Loopback addresses an exit may connect to: the exits', 127.0.0.1, every mapping
+        target."""
+        return tuple(sorted({*self.exit_node_addresses, "127.0.0.1", *self.mapping.values()}))
 
     def socks_url(self, username: str, password: str) -> str:
         """A proxy URL for httpx: Tor resolves the name (socks5h), credentials isolate."""
@@ -371,10 +387,12 @@ class TorNetwork:
         nodes = [node(f"auth{i}", "authority") for i in range(N_AUTHORITIES)]
         for auth in nodes:
             auth.dir_port = procs.free_port()
-        exit_node = Node("exit0", "exit", self.base_dir / "exit0", address=self.exit_address)
-        exit_node.data_dir.mkdir(mode=0o700)
-        exit_node.or_port = procs.free_port(self.exit_address)
-        nodes += [node("relay0", "relay"), exit_node]
+        nodes.append(node("relay0", "relay"))
+        for i, address in enumerate(self.exit_node_addresses):
+            exit_node = Node(f"exit{i}", "exit", self.base_dir / f"exit{i}", address=address)
+            exit_node.data_dir.mkdir(mode=0o700)
+            exit_node.or_port = procs.free_port(address)
+            nodes.append(exit_node)
         self.client = Node("client", "client", self.base_dir / "client")
         self.client.data_dir.mkdir(mode=0o700)
         self.socks_port = procs.free_port()
@@ -464,7 +482,7 @@ class TorNetwork:
             ]
         if node.role == "authority":
             lines += [*_AUTHORITY, f"DirPort 127.0.0.1:{node.dir_port}"]
-            lines.append(f"TestingDirAuthVoteExit {self.exit_fingerprint}")
+            lines.append(f"TestingDirAuthVoteExit {','.join(self.exit_fingerprints)}")
         elif node.role == "relay":
             lines += ["DirCache 0", "ExitRelay 0", "ExitPolicy reject *:*"]
         elif node.role == "exit":
@@ -499,7 +517,9 @@ class TorNetwork:
             except OSError:
                 return False
             flags = _consensus_flags(text)
-            return wanted <= set(flags) and "Exit" in flags[self.exit_fingerprint]
+            return wanted <= set(flags) and all(
+                "Exit" in flags[fpr] for fpr in self.exit_fingerprints
+            )
 
         if not procs.wait_for(ready, deadline - time.monotonic(), interval=0.5):
             raise TorStartError("no complete consensus in time\n" + self._log_tails())
