@@ -34,8 +34,9 @@ from refreshd.core import ownaudit, ownpolicy, schedule
 from refreshd.net import hkp, nicknym, vks
 from refreshd.net.answers import Outcome, SourceError
 from refreshd.net.fetch import Fetcher, FetchFailed, Request
-from refreshd.openpgp.intake import Intake, Limits, intake
-from refreshd.openpgp.packets import KeyRejected
+from refreshd.openpgp.intake import Limits, intake, read_stored
+from refreshd.openpgp.keyview import certifiers, primary_key
+from refreshd.openpgp.packets import KeyRejected, PublicKey
 from refreshd.retrieve import Got, Retriever
 from refreshd.rpc import INVALID_PARAMS, RpcError
 from refreshd.store import Store, iso
@@ -446,20 +447,52 @@ AUDIT_HOOK_TIMEOUT = 60.0
 AUDIT_RECHECK = 60.0  # how often the loop looks for new or removed own addresses
 
 
+def _served(
+    data: bytes,
+    keep: frozenset[str],
+    limits: Limits,
+    address: str,
+    endorsers: list[PublicKey],
+    now: datetime,
+) -> tuple[tuple[ownaudit.Served, ...], str]:
+    """The keys in a directory's answer as plain facts: fingerprint, expiry and, where the
+    provider endorses, whether one of its pinned endorsement keys certifies the uid for the
+    address (valid, unrevoked); or why nothing could be read. Pure and CPU-bound: the shell
+    runs it in a worker thread."""
+    try:
+        read = intake(data, keep, limits, now)
+    except KeyRejected as exc:
+        return (), exc.reason
+    served = tuple(
+        ownaudit.Served(
+            k.fingerprint,
+            k.view.expires,
+            bool(certifiers(k.cert, address, endorsers, now)) if endorsers else None,
+        )
+        for k in read.keys
+    )
+    return served, read.failure
+
+
 def _observation(
-    source: str, gots: list[Got], *, expected: bool, read: Intake | None
+    source: str,
+    gots: list[Got],
+    *,
+    expected: bool,
+    served: tuple[tuple[ownaudit.Served, ...], str] | None = None,
+    endorses: bool = False,
 ) -> ownaudit.Observation:
-    """A directory's answers (WKD may take two requests) as plain facts for the core; `read`
-    is the intake of the answer that carried a key."""
+    """A directory's answers (WKD may take two requests) as plain facts for the core; `served`
+    is what the answer that carried a key held."""
     keyed = next((g for g in gots if g.outcome is Outcome.KEY), None)
-    if keyed is not None and read is not None:
-        if not read.keys:
+    if keyed is not None and served is not None:
+        keys, failure = served
+        if not keys:
             return ownaudit.Observation(
-                source, keyed.url, ownaudit.Answer.UNREADABLE, reason=read.failure
+                source, keyed.url, ownaudit.Answer.UNREADABLE, reason=failure
             )
-        served = tuple(ownaudit.Served(k.fingerprint, k.view.expires) for k in read.keys)
         return ownaudit.Observation(
-            source, keyed.url, ownaudit.Answer.KEYS, served, expected=expected
+            source, keyed.url, ownaudit.Answer.KEYS, keys, expected=expected, endorses=endorses
         )
     got = gots[-1]
     answer = AUDIT_ANSWERS.get(got.outcome, ownaudit.Answer.UNREACHABLE)
@@ -544,19 +577,32 @@ class OwnAudit:
         configured = {"vks": bool(self.cfg.discovery.vks), "hkp": bool(self.cfg.discovery.hkp)}
         return [s for s in self.cfg.discovery.order if configured.get(s, s != "smtp")]
 
-    async def _read(self, gots: list[Got], keep: frozenset[str]) -> Intake | None:
-        """The key data of the answer that carried one, stripped and parsed off the loop."""
-        keyed = next((g for g in gots if g.outcome is Outcome.KEY), None)
-        if keyed is None:
-            return None
-        limits = Limits(self.cfg.network.max_response_bytes, self.cfg.network.max_key_bytes)
-        try:
-            return await trio.to_thread.run_sync(intake, keyed.data, keep, limits)
-        except KeyRejected as exc:
-            return Intake((), (exc.reason,))
+    def _endorsement_keys(self, domain: str, now: datetime) -> list[PublicKey]:
+        """The provider's pinned endorsement keys that are usable now (SPEC 5.1)."""
+        keys = []
+        for pin in self.own.store.provider_pins(domain):
+            if pin.kind != "endorsement":
+                continue
+            try:
+                held = read_stored(pin.data)
+            except KeyRejected:
+                continue
+            if held.view.usable(now):
+                keys.append(primary_key(held.cert))
+        return keys
 
     async def _ask(self, source: str, address: str, key: OwnKey) -> ownaudit.Observation:
-        keep = frozenset({key.fingerprint})
+        now = self.own.clock()
+        endorsers = (
+            self._endorsement_keys(address.rpartition("@")[2], now)
+            if source in ("wkd", "nicknym")
+            else []
+        )
+        keep = frozenset(
+            {key.fingerprint, key.fingerprint[-16:]}
+            | {k.fingerprint.hex().upper() for k in endorsers}
+            | {k.fingerprint.hex().upper()[-16:] for k in endorsers}
+        )
         uploaded = ownaudit.UPLOAD_FOR_SOURCE.get(source) in self.cfg.own.upload
         if source == "hkp":
             gots = [
@@ -566,14 +612,22 @@ class OwnAudit:
         elif source == "nicknym":
             uri = await self.retriever.nicknym_uri(address.rpartition("@")[2])
             if isinstance(uri, Got):  # the provider runs no nicknym: nothing to expect
-                return _observation(source, [uri], expected=False, read=None)
+                return _observation(source, [uri], expected=False)
             req = nicknym.by_address(uri, address)
             gots = [await self.retriever.nicknym_request(req, address)]
             uploaded = True  # a provider's nicknym serves its own users
         else:
             gots = await self.retriever.by_address(source, address)
-        read = await self._read(gots, keep)
-        return _observation(source, gots, expected=uploaded, read=read)
+        keyed = next((g for g in gots if g.outcome is Outcome.KEY), None)
+        served = None
+        if keyed is not None:
+            limits = Limits(self.cfg.network.max_response_bytes, self.cfg.network.max_key_bytes)
+            served = await trio.to_thread.run_sync(
+                _served, keyed.data, keep, limits, address, endorsers, now
+            )
+        return _observation(
+            source, gots, expected=uploaded, served=served, endorses=bool(endorsers)
+        )
 
     async def audit_address(self, address: str) -> ownaudit.Audit | None:
         """One audit of one own address; audited as own.audit, the latest kept for `own`."""

@@ -270,3 +270,39 @@ def test_own_status_and_status_show_a_mismatch_as_a_warning() -> None:
         {"version": "x", "tor": {}, "keys": 0, "addresses": 0, "own": [_entry("ok", [ok])]}
     )
     assert "WARNING" not in calm and "audit: ok" in calm
+
+
+async def test_an_endorsing_provider_must_endorse_the_own_key(world, tmp_path: Path) -> None:
+    from refreshd.store import ProviderPin
+    from tests.keyfactory import Gpg
+
+    own, auditor, dirs, _server, _audit, _hook = world
+    gpg = Gpg(tmp_path / "gpg")
+    try:
+        endorser = gpg.generate("Example Provider <keys@example.org>")
+        mine = gpg.generate(f"<{ADDRESS}>")
+        secret = gpg.run("--armor", "--export-secret-keys", mine).decode()
+        await own.import_key(secret, None)
+        pin = ProviderPin(
+            "example.org",
+            endorser,
+            "endorsement",
+            gpg.export(endorser),
+            datetime.now(UTC),
+            "configured",
+        )
+        with own.store.transaction():
+            own.store.pin_provider_key(pin)
+        dirs.vks = gpg.export(mine)
+        dirs.wkd = gpg.export(mine)  # not (yet) endorsed
+        unendorsed = await auditor.audit_address(ADDRESS)
+        gpg.certify(endorser, mine, f"<{ADDRESS}>")
+        dirs.wkd = gpg.export(mine)  # now with the provider's certification on the uid
+        endorsed = await auditor.audit_address(ADDRESS)
+    finally:
+        gpg.close()
+
+    assert unendorsed is not None and endorsed is not None
+    assert {f.source: f.result for f in unendorsed.findings}["wkd"] == "not-endorsed"
+    assert unendorsed.state == "mismatch"
+    assert {f.source: f.result for f in endorsed.findings} == {"wkd": "ok", "vks": "ok"}
