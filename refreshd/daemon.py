@@ -1,10 +1,10 @@
 """The daemon: one nursery that owns every task (SPEC section 1).
 
-Start order: state directory, audit log, store, socket (so clients get answers at once, even
-before Tor is usable), then Tor supervision, discovery, the refresh loop, the own-key task, the
-keyserver door when `serve.keyserver` is set, and the scheduler's periodic jobs. SIGTERM or
-SIGINT cancels the nursery; the socket file is removed on the way out and systemd is told
-STOPPING.
+Start order: state directory, audit log, store, socket and, when `serve.keyserver` is set, the
+keyserver door (so clients get answers at once, even before Tor is usable), then Tor
+supervision, discovery, the refresh loop, the own-key task and the scheduler's periodic jobs.
+SIGTERM or SIGINT cancels the nursery; the socket file is removed on the way out and systemd
+is told STOPPING.
 """
 
 from __future__ import annotations
@@ -167,6 +167,8 @@ class Daemon:
                     await nursery.start(partial(self.server.serve, inherited=inherited[0]))
                 else:
                     await nursery.start(self.server.serve, self.cfg.daemon.socket)
+                if self.cfg.serve.keyserver:  # bound before READY, like the socket
+                    await nursery.start(self._door, self.cfg.serve.keyserver)
                 counts = self.store.counts()
                 self.audit.emit(
                     "daemon.started",
@@ -185,8 +187,6 @@ class Daemon:
                 await nursery.start(self.own.run)
                 await nursery.start(self.own_audit.run)
                 await nursery.start(self.gnupg.run)
-                if self.cfg.serve.keyserver:
-                    nursery.start_soon(self._door, self.cfg.serve.keyserver)
                 nursery.start_soon(self._scheduler)
         finally:
             sdnotify.notify("STOPPING=1")
@@ -195,12 +195,18 @@ class Daemon:
             self.audit.close()
             _running = None
 
-    async def _door(self, listen: str) -> None:
+    async def _door(
+        self, listen: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """The keyserver door (SPEC 11); an address already in use leaves the socket serving."""
         try:
-            await self.door.serve(listen)
+            listeners = await self.door.bind(listen)
         except OSError as exc:
             self.audit.emit("door.failed", address=listen, error=str(exc)[:300])
+            task_status.started()
+            return
+        task_status.started()
+        await self.door.serve(listeners)
 
     async def _signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

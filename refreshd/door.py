@@ -39,6 +39,7 @@ PATIENCE = 25.0
 REQUEST_TIMEOUT = 10.0  # to send the whole request head; a slow client only ends itself
 MAX_REQUEST = 16384  # request line and headers
 MAX_BODY = 65536  # a lookup has no body; an upload is refused without reading more
+LINGER = 2.0  # seconds to drain what a client still sends after its answer
 TABLES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
 MAX_CONNECTIONS = 256
 
@@ -63,6 +64,17 @@ def peer_owner(client: tuple[str, int], server: tuple[str, int]) -> int | None:
     return None
 
 
+async def _linger(stream: trio.SocketStream) -> None:
+    """Close gently: say we are done, then read and drop what the client still sends (the
+    rest of a refused upload, bytes after a malformed head) for a moment, so the kernel does
+    not answer them with a reset that could destroy the response before the client reads it."""
+    await stream.send_eof()
+    drained = 0
+    with trio.move_on_after(LINGER):
+        while drained < MAX_BODY * 16 and (chunk := await stream.receive_some(65536)):
+            drained += len(chunk)
+
+
 class KeyserverDoor:
     def __init__(
         self,
@@ -85,15 +97,23 @@ class KeyserverDoor:
         self.refusals = door.RefusalLog()
         self.open = 0
 
-    async def serve(
-        self, listen: str, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def bind(self, listen: str) -> list[trio.SocketListener]:
+        """Listen on `listen` (OSError if it cannot be had: in use, not local)."""
         host, port = listen_address(listen)
         listeners = await trio.open_tcp_listeners(port, host=host)
-        bound = listeners[0].socket.getsockname()[1]
-        self.emit("door.listening", address=f"{host}:{bound}")
+        self.emit("door.listening", address=f"{host}:{listeners[0].socket.getsockname()[1]}")
+        return listeners
+
+    async def serve(
+        self,
+        listen: str | list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Answer on `listen` (an address, or listeners from `bind`); started with the port."""
+        listeners = await self.bind(listen) if isinstance(listen, str) else listen
         async with trio.open_nursery() as nursery:
-            task_status.started(bound)
+            task_status.started(listeners[0].socket.getsockname()[1])
             await trio.serve_listeners(self.serve_connection, listeners, handler_nursery=nursery)
 
     async def serve_connection(self, stream: trio.SocketStream) -> None:
@@ -185,6 +205,7 @@ class KeyserverDoor:
             return
         with trio.fail_after(REQUEST_TIMEOUT):
             await stream.send_all(out)
+        await _linger(stream)
 
     async def answer(self, method: str, target: str) -> door.Response:
         """The response to one request (kept apart from the wire for tests and the bench)."""

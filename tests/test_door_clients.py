@@ -224,3 +224,15 @@ def test_the_door_is_off_unless_configured(tmp_path: Path) -> None:
         assert d.call("status")["version"]
     finally:
         d.stop()
+
+
+def test_a_door_address_in_use_is_audited_and_the_socket_serves(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        d = Daemon(write_config(tmp_path, {"serve": {"keyserver": f"127.0.0.1:{port}"}}))
+        try:
+            assert d.call("status")["version"]
+            failed = [e for e in d.audit() if e["event"] == "door.failed"]
+            assert failed and failed[0]["address"] == f"127.0.0.1:{port}"
+        finally:
+            d.stop()
