@@ -29,6 +29,7 @@ from refreshd.audit import AuditLog
 from refreshd.config import Config
 from refreshd.discovery import Discovery
 from refreshd.door import KeyserverDoor
+from refreshd.feeds import Feeds
 from refreshd.gnupg import GnupgBridge
 from refreshd.keymanager import KeyManager
 from refreshd.mail.channel import MailChannel
@@ -116,7 +117,8 @@ class Daemon:
         self.discovery = Discovery(
             self.keys, self.retriever, cfg, self.audit, utcnow, exit_of=self.tor.exit_of
         )
-        self.refresher = Refresher(self.keys, self.retriever, cfg, self.audit)
+        self.feeds = Feeds(self.store, self.fetcher, cfg, self.audit)
+        self.refresher = Refresher(self.keys, self.retriever, cfg, self.audit, feeds=self.feeds)
         channel = MailChannel(cfg, self.tor)
         # The mail channel exists only when configured both ways (SPEC 10).
         self.mail = (
@@ -182,6 +184,7 @@ class Daemon:
                 await nursery.start(self.tor.run)
                 await nursery.start(self.discovery.run)
                 await nursery.start(self.refresher.run)
+                await nursery.start(self.feeds.run)
                 if self.mail is not None:
                     await nursery.start(self.mail.run)
                 await nursery.start(self.own.run)

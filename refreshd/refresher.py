@@ -31,13 +31,14 @@ from refreshd.audit import AuditLog
 from refreshd.config import Config
 from refreshd.core import levels, schedule
 from refreshd.discovery import audit_fetch
+from refreshd.feeds import Feeds
 from refreshd.keymanager import Found, KeyManager
 from refreshd.net import hkp, vks, wkd
 from refreshd.net.answers import Outcome
 from refreshd.net.fetch import Validators
 from refreshd.openpgp.packets import KeyRejected
 from refreshd.retrieve import Got, Retriever
-from refreshd.store import Source, iso
+from refreshd.store import Source
 
 __all__ = ["Refresher"]
 
@@ -77,7 +78,9 @@ class Refresher:
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        feeds: Feeds | None = None,
     ) -> None:
+        self.feeds = feeds
         self.keys = keys
         self.store = keys.store
         self.retriever = retriever
@@ -311,6 +314,8 @@ class Refresher:
             )
             return False
         src = sources[0]
+        if self._vouched(fingerprint, src):
+            return True
         host = urlsplit(src.url).hostname or src.url
         failing, _, not_before = self._hosts.get(host, (frozenset(), 0, 0.0))
         if self.clock() < not_before:
@@ -340,6 +345,33 @@ class Refresher:
             self._take(fingerprint, src, got)
         self._book(src, got, ok)
         return ok
+
+    def _vouched(self, fingerprint: str, src: Source) -> bool:
+        """The server's update feed says the key has not changed since it was last known
+        current (its last fetch, or the last feed that vouched for it): no request for it, and
+        it is known current up to the end of the feed's newest window (SPEC 6)."""
+        if self.feeds is None or src.failures or src.last_fetch is None:
+            return False
+        since = datetime.fromisoformat(src.last_fetch).timestamp()
+        until = self.feeds.known_current_until(src.kind, src.url, fingerprint, since)
+        if until is None:
+            return False
+        self.audit.emit(
+            "refresh.unchanged_by_feed",
+            fingerprint=fingerprint,
+            source=src.kind,
+            url=src.url,
+            known_current_until=epoch_iso(until),
+        )
+        self.last = {
+            "fingerprint": fingerprint,
+            "source": src.kind,
+            "outcome": "unchanged-by-feed",
+            "at": epoch_iso(self.clock()),
+        }
+        with self.store.transaction():
+            self.store.put_source(replace(src, last_fetch=epoch_iso(until), last_status="feed"))
+        return True
 
     def _host_outcome(self, host: str, fingerprint: str, got: Got) -> None:
         """Per-host backoff: when HOST_FAILING different keys in a row fail on one host
@@ -401,7 +433,7 @@ class Refresher:
                     etag=v.etag if ok else src.etag,
                     last_modified=v.last_modified if ok else src.last_modified,
                     body_sha256=v.body_sha256 if ok else src.body_sha256,
-                    last_fetch=iso(datetime.now(UTC)),
+                    last_fetch=epoch_iso(self.clock()),
                     last_status=status,
                     failures=0 if ok else src.failures + 1,
                     next_retry=None,

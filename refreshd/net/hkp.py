@@ -17,7 +17,7 @@ from refreshd.net.answers import SourceError, normalize_fingerprint
 from refreshd.net.fetch import Kind, Request, Validators
 from refreshd.net.wkd import split_address
 
-__all__ = ["lookup", "lookup_address", "read_upload", "upload"]
+__all__ = ["base_url", "lookup", "lookup_address", "read_upload", "upload"]
 
 SCHEMES = {
     "hkp": ("http", 11371),
