@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from tests.world.ca import LocalCA
 from tests.world.nginx import WkdServer
 from tests.world.sks import SksServer
 from tests.world.tornet import TorNetwork
+from tests.world.vks import VksServer
 
 pytestmark = [
     pytest.mark.e2e,
@@ -41,17 +43,29 @@ HOOK = "import sys, pathlib; pathlib.Path(sys.argv[1]).open('a').write(sys.stdin
 
 
 @pytest.fixture(scope="module")
+def vks_server(test_ca: LocalCA) -> Iterator[VksServer]:
+    with VksServer(test_ca, world.world_address()) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def scene(
     tor_network: TorNetwork,
     wkd_server: WkdServer,
     sks_server: SksServer,
+    vks_server: VksServer,
     test_ca: LocalCA,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Scene]:
     root = tmp_path_factory.mktemp("e2e-audit")
     sections = daemon_sections(tor_network, test_ca, sks_server)
+    sections["discovery"] = {
+        **sections["discovery"],
+        "order": ["wkd", "hkp", "vks"],
+        "vks": [vks_server.url],
+    }
     sections["own"] = {
-        "upload": ["hkp"],
+        "upload": ["hkp", "vks"],
         "audit_period": "4s",  # time-compressed: about one audit of the address every 4 s
         "audit_command": [sys.executable, "-c", HOOK, str(root / "hook.jsonl")],
     }
@@ -96,7 +110,7 @@ def test_the_own_key_audit_sees_a_swapped_key(
 
     ok = wait_for(all_ok, 90, "an own.audit with every directory ok")
     assert ok["address"] == OWN and ok["fingerprint"] == own_fpr
-    assert [f["source"] for f in ok["findings"]] == ["wkd", "hkp"]
+    assert [f["source"] for f in ok["findings"]] == ["wkd", "hkp", "vks"]
     assert scene.daemon.call("own")[0]["audit"]["state"] == "ok"
 
     # the provider swaps in another key for the own address
@@ -108,7 +122,7 @@ def test_the_own_key_audit_sees_a_swapped_key(
     )
     wkd = next(f for f in mismatch["findings"] if f["source"] == "wkd")
     assert wkd["result"] == "other-key" and wkd["served"] == [intruder]
-    assert next(f for f in mismatch["findings"] if f["source"] == "hkp")["result"] == "ok"
+    assert {f["source"]: f["result"] for f in mismatch["findings"]}["hkp"] == "ok"
 
     shown = scene.daemon.cli("own", "status")
     assert shown.returncode == 0, shown.stderr
@@ -159,3 +173,54 @@ def test_with_one_exit_first_contact_works_and_says_the_paths_shared_it(
 
 def _succeeded(log) -> list:
     return [s for s in log.streams if s.status == "SUCCEEDED" and s.socks_username]
+
+
+def test_a_vks_still_serving_the_old_expiry_gets_the_key_uploaded_again(
+    scene: Scene, vks_server: VksServer, tmp_path: Path
+) -> None:
+    address = "vera@example.net"
+    made = datetime.now(UTC) - timedelta(days=170)
+    fingerprint = scene.new_key(f"Vera <{address}>", expire="180d", at=made)
+    scene.gpg.set_expire(fingerprint, "180d", "*", at=made + timedelta(hours=1))
+    old = scene.armored(fingerprint)
+    vks_server.keys[address] = old.encode()  # what VKS had before the extension
+    vks_server.hold = True  # the upload after the extension does not propagate
+    secret = tmp_path / "vera.asc"
+    secret.write_bytes(scene.gpg.run("--armor", "--export-secret-keys", fingerprint))
+    after = scene.last_seq()
+    uploads = len(vks_server.uploads)
+
+    imported = scene.daemon.cli("own", "import", str(secret))
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    scene.wait_audit(
+        lambda e: e["event"] == "own.extended" and e["fingerprint"] == fingerprint, after
+    )
+    wait_for(lambda: len(vks_server.uploads) > uploads, 60, "the upload after the extension")
+    stale = scene.wait_audit(
+        lambda e: (
+            e["event"] == "own.audit"
+            and e["address"] == address
+            and any(f["source"] == "vks" and f["result"] == "stale-expiry" for f in e["findings"])
+        ),
+        after,
+        timeout=90,
+    )
+    assert stale["state"] == "mismatch"
+    held = len(vks_server.uploads)
+    vks_server.hold = False  # from now on uploads propagate
+
+    again = scene.wait_audit(
+        lambda e: e["event"] == "own.reupload" and e["fingerprint"] == fingerprint, after, 90
+    )
+    assert again["mechanisms"] == ["vks"]
+    wait_for(lambda: len(vks_server.uploads) > held, 60, "the upload again")
+    fixed = scene.wait_audit(
+        lambda e: (
+            e["event"] == "own.audit"
+            and e["address"] == address
+            and any(f["source"] == "vks" and f["result"] == "ok" for f in e["findings"])
+        ),
+        again["seq"],
+        timeout=90,
+    )
+    assert fixed["fingerprint"] == fingerprint
