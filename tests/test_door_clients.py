@@ -12,8 +12,10 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -236,3 +238,21 @@ def test_a_door_address_in_use_is_audited_and_the_socket_serves(tmp_path: Path) 
             assert failed and failed[0]["address"] == f"127.0.0.1:{port}"
         finally:
             d.stop()
+
+
+def test_an_expired_registered_key_is_served_by_fingerprint_only(door) -> None:
+    d, client = door
+    ws = Workshop()
+    try:
+        fpr = ws.gpg.generate(f"Short <{BOB}>", expire="seconds=20")
+        key = armor(ws.gpg.export(fpr))
+    finally:
+        ws.close()
+    assert d.call("observe", address=BOB, key=key, origin="autocrypt")["decision"] == "registered"
+    assert http(client.port, f"/vks/v1/by-email/{BOB}")[0] == 200
+    expires = datetime.fromisoformat(d.call("lookup", address=BOB, discover=False)["expires"])
+    time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 1.5)
+    assert d.call("lookup", address=BOB, discover=False)["usable"] is False
+    status, body = http(client.port, f"/vks/v1/by-email/{BOB}")
+    assert status == 404 and "not usable" in body
+    assert http(client.port, f"/vks/v1/by-fingerprint/{fpr}")[0] == 200
