@@ -194,6 +194,7 @@ class Daemon:
         finally:
             sdnotify.notify("STOPPING=1")
             self.audit.emit("daemon.stopped")
+            self.keys.worker.close()
             self.store.close()
             self.audit.close()
             _running = None

@@ -218,7 +218,7 @@ class Discovery:
             level, positive = levels.for_source(got.source)
             found = Found(got.source, level, positive, asked_fingerprint=fingerprint, url=got.url)
             try:
-                taken = self.keys.take_in(got.data, None)
+                taken = await self.keys.take_in_apart(got.data, None)
             except KeyRejected as exc:
                 self.audit.emit(
                     "key.rejected",
@@ -275,7 +275,8 @@ class Discovery:
                     found.append((data, Found(source, level, positive, url=got.url), got))
         if not found:
             return None
-        decision = self.keys.first_contact(address, [(k, f) for k, f, _ in found])
+        taken = [(await self.keys.taken_in(address, k), f) for k, f, _ in found]
+        decision = self.keys.first_contact(address, list(taken))
         if decision is not None and decision.registers:
             self._remember_sources(address, decision.fingerprint, [g for _, _, g in found])
         return decision
@@ -381,7 +382,7 @@ class Discovery:
         if not ok:
             return None
         found = Found("openpgp-header", *levels.for_source("openpgp-header"), url=got.url)
-        return self.keys.consider(address, got.data, found)
+        return self.keys.consider(address, await self.keys.taken_in(address, got.data), found)
 
     async def by_fingerprint(self, address: str, fingerprint: str, found: Found) -> Decision:
         """A key named only by its fingerprint (a signature in mail): VKS, then HKP; a key
@@ -394,7 +395,8 @@ class Discovery:
                 self.audit, "discovery.fetched" if ok else "discovery.failed", got, address=address
             )
             if ok:
-                last = self.keys.consider(address, got.data, found)
+                taken = await self.keys.taken_in(address, got.data)
+                last = self.keys.consider(address, taken, found)
                 if last.registers:
                     self._remember_sources(address, last.fingerprint, [got])
                     return last

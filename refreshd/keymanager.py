@@ -35,6 +35,7 @@ from refreshd.openpgp.packets import (
     signature_issuer,
 )
 from refreshd.store import KeyFacts, ProviderPin, Store, iso
+from refreshd.worker import Worker
 
 __all__ = ["Found", "KeyManager", "address_or_none", "facts_of"]
 
@@ -115,6 +116,7 @@ class KeyManager:
         self.endorsers = frozenset(cfg.validation.endorsers)
         self.provider_config = {d: frozenset(f) for d, f in cfg.validation.provider_keys}
         self.on_key_changed: Callable[[str, bytes], None] | None = None  # new key bytes stored
+        self.worker = Worker()
 
     # -- keys in --------------------------------------------------------------------------
     def keep_for(self, addresses: Iterable[str] | None) -> frozenset[str]:
@@ -148,10 +150,31 @@ class KeyManager:
         try:
             return intake(data, keep, self.limits, self.clock())
         except LoneSignatures as lone:
-            held = self._issuer_held(lone)
-            if held is None:
-                raise
-            return intake(held + b"".join(p.raw for p in lone.signatures), keep, self.limits)
+            return intake(self._as_issuers_key(lone), keep, self.limits)
+
+    async def take_in_apart(self, data: bytes, addresses: Iterable[str] | None) -> Intake:
+        """`take_in` with the parsing in a worker process within its time budget (worker.py),
+        so the loop stays free; past the budget the key is refused (KeyRejected)."""
+        keep = self.keep_for(addresses)
+        try:
+            return await self.worker.run(intake, data, keep, self.limits, self.clock())
+        except LoneSignatures as lone:
+            return await self.worker.run(intake, self._as_issuers_key(lone), keep, self.limits)
+
+    async def taken_in(self, address: str, data: bytes) -> Intake:
+        """What `consider` and `first_contact` take for bytes from outside, parsed apart: a
+        refused stream is an intake with no key and the refusal as its failure."""
+        try:
+            return await self.take_in_apart(data, [address])
+        except KeyRejected as exc:
+            return Intake((), (exc.reason,))
+
+    def _as_issuers_key(self, lone: LoneSignatures) -> bytes:
+        """A lone revocation as the held key that issued it, with the revocation added."""
+        held = self._issuer_held(lone)
+        if held is None:
+            raise lone
+        return held + b"".join(p.raw for p in lone.signatures)
 
     def _issuer_held(self, lone: LoneSignatures) -> bytes | None:
         """The stored registered key that issued one of these signatures."""
@@ -564,7 +587,7 @@ class KeyManager:
         )
         return decision
 
-    def consider_autocrypt(
+    async def consider_autocrypt(
         self, address: str, value: str, found: Found, date: datetime | None
     ) -> Decision:
         """An `Autocrypt:` (or, with source `gossip`, `Autocrypt-Gossip:`) header value as a
@@ -585,7 +608,7 @@ class KeyManager:
                 f"header was seen for {address} ({iso(state[1])}); it changes nothing "
                 "(Autocrypt last_seen).",
             )
-        decision = self.consider(address, header.keydata, found)
+        decision = self.consider(address, await self.taken_in(address, header.keydata), found)
         if not gossip and decision.registers:
             with self.store.transaction():
                 self.store.put_autocrypt(address, header.prefer_encrypt, effective)

@@ -342,7 +342,7 @@ class Refresher:
             "at": epoch_iso(self.clock()),
         }
         if got.outcome is Outcome.KEY:
-            self._take(fingerprint, src, got)
+            await self._take(fingerprint, src, got)
         self._book(src, got, ok)
         return ok
 
@@ -394,11 +394,11 @@ class Refresher:
         )
         self._hosts[host] = (failing, strikes + 1, self.clock() + delay)
 
-    def _take(self, fingerprint: str, src: Source, got: Got) -> None:
+    async def _take(self, fingerprint: str, src: Source, got: Got) -> None:
         level, positive = levels.for_source(src.kind)
         addresses = [src.address] if src.address else self.store.addresses_of(fingerprint)
         try:
-            data = self.keys.take_in(got.data, addresses)
+            data = await self.keys.take_in_apart(got.data, addresses)
         except KeyRejected as exc:
             self.audit.emit(
                 "key.rejected",

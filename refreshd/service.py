@@ -172,7 +172,9 @@ class Service:
                     INVALID_PARAMS,
                     "Invalid params: 'autocrypt' goes with origin autocrypt or gossip",
                 )
-            return _decision(self.keys.consider_autocrypt(address, p["autocrypt"], found, date))
+            return _decision(
+                await self.keys.consider_autocrypt(address, p["autocrypt"], found, date)
+            )
         if header_url and levels.standard_header_url(p["url"], address):
             fetched = await self.discovery.from_header_url(address, p["url"])
             if fetched is not None:
@@ -190,14 +192,15 @@ class Service:
             found = Found(p["origin"], level, positive, asked_fingerprint=fpr, url=p["url"])
             stored = self.keys.store.held_key(fpr)
             decision = (
-                self.keys.consider(address, stored, found)
+                self.keys.consider(address, await self.keys.taken_in(address, stored), found)
                 if stored is not None
                 else await self.discovery.by_fingerprint(address, fpr, found)
             )
         else:
             if len(p["key"]) > MAX_KEY_TEXT:
                 raise RpcError(INVALID_PARAMS, "Invalid params: 'key' is larger than 1 MiB")
-            decision = self.keys.consider(address, p["key"].encode("utf-8", "replace"), found)
+            data = p["key"].encode("utf-8", "replace")
+            decision = self.keys.consider(address, await self.keys.taken_in(address, data), found)
         return _decision(decision)
 
     async def used(self, params: dict[str, Any]) -> dict[str, Any]:

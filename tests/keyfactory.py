@@ -501,3 +501,21 @@ def certifies_uid(new_key: bytes, old_key: bytes, address: str) -> bool:
     old = primary_key(old_cert)
     cert = parse_one(new_key, frozenset({old.fingerprint.hex().upper()}))
     return bool(certifiers(cert, address, [old], None))
+
+
+def many_subkeys(public: bytes, count: int) -> bytes:
+    """public (binary) with `count` more subkeys: copies of its first subkey, each with its own
+    creation time (so its own fingerprint) and the original binding signature, which no longer
+    verifies. Every one costs a signature check, as a flood of real subkeys would."""
+    cert = parse_one(public)
+    sub = cert.subkeys[0]
+    created = int.from_bytes(sub.packet.body[1:5], "big")
+    extra = b"".join(
+        new_packet(
+            sub.packet.tag,
+            sub.packet.body[:1] + (created + i + 1).to_bytes(4, "big") + sub.packet.body[5:],
+        ).raw
+        + b"".join(s.raw for s in sub.sigs)
+        for i in range(count)
+    )
+    return public + extra
