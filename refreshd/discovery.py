@@ -44,7 +44,7 @@ from refreshd.keymanager import Found, KeyManager
 from refreshd.net import hkp, vks
 from refreshd.net.answers import Outcome
 from refreshd.net.fetch import Redirects, Request
-from refreshd.openpgp.intake import Intake, intake
+from refreshd.openpgp.intake import Intake
 from refreshd.openpgp.packets import KeyRejected
 from refreshd.retrieve import Got, Retriever
 from refreshd.store import Source, iso
@@ -340,8 +340,7 @@ class Discovery:
         if seen is not perspectives.Seen.KEYS:
             return perspectives.View(exit_fpr, seen, reason=got.reason)
         try:
-            keep = self.keys.keep_for([address])
-            read = await trio.to_thread.run_sync(intake, got.data, keep, self.keys.limits)
+            read = await self.keys.take_in_apart(got.data, [address])
         except KeyRejected as exc:
             return perspectives.View(exit_fpr, _FAILED, reason=exc.reason)
         gots[gots.index(got)] = replace(got, taken=read)

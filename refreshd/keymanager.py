@@ -161,9 +161,12 @@ class KeyManager:
         except LoneSignatures as lone:
             return await self.worker.run(intake, self._as_issuers_key(lone), keep, self.limits)
 
-    async def taken_in(self, address: str, data: bytes) -> Intake:
-        """What `consider` and `first_contact` take for bytes from outside, parsed apart: a
-        refused stream is an intake with no key and the refusal as its failure."""
+    async def taken_in(self, address: str, data: bytes | Intake) -> Intake:
+        """What `consider` and `first_contact` take for bytes from outside, parsed apart (an
+        intake already made passes as it is): a refused stream is an intake with no key and
+        the refusal as its failure."""
+        if isinstance(data, Intake):
+            return data
         try:
             return await self.take_in_apart(data, [address])
         except KeyRejected as exc:
