@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bench.report import Row, spread
+from refreshd.errors import KeyRejected
 from refreshd.openpgp.intake import Limits, intake
-from refreshd.openpgp.packets import KeyRejected
 from refreshd.openpgp.verify import clear_caches
 from tests.corpus_oracle import blobs, corpus_dir
 

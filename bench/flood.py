@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from refreshd.openpgp.packets import KeyRejected, StreamingKeyFilter, armor
+from refreshd.errors import KeyRejected
+from refreshd.openpgp.packets import StreamingKeyFilter, armor
 from tests import keyfactory as kf
 
 TARGET_SECONDS = 2.0

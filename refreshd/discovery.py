@@ -40,12 +40,12 @@ from refreshd.audit import AuditLog
 from refreshd.config import Config
 from refreshd.core import levels, perspectives
 from refreshd.core.rules import Decision
+from refreshd.errors import KeyRejected
 from refreshd.keymanager import Found, KeyManager
 from refreshd.net import hkp, vks
 from refreshd.net.answers import Outcome
 from refreshd.net.fetch import Redirects, Request
 from refreshd.openpgp.intake import Intake
-from refreshd.openpgp.packets import KeyRejected
 from refreshd.retrieve import Got, Retriever
 from refreshd.store import Source, iso
 

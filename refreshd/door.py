@@ -22,9 +22,10 @@ import structlog
 import trio
 
 from refreshd.core import door, tcptable
+from refreshd.errors import KeyRejected
 from refreshd.keymanager import KeyManager
 from refreshd.openpgp.keyview import read_key
-from refreshd.openpgp.packets import KeyRejected, armor
+from refreshd.openpgp.packets import armor
 
 __all__ = ["TABLES", "KeyserverDoor"]
 

@@ -26,9 +26,10 @@ from refreshd.audit import AuditLog
 from refreshd.config import Config
 from refreshd.core import feeds
 from refreshd.core.feeds import FeedKind, Window
+from refreshd.errors import FetchFailed
 from refreshd.net import feeds as wire
 from refreshd.net import hkp
-from refreshd.net.fetch import Fetcher, FetchFailed, Request
+from refreshd.net.fetch import Fetcher, Request
 from refreshd.store import Store
 
 __all__ = ["Feeds"]

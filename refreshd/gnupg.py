@@ -37,10 +37,10 @@ from refreshd.audit import AuditLog
 from refreshd.config import Config, expand_path
 from refreshd.core import levels
 from refreshd.core.schedule import backoff
+from refreshd.errors import GpgFailed, InvalidRequest, KeyRejected
 from refreshd.keymanager import Found, KeyManager
 from refreshd.openpgp.intake import Intake, read_cert
-from refreshd.openpgp.packets import Cert, KeyRejected, StreamingKeyFilter, key_fingerprint
-from refreshd.rpc import INTERNAL_ERROR, INVALID_PARAMS, RpcError
+from refreshd.openpgp.packets import Cert, StreamingKeyFilter, key_fingerprint
 
 __all__ = ["GnupgBridge"]
 
@@ -64,14 +64,6 @@ IMPORT_PROBLEMS = {
 }
 NO_TRUSTDB = ("--trust-model", "always")  # a listing that neither reads nor creates trustdb.gpg
 NO_ADDRESS = "The key has no valid self-signed user ID with an email address."
-
-
-class GpgFailed(Exception):
-    """reason: one sentence a person can read."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 # --- pure: reading gpg's output ----------------------------------------------------------------
@@ -273,7 +265,7 @@ class GnupgBridge:
         """Register the public keys of a GnuPG keyring (socket method import_gnupg)."""
         home = resolve_homedir(homedir, self.cfg.gnupg.homedir, os.environ)
         if not home.is_dir():
-            raise RpcError(INVALID_PARAMS, f"Invalid params: {home} is not a directory")
+            raise InvalidRequest(f"{home} is not a directory")
         async with self._import_lock:
             trusted, warnings = await self._trusted(home)
             try:
@@ -281,7 +273,7 @@ class GnupgBridge:
                 keep = primary_fingerprints(listed, "pub") | self.keys.keep_for(None)
                 certs = await self._export(home, keep)
             except GpgFailed as exc:
-                raise RpcError(INTERNAL_ERROR, f"Reading {home} failed: {exc.reason}") from exc
+                raise GpgFailed(f"Reading {home} failed: {exc.reason}") from exc
             result = await self._consider_all(certs, trusted)
         self.audit.emit("gnupg.imported", homedir=str(home),
                         **{k: v for k, v in result.items() if k != "skipped"},

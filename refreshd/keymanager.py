@@ -22,18 +22,12 @@ from refreshd.config import Config
 from refreshd.core import autocrypt, levels, providerkeys, rules
 from refreshd.core.levels import Level
 from refreshd.core.rules import Candidate, Decision, Vouch
+from refreshd.errors import KeyRejected
 from refreshd.net.nicknym import Capability
 from refreshd.openpgp.intake import Intake, Limits, ParsedKey, intake, read_stored
 from refreshd.openpgp.keyview import KeyView, certifiers, normalize_address, primary_key
 from refreshd.openpgp.merge import merge
-from refreshd.openpgp.packets import (
-    Cert,
-    KeyRejected,
-    LoneSignatures,
-    PublicKey,
-    armor,
-    signature_issuer,
-)
+from refreshd.openpgp.packets import Cert, LoneSignatures, PublicKey, armor, signature_issuer
 from refreshd.store import KeyFacts, ProviderPin, Store, iso
 from refreshd.worker import Worker
 
@@ -510,12 +504,13 @@ class KeyManager:
             return _Held(parsed.data, parsed.cert, parsed.view, True, False)
         result = merge(stored, parsed.cert, parsed.view, self.clock())
         if result.dropped:  # SPEC 8: forged or damaged parts end in a rejection with a reason
+            # the key itself may still be accepted: its own event, not key.rejected
             self.audit.emit(
-                "key.rejected",
+                "key.signatures_rejected",
                 address=address,
                 fingerprint=parsed.fingerprint,
                 source=found.source,
-                part="signatures",
+                dropped=result.dropped,
                 reason=f"{result.dropped} signature(s) in this copy do not verify (forged or "
                 "damaged); they were dropped and the rest of the copy was considered.",
             )

@@ -31,14 +31,14 @@ import trio
 from refreshd.audit import AuditLog
 from refreshd.config import Config
 from refreshd.core import ownaudit, ownpolicy, schedule
+from refreshd.errors import FetchFailed, InvalidRequest, KeyRejected, SourceError
 from refreshd.net import hkp, nicknym, vks
-from refreshd.net.answers import Outcome, SourceError
-from refreshd.net.fetch import Fetcher, FetchFailed, Request
+from refreshd.net.answers import Outcome
+from refreshd.net.fetch import Fetcher, Request
 from refreshd.openpgp.intake import Limits, intake, read_stored
 from refreshd.openpgp.keyview import certifiers, primary_key
-from refreshd.openpgp.packets import KeyRejected, PublicKey
+from refreshd.openpgp.packets import PublicKey
 from refreshd.retrieve import Got, Retriever
-from refreshd.rpc import INVALID_PARAMS, RpcError
 from refreshd.store import Store, iso
 
 if TYPE_CHECKING:
@@ -240,9 +240,7 @@ class OwnKeys:
         try:
             key = resign.read_own(armored)
         except (resign.BadKey, ValueError) as exc:
-            raise RpcError(
-                INVALID_PARAMS, f"Invalid params: not a usable secret key ({exc})"
-            ) from None
+            raise InvalidRequest(f"not a usable secret key ({exc})") from None
         if passphrase is not None:
             self._session_passphrase = passphrase
         write_private(self.path, armored)
@@ -254,10 +252,7 @@ class OwnKeys:
     async def generate(self, address: str, name: str | None) -> dict[str, Any]:
         resign = _resign()
         if self._armored() is not None:
-            raise RpcError(
-                INVALID_PARAMS,
-                f"Invalid params: an own key exists in {self.path}; move it away first",
-            )
+            raise InvalidRequest(f"an own key exists in {self.path}; move it away first")
         armored = resign.generate(
             address,
             name,

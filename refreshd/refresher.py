@@ -31,12 +31,12 @@ from refreshd.audit import AuditLog
 from refreshd.config import Config
 from refreshd.core import levels, schedule
 from refreshd.discovery import audit_fetch
+from refreshd.errors import KeyRejected
 from refreshd.feeds import Feeds
 from refreshd.keymanager import Found, KeyManager
 from refreshd.net import hkp, vks, wkd
 from refreshd.net.answers import Outcome
 from refreshd.net.fetch import Validators
-from refreshd.openpgp.packets import KeyRejected
 from refreshd.retrieve import Got, Retriever
 from refreshd.store import Source
 
@@ -381,7 +381,7 @@ class Refresher:
         if got.outcome not in (Outcome.ERROR, Outcome.RETRY_LATER):
             self._hosts.pop(host, None)
             return
-        if got.reason == "Tor unavailable":
+        if got.no_tor:
             return
         failing, strikes, _ = self._hosts.get(host, (frozenset(), 0, 0.0))
         failing = failing | {fingerprint}

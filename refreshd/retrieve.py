@@ -18,9 +18,10 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from refreshd.config import Config
+from refreshd.errors import FetchFailed, SourceError, TorUnavailable
 from refreshd.net import hkp, nicknym, vks, wkd
-from refreshd.net.answers import Outcome, SourceError, lookup_outcome
-from refreshd.net.fetch import Answer, Fetcher, FetchFailed, Kind, Redirects, Request, Validators
+from refreshd.net.answers import Outcome, lookup_outcome
+from refreshd.net.fetch import Answer, Fetcher, Kind, Redirects, Request, Validators
 from refreshd.openpgp.intake import Intake
 
 __all__ = ["Got", "Retriever"]
@@ -38,13 +39,20 @@ class Got:
     answer: Answer | None = None
     validators: Validators = field(default_factory=Validators)
     taken: Intake | None = None  # data already taken in (stripped, parsed), when it was
+    no_tor: bool = False  # nothing was asked: Tor could not carry the fetch (TorUnavailable)
 
 
 def _failed(
-    source: str, url: str, outcome: Outcome, reason: str, answer: Answer | None = None
+    source: str,
+    url: str,
+    outcome: Outcome,
+    reason: str,
+    answer: Answer | None = None,
+    *,
+    no_tor: bool = False,
 ) -> Got:
     validators = answer.validators if answer is not None else Validators()
-    return Got(source, url, outcome, reason, answer=answer, validators=validators)
+    return Got(source, url, outcome, reason, answer=answer, validators=validators, no_tor=no_tor)
 
 
 class ProviderPins(Protocol):
@@ -68,6 +76,8 @@ class Retriever:
         body = bytearray()
         try:
             answer = await self.fetcher.fetch(req, sink=body.extend)
+        except TorUnavailable as exc:
+            return _failed(source, req.url, Outcome.ERROR, exc.reason, no_tor=True)
         except FetchFailed as exc:
             return _failed(source, req.url, Outcome.ERROR, exc.reason)
         outcome = Outcome.UNCHANGED if answer.unchanged else lookup_outcome(answer.status)
@@ -88,6 +98,8 @@ class Retriever:
         req = nicknym.with_nonce(req, nonce)
         try:
             answer = await self.fetcher.fetch(req)
+        except TorUnavailable as exc:
+            return _failed("nicknym", req.url, Outcome.ERROR, exc.reason, no_tor=True)
         except FetchFailed as exc:
             return _failed("nicknym", req.url, Outcome.ERROR, exc.reason)
         domain = address.rpartition("@")[2] if address else urlsplit(req.url).hostname or ""
@@ -139,9 +151,9 @@ class Retriever:
         for req in probes:
             try:
                 answer = await self.fetcher.fetch(req)
-            except FetchFailed as exc:
-                if exc.reason == "Tor unavailable":
-                    return _failed("nicknym", req.url, Outcome.ERROR, exc.reason)
+            except TorUnavailable as exc:
+                return _failed("nicknym", req.url, Outcome.ERROR, exc.reason, no_tor=True)
+            except FetchFailed:
                 answers.append(None)
             else:
                 answers.append((answer.status, answer.body))

@@ -2,6 +2,8 @@
 
 Parameters are checked against a small table per method (types, allowed values, required);
 anything else is -32602 with the parameter named, so a client learns its mistake at once.
+This is the one place where the error tree (refreshd.errors) becomes JSON-RPC codes
+(`rpc_error`): InvalidRequest is -32602, any other expected failure -32603 with its reason.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from typing import Any, Protocol
 
 from refreshd import __version__
 from refreshd.core import autocrypt, levels
+from refreshd.errors import InvalidRequest, RefreshdError
 from refreshd.keymanager import Found, KeyManager, address_or_none
-from refreshd.rpc import INVALID_PARAMS, Param, RpcError, checked
+from refreshd.rpc import INTERNAL_ERROR, INVALID_PARAMS, Param, RpcError, checked
 
 __all__ = ["Service"]
 
@@ -59,6 +62,26 @@ def fingerprint_param(value: str) -> str:
     return compact.upper()
 
 
+def rpc_error(exc: RefreshdError) -> RpcError:
+    """The socket's answer to an expected failure of a daemon part."""
+    if isinstance(exc, InvalidRequest):
+        return RpcError(INVALID_PARAMS, f"Invalid params: {exc.reason}")
+    return RpcError(INTERNAL_ERROR, exc.reason)
+
+
+Method = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+def _answering(method: Method) -> Method:
+    async def call(params: dict[str, Any]) -> Any:
+        try:
+            return await method(params)
+        except RefreshdError as exc:
+            raise rpc_error(exc) from exc
+
+    return call
+
+
 class Service:
     def __init__(
         self,
@@ -77,8 +100,8 @@ class Service:
         self.tor_status = tor_status
         self._import_gnupg = import_gnupg
 
-    def methods(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
-        return {
+    def methods(self) -> dict[str, Method]:
+        table: dict[str, Method] = {
             "lookup": self.lookup,
             "observe": self.observe,
             "used": self.used,
@@ -91,6 +114,7 @@ class Service:
             "own_generate": self.own_generate,
             "import_gnupg": self.import_gnupg,
         }
+        return {name: _answering(method) for name, method in table.items()}
 
     async def lookup(self, params: dict[str, Any]) -> dict[str, Any]:
         p = checked(

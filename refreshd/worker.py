@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from refreshd.openpgp.packets import KeyRejected
+from refreshd.errors import KeyRejected
 
 __all__ = ["Worker"]
 

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from refreshd.errors import KeyRejected
 from refreshd.openpgp.keyview import KeyView, normalize_address, view_of
-from refreshd.openpgp.packets import KeyRejected, SecretKeyRefused, StreamingKeyFilter
+from refreshd.openpgp.packets import SecretKeyRefused, StreamingKeyFilter
 
 REFERENCE = datetime(2026, 9, 1, tzinfo=UTC)  # after the newest snapshot in SOURCES.md
 ORACLE_TIMEOUT = 20  # seconds for one oracle on one blob

@@ -22,9 +22,9 @@ import pytest
 
 from refreshd.audit import AuditLog
 from refreshd.config import Config, DaemonConfig, GnupgConfig
+from refreshd.errors import InvalidRequest
 from refreshd.gnupg import NO_ADDRESS, GnupgBridge
 from refreshd.keymanager import KeyManager
-from refreshd.rpc import RpcError
 from refreshd.store import Store
 from tests.keyfactory import Gpg, Sq
 
@@ -259,9 +259,9 @@ async def test_second_import_changes_nothing(keyring: Keyring, rigs: Callable[..
 async def test_missing_homedir_and_empty_keyring(tmp_path: Path, rigs: Callable[..., Rig]) -> None:
     rig = rigs()
     bridge = rig.bridge
-    with pytest.raises(RpcError) as info:
+    with pytest.raises(InvalidRequest) as info:
         await bridge.import_keyring(str(tmp_path / "nowhere"))
-    assert "not a directory" in info.value.message
+    assert "not a directory" in info.value.reason
     empty = tmp_path / "empty"
     empty.mkdir(mode=0o700)
     result = await bridge.import_keyring(str(empty))

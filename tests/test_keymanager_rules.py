@@ -224,5 +224,5 @@ def test_forged_uid_in_a_copy_is_rejected_and_changes_nothing(km, keys):
     d = km.consider(BOB, forged, WKD)
     assert d.fingerprint == keys.a_fpr and d.decision in ("kept", "rejected")
     assert km.store.get_key(keys.a_fpr) == before
-    rejected = [e for e in events(km) if e["event"] == "key.rejected"]
-    assert rejected and "do not verify" in rejected[-1]["reason"]
+    dropped = [e for e in events(km) if e["event"] == "key.signatures_rejected"]
+    assert dropped and "do not verify" in dropped[-1]["reason"] and dropped[-1]["dropped"] >= 1

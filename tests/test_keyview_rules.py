@@ -10,15 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from refreshd.errors import KeyRejected
 from refreshd.openpgp.keyview import read_key, view_of
-from refreshd.openpgp.packets import (
-    Bundle,
-    Cert,
-    KeyRejected,
-    LoneSignatures,
-    StreamingKeyFilter,
-    armor,
-)
+from refreshd.openpgp.packets import Bundle, Cert, LoneSignatures, StreamingKeyFilter, armor
 from tests.keyfactory import _mpi, _subpacket, new_packet
 from tests.selfsigned import T0, UID, UID2, Maker, critical, notation
 

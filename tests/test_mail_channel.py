@@ -13,10 +13,11 @@ import trio
 
 from refreshd.audit import AuditLog
 from refreshd.config import Config, MailConfig, NetworkConfig
+from refreshd.errors import MailError
 from refreshd.mail import keyproto
 from refreshd.mail.channel import MailChannel, parse_door, search_criteria
 from refreshd.mail.exchange import MailExchange, Outcome, Verdict
-from refreshd.mail.message import Incoming, MailError, parse
+from refreshd.mail.message import Incoming, parse
 from tests.world.mail import MailServers
 
 pytestmark = pytest.mark.e2e

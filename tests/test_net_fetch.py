@@ -10,11 +10,10 @@ import pytest
 import trio
 
 from refreshd import config
+from refreshd.errors import FetchFailed, SourceError
 from refreshd.net import vks
-from refreshd.net.answers import SourceError
 from refreshd.net.fetch import (
     Fetcher,
-    FetchFailed,
     Redirects,
     Request,
     Validators,

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from refreshd.errors import SourceError
 from refreshd.net import hkp, nicknym, vks, wkd
-from refreshd.net.answers import Outcome, SourceError, normalize_fingerprint
+from refreshd.net.answers import Outcome, normalize_fingerprint
 from refreshd.net.fetch import Kind, Redirects, Validators
 
 WKS_CLIENT = "/usr/lib/gnupg/gpg-wks-client"

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from refreshd.errors import KeyRejected
 from refreshd.openpgp.keyview import read_key
 from refreshd.openpgp.merge import merge
-from refreshd.openpgp.packets import KeyRejected, StreamingKeyFilter, armor
+from refreshd.openpgp.packets import StreamingKeyFilter, armor
 from tests import keyfactory as kf
 from tests.keyfactory import certifies_uid
 

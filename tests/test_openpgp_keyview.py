@@ -10,20 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from refreshd.errors import KeyRejected
 from refreshd.openpgp.keyview import (
     KeyView,
     normalize_address,
     parse_one,
     read_key,
 )
-from refreshd.openpgp.packets import (
-    Bundle,
-    Cert,
-    KeyRejected,
-    Packet,
-    armor,
-    signature_issuer,
-)
+from refreshd.openpgp.packets import Bundle, Cert, Packet, armor, signature_issuer
 from tests import keyfactory as kf
 
 NAMES = [

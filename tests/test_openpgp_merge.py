@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from refreshd.errors import KeyRejected
 from refreshd.openpgp.keyview import parse_one, read_key
 from refreshd.openpgp.merge import merge
-from refreshd.openpgp.packets import Bundle, Cert, KeyRejected
+from refreshd.openpgp.packets import Bundle, Cert
 from tests import keyfactory as kf
 
 

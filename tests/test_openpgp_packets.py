@@ -10,14 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from refreshd.errors import KeyRejected
 from refreshd.openpgp.keyview import read_key
-from refreshd.openpgp.packets import (
-    KeyRejected,
-    StreamingKeyFilter,
-    armor,
-    crc24,
-    crc24_update,
-)
+from refreshd.openpgp.packets import StreamingKeyFilter, armor, crc24, crc24_update
 from tests import keyfactory as kf
 
 BIG = 1 << 26

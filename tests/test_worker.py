@@ -12,8 +12,9 @@ from datetime import timedelta
 import pytest
 import trio
 
+from refreshd.errors import KeyRejected
 from refreshd.openpgp.intake import Limits, intake
-from refreshd.openpgp.packets import KeyRejected, armor
+from refreshd.openpgp.packets import armor
 from refreshd.worker import Worker
 from tests.daemon_proc import Daemon, write_config
 from tests.keyfactory import many_subkeys, pgpy_key

@@ -37,7 +37,7 @@ import trio
 from socksio import socks5
 
 from refreshd.config import Config
-from refreshd.mail.message import MailError
+from refreshd.errors import MailError
 from refreshd.net.tor import Endpoint, TorSupervisor
 
 __all__ = ["MailChannel"]

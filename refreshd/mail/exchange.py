@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 import trio
 
 from refreshd.audit import AuditLog
+from refreshd.errors import MailError
 from refreshd.mail.channel import MailChannel
-from refreshd.mail.message import Incoming, MailError, parse
+from refreshd.mail.message import Incoming, parse
 
 __all__ = ["MailExchange", "Outcome", "Verdict"]
 

@@ -26,7 +26,8 @@ import hmac
 from dataclasses import dataclass
 from datetime import datetime
 
-from refreshd.mail.message import Incoming, MailError, build_mail, domain_of
+from refreshd.errors import MailError
+from refreshd.mail.message import Incoming, build_mail, domain_of
 
 __all__ = [
     "K_AUTH_BYTES",

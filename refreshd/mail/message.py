@@ -20,18 +20,12 @@ from email import message_from_bytes, policy
 from email.message import Message
 from email.utils import format_datetime, getaddresses
 
-__all__ = ["Incoming", "MailError", "build_mail", "domain_of", "parse"]
+from refreshd.errors import MailError
+
+__all__ = ["Incoming", "build_mail", "domain_of", "parse"]
 
 MAX_PARTS = 16
 MESSAGE_ID = re.compile(r"<[^<>\s]{1,250}>")
-
-
-class MailError(Exception):
-    """A mail or an exchange that cannot be used; `reason` is one sentence for the audit log."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,12 @@ import trio
 from refreshd import wks
 from refreshd.audit import AuditLog
 from refreshd.config import Config
+from refreshd.errors import FetchFailed, MailError, SourceError
 from refreshd.mail import keyproto
 from refreshd.mail.exchange import MailExchange, Outcome, Verdict
-from refreshd.mail.message import Incoming, MailError, domain_of
+from refreshd.mail.message import Incoming, domain_of
 from refreshd.net import wkd
-from refreshd.net.answers import SourceError
-from refreshd.net.fetch import Fetcher, FetchFailed, Request
+from refreshd.net.fetch import Fetcher, Request
 from refreshd.openpgp import keyview
 
 __all__ = ["MailPublisher"]

@@ -16,10 +16,11 @@ import re
 from collections.abc import Mapping
 from enum import StrEnum
 
+from refreshd.errors import SourceError
+
 __all__ = [
     "LOOKUP_STATUS",
     "Outcome",
-    "SourceError",
     "json_object",
     "lookup_outcome",
     "normalize_fingerprint",
@@ -35,14 +36,6 @@ class Outcome(StrEnum):
     RETRY_LATER = "retry-later"
     ERROR = "error"
     REJECTED = "rejected"
-
-
-class SourceError(Exception):
-    """An answer that cannot be used; `reason` is one sentence for the audit log."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 LOOKUP_STATUS: Mapping[int, Outcome] = {

@@ -3,7 +3,7 @@
 Rules:
 - Tor or nothing: unless tor.mode = "off" with allow_clearnet, a fetch goes through Tor's SOCKS
   port with the host name resolved by Tor (socks5h). When Tor is not ready it fails with
-  "Tor unavailable" before any connection is opened, and the dialer of a Tor fetch can reach
+  TorUnavailable before any connection is opened, and the dialer of a Tor fetch can reach
   nothing but the SOCKS port.
 - One circuit per fetch: each fetch has its own client and connection pool (keep-alive would
   reuse a circuit) and fresh random SOCKS credentials, which Tor's IsolateSOCKSAuth turns into
@@ -49,11 +49,11 @@ import httpx
 import trio
 
 from refreshd.config import Config
+from refreshd.errors import FetchFailed, TorUnavailable
 from refreshd.net.tor import Endpoint, TorSupervisor
 
 __all__ = [
     "Answer",
-    "FetchFailed",
     "Fetcher",
     "Kind",
     "Redirects",
@@ -124,14 +124,6 @@ class Answer:
     seconds: float
     circuit_credentials: str  # the SOCKS username (isolation key); "" without Tor
     headers: tuple[tuple[str, str], ...] = ()  # those of Request.keep_headers that came
-
-
-class FetchFailed(Exception):
-    """A fetch that produced no answer; `reason` is one sentence for the audit log."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 # -- pure rules ---------------------------------------------------------------------------
@@ -373,7 +365,7 @@ class Fetcher:
             return pool, dialer
         ep = self._tor.socks_endpoint if self._tor is not None and self._tor.ready else None
         if ep is None:
-            raise FetchFailed("Tor unavailable")
+            raise TorUnavailable()
         proxy = _UNIX_PROXY if ep.path else (ep.host, ep.port)
         dialer = _Dialer({proxy: ep}, only_routes=True)
         pool = httpcore.AsyncSOCKSProxy(

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from refreshd.net.answers import SourceError, normalize_fingerprint
+from refreshd.errors import SourceError
+from refreshd.net.answers import normalize_fingerprint
 from refreshd.net.fetch import Kind, Request, Validators
 from refreshd.net.wkd import split_address
 

@@ -34,7 +34,8 @@ from urllib.parse import quote, urlsplit
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from refreshd.net.answers import LOOKUP_STATUS, Outcome, SourceError, json_object, lookup_outcome
+from refreshd.errors import SourceError
+from refreshd.net.answers import LOOKUP_STATUS, Outcome, json_object, lookup_outcome
 from refreshd.net.fetch import Kind, Redirects, Request, Validators, registrable_domain
 from refreshd.net.wkd import same_address, split_address
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import quote
 
-from refreshd.net.answers import SourceError, json_object, normalize_fingerprint
+from refreshd.errors import SourceError
+from refreshd.net.answers import json_object, normalize_fingerprint
 from refreshd.net.fetch import Kind, Request, Validators
 from refreshd.net.wkd import split_address
 

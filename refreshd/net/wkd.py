@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from urllib.parse import quote
 
-from refreshd.net.answers import SourceError
+from refreshd.errors import SourceError
 from refreshd.net.fetch import Redirects, Request, Validators
 
 __all__ = ["requests_for", "same_address", "split_address"]

@@ -21,8 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from refreshd.errors import KeyRejected
 from refreshd.openpgp.keyview import KeyView, parse_one, rejecting, view_of
-from refreshd.openpgp.packets import Cert, KeyRejected, StreamingKeyFilter
+from refreshd.openpgp.packets import Cert, StreamingKeyFilter
 
 __all__ = ["Intake", "Limits", "ParsedKey", "intake", "read_cert", "read_stored"]
 

@@ -55,6 +55,7 @@ from typing import ParamSpec, TypeVar
 
 import idna
 
+from refreshd.errors import KeyRejected
 from refreshd.openpgp.packets import (
     ALGORITHMS,
     SUB_EMBEDDED,
@@ -65,7 +66,6 @@ from refreshd.openpgp.packets import (
     TAG_USER_ID,
     Bundle,
     Cert,
-    KeyRejected,
     Packet,
     PublicKey,
     Signature,

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from refreshd.errors import KeyRejected
 from refreshd.openpgp.keyview import (
     CERT_REVOCATION,
     CERTIFICATIONS,
@@ -44,7 +45,6 @@ from refreshd.openpgp.packets import (
     TAG_PUBLIC_SUBKEY,
     Bundle,
     Cert,
-    KeyRejected,
     Packet,
     PublicKey,
     parse_public_key,

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TypeVar
 
+from refreshd.errors import KeyRejected
+
 __all__ = [
     "ALGORITHMS",
     "SUB_EMBEDDED",
@@ -46,7 +48,6 @@ __all__ = [
     "TAG_USER_ID",
     "Bundle",
     "Cert",
-    "KeyRejected",
     "LoneSignatures",
     "Packet",
     "PublicKey",
@@ -91,14 +92,6 @@ MAX_LONE_SIGNATURES = 16
 _WHITESPACE = b" \t\r\n\x0b\x0c"
 _LINE_LIMIT = 4096
 _T = TypeVar("_T")
-
-
-class KeyRejected(Exception):
-    """reason: one sentence a person can read."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 class SecretKeyRefused(KeyRejected):

@@ -40,6 +40,7 @@ from pgpy.constants import (
 from pgpy.errors import PGPDecryptionError
 
 from refreshd.core.ownpolicy import OwnComponent
+from refreshd.errors import OwnKeyError
 from refreshd.openpgp.keyview import normalize_address
 
 __all__ = [
@@ -80,15 +81,15 @@ RESET = {
 ENCRYPT = {KeyFlags.EncryptCommunications, KeyFlags.EncryptStorage}
 
 
-class Locked(Exception):
+class Locked(OwnKeyError):
     """The secret key could not be unlocked; the message says why."""
 
 
-class BadKey(ValueError):
+class BadKey(OwnKeyError):
     """The input is not a usable secret key; the message says why."""
 
 
-class BadMessage(ValueError):
+class BadMessage(OwnKeyError):
     """An encrypted message the own key cannot open; the message says why."""
 
 

@@ -30,13 +30,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 
-from refreshd.openpgp.packets import (
-    KeyRejected,
-    PublicKey,
-    Signature,
-    parse_public_key,
-    signature_fields,
-)
+from refreshd.errors import KeyRejected
+from refreshd.openpgp.packets import PublicKey, Signature, parse_public_key, signature_fields
 
 __all__ = [
     "backend_refusal",
