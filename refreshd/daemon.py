@@ -132,7 +132,14 @@ class Daemon:
             utcnow,
             mail=None
             if self.mail is None
-            else MailPublisher(cfg, self.mail, self.fetcher, self.audit, utcnow),
+            else MailPublisher(
+                cfg,
+                self.mail,
+                self.fetcher,
+                self.audit,
+                utcnow,
+                None if cfg.tor.mode == "off" else self.tor,
+            ),
         )
         self.own_audit = OwnAudit(self.own, self.retriever)
         self.gnupg = GnupgBridge(cfg, self.keys, self.audit)

@@ -103,6 +103,7 @@ class OwnKeys:
         self.problem: str | None = None  # e.g. "own key locked: cannot extend"
         self._session_passphrase: str | None = None
         self._uploads: trio.MemorySendChannel[str] | None = None
+        self._queued: set[str] = set()
 
     # -- reading ----------------------------------------------------------------------------
     def passphrase(self) -> str | None:
@@ -312,10 +313,15 @@ class OwnKeys:
 
     # -- uploading --------------------------------------------------------------------------
     def queue_upload(self, mechanisms: tuple[str, ...] | None = None) -> None:
+        """An upload per mechanism; one already waiting to start is enough, since an upload
+        reads the key file when it starts (a mail exchange must not run twice at once)."""
         if self._uploads is not None:
             for mechanism in self.cfg.own.upload if mechanisms is None else mechanisms:
-                with contextlib.suppress(trio.WouldBlock):  # an upload is already waiting
+                if mechanism in self._queued:
+                    continue
+                with contextlib.suppress(trio.WouldBlock):
                     self._uploads.send_nowait(mechanism)
+                    self._queued.add(mechanism)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         send, receive = trio.open_memory_channel[str](16)
@@ -324,6 +330,7 @@ class OwnKeys:
         await self.check()
         async with trio.open_nursery() as nursery:
             async for mechanism in receive:
+                self._queued.discard(mechanism)
                 nursery.start_soon(self._upload_with_retries, mechanism)
 
     async def _upload_with_retries(self, mechanism: str) -> None:

@@ -114,7 +114,7 @@ def socks_connect(endpoint: Endpoint, host: str, port: int, timeout: float) -> s
         conn.send(
             socks5.SOCKS5CommandRequest.from_address(socks5.SOCKS5Command.CONNECT, (host, port))
         )
-        reply = _exchange(sock, conn)
+        reply = _exchange(sock, conn, command=True)
         if (
             not isinstance(reply, socks5.SOCKS5Reply)
             or reply.reply_code != socks5.SOCKS5ReplyCode.SUCCEEDED
@@ -127,12 +127,31 @@ def socks_connect(endpoint: Endpoint, host: str, port: int, timeout: float) -> s
     return sock
 
 
-def _exchange(sock: socket.socket, conn: socks5.SOCKS5Connection) -> object:
+def _exchange(sock: socket.socket, conn: socks5.SOCKS5Connection, command: bool = False) -> object:
+    """Send what `conn` has queued, read one whole reply (a reply may arrive in pieces), parse."""
     sock.sendall(conn.data_to_send())
-    data = sock.recv(4096)
-    if not data:
-        raise MailError("Tor closed the SOCKS connection")
+    data = _recv_exactly(sock, 2)
+    if command:
+        data += _recv_exactly(sock, 2)  # RSV, ATYP
+        atyp = data[3]
+        if atyp == 1:
+            data += _recv_exactly(sock, 4 + 2)
+        elif atyp == 4:
+            data += _recv_exactly(sock, 16 + 2)
+        elif atyp == 3:
+            length = _recv_exactly(sock, 1)
+            data += length + _recv_exactly(sock, length[0] + 2)
     return conn.receive_data(data)
+
+
+def _recv_exactly(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            raise MailError("Tor closed the SOCKS connection")
+        data += chunk
+    return data
 
 
 class _SMTP(smtplib.SMTP):

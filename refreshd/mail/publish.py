@@ -10,6 +10,8 @@ Rules:
   published, or ok false with the stage that failed).
 - KPP, per own address: the public key and a fresh K_auth to keys@<domain>; the confirmation
   must verify (mail/keyproto.py), otherwise the publication failed and is audited.
+- A publication starts once Tor is ready (at most network.timeout later): right after start
+  a daemon's first upload would otherwise fail and wait for the retry backoff.
 - Each exchange waits at most mail.answer_timeout. Failures return (False, reason) so the own-key
   task retries with its backoff.
 """
@@ -32,6 +34,7 @@ from refreshd.mail.exchange import MailExchange, Outcome, Verdict
 from refreshd.mail.message import Incoming, domain_of
 from refreshd.net import wkd
 from refreshd.net.fetch import Fetcher, Request
+from refreshd.net.tor import TorSupervisor
 from refreshd.openpgp import keyview
 
 __all__ = ["MailPublisher"]
@@ -63,7 +66,9 @@ class MailPublisher:
         fetcher: Fetcher,
         audit: AuditLog,
         clock: Callable[[], datetime],
+        tor: TorSupervisor | None = None,
     ) -> None:
+        self.tor = tor
         self.cfg = cfg
         self.exchange = exchange
         self.fetcher = fetcher
@@ -75,6 +80,11 @@ class MailPublisher:
             "own.uploaded", fingerprint=fingerprint, mechanism=mechanism, address=address, **fields
         )
 
+    async def _tor_ready(self) -> None:
+        with trio.move_on_after(self.cfg.network.timeout):
+            while self.tor is not None and not self.tor.ready:
+                await self.tor.changed()
+
     # -- WKS --------------------------------------------------------------------------------
 
     async def wks(
@@ -85,6 +95,7 @@ class MailPublisher:
         view: keyview.KeyView,
         addresses: tuple[str, ...],
     ) -> tuple[bool, str]:
+        await self._tor_ready()
         reasons = []
         for address in addresses:
             try:
@@ -235,6 +246,7 @@ class MailPublisher:
     async def kpp(
         self, public: str, fingerprint: str, addresses: tuple[str, ...]
     ) -> tuple[bool, str]:
+        await self._tor_ready()
         reasons = []
         for address in addresses:
             reason = await self._kpp_one(public, fingerprint, address)

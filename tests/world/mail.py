@@ -384,6 +384,10 @@ service anvil {{
             hu = self.wkd.www / host / base.lstrip("/") / "hu"
             shutil.chown(hu, *NOBODY)
             hu.chmod(0o755)
+            for parent in hu.parents:  # gpg-wks-server runs as nobody: let it reach hu/
+                if parent == Path("/tmp") or parent == Path("/"):
+                    break
+                parent.chmod(parent.stat().st_mode | 0o001)
             (domain / "hu").symlink_to(hu)
         else:
             (domain / "hu").mkdir()
@@ -394,7 +398,7 @@ service anvil {{
         )
         _chown_tree(state)
         for directory in (top, domain):
-            directory.chmod(0o755)
+            directory.chmod(0o750)  # gpg-wks-server refuses a world-readable directory
 
     # -- what tests do with it --------------------------------------------------------------
 
