@@ -125,7 +125,6 @@ class MailExchange:
         except MailError as exc:
             self.audit.emit("mail.failed", stage="read", reason=exc.reason)
             return
-        handled = []
         for ident, raw in found:
             if ident in self._seen:
                 continue
@@ -138,15 +137,24 @@ class MailExchange:
             except MailError as exc:
                 self.audit.emit("mail.refused", reason=exc.reason)
                 continue
-            if await self._settle(mail, [w for w in waiting if not w.done.is_set()]):
-                handled.append(ident)
-        if handled:
-            try:
-                await self.channel.mark_handled(handled)
-            except MailError as exc:
-                self.audit.emit("mail.failed", stage="mark", reason=exc.reason)
+            settled = await self._settle(mail, [w for w in waiting if not w.done.is_set()])
+            if settled is None:
+                continue
+            waiter, outcome = settled
+            if outcome.verdict is Verdict.DONE:
+                # Marked before the waiter hears of it: whoever learns the answer arrived can
+                # rely on the mailbox showing it handled.
+                try:
+                    await self.channel.mark_handled([ident])
+                except MailError as exc:
+                    self.audit.emit("mail.failed", stage="mark", reason=exc.reason)
+            waiter.outcome = outcome
+            waiter.done.set()
 
-    async def _settle(self, mail: Incoming, waiting: list[_Waiter]) -> bool:
+    async def _settle(
+        self, mail: Incoming, waiting: list[_Waiter]
+    ) -> tuple[_Waiter, Outcome] | None:
+        """The first waiter whose handler does not ignore `mail`, and what it said."""
         for waiter in waiting:
             if not waiter.wants(mail):
                 continue
@@ -160,9 +168,6 @@ class MailExchange:
                 verdict=outcome.verdict.value,
                 reason=outcome.reason,
             )
-            if outcome.verdict is Verdict.IGNORED:
-                continue
-            waiter.outcome = outcome
-            waiter.done.set()
-            return outcome.verdict is Verdict.DONE
-        return False
+            if outcome.verdict is not Verdict.IGNORED:
+                return waiter, outcome
+        return None
