@@ -4,7 +4,7 @@ and results.md (into bench/ for a full run; a quick run writes elsewhere unless 
 so, so its smaller figures never replace published ones).
 
 Cases (see bench/README.md): wire, cpu, flood, lookup, idle, startup, staleness, tor, door,
-scale, corpus, perspectives. Servers and data are made fresh on loopback (tests/world,
+scale, corpus, perspectives, hostile. Servers and data are made fresh on loopback (tests/world,
 tests/keyfactory) and removed at the end.
 """
 
@@ -43,6 +43,7 @@ TITLES = {
     "scale": "10. the loop's cost at 1k / 10k / 100k keys",
     "corpus": "11. strip + read per real-world key",
     "perspectives": "12. first contact over two network paths",
+    "hostile": "13. hostile and persistent clients",
 }
 POPULATION = 10_000
 POPULATION_QUICK = 300
@@ -131,6 +132,7 @@ ORDER = (
     "staleness",
     "scale",
     "idle",
+    "hostile",
     "tor",
     "perspectives",
 )
@@ -143,6 +145,7 @@ def run_cases(selected: list[str], quick: bool) -> list[dict[str, Any]]:
         corpus,
         cpu,
         door,
+        hostile,
         idle,
         lookup,
         perspectives,
@@ -191,6 +194,7 @@ def run_cases(selected: list[str], quick: bool) -> list[dict[str, Any]]:
             "idle": lambda: idle.run(pop, tor_ports(), quick),
             "tor": lambda: tor_refresh.run(tor_world(), quick),
             "perspectives": lambda: perspectives.run(tor_world(), quick),
+            "hostile": lambda: hostile.run(quick),
         }
         for name in ORDER:
             if name in selected:

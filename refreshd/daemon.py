@@ -103,7 +103,12 @@ class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         private_state_dir(cfg.daemon.state_dir)
-        self.audit = AuditLog(cfg.audit_file)
+        self.audit = AuditLog(
+            cfg.audit_file,
+            rotate_bytes=cfg.audit.rotate_size,
+            rotate_age=cfg.audit.rotate_age,
+            keep=cfg.audit.keep,
+        )
         self.store = Store(cfg.database)
         # decisions committed whose audit line a crash kept from the file (audit.py)
         self.audit.recover(self.store.audit_intents())

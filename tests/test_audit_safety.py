@@ -160,3 +160,16 @@ def test_a_full_disk_is_a_clear_error_and_the_chain_survives_it(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     audited = {r["address"] for r in lines if r["event"] == "key.registered"}
     assert "p11@example.org" in registered and registered <= audited
+
+
+def test_the_configured_rotation_applies_and_the_chain_spans_the_files(tmp_path):
+    d = Daemon(write_config(tmp_path, {"audit": {"rotate_size": 4096, "rotate_age": "1d"}}))
+    try:
+        for i in range(40):
+            d.call("used", address=f"c{i}@example.org", fingerprint=FPR, event="sent-encrypted")
+        result = audit_verify(d)
+    finally:
+        d.stop()
+    rotated = sorted((tmp_path / "state").glob("audit.jsonl.*"))
+    assert len(rotated) >= 3 and all(p.stat().st_size <= 4096 for p in rotated)
+    assert result.returncode == 0, result.stdout + result.stderr
