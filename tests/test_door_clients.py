@@ -102,10 +102,23 @@ def keys(tmp_path_factory) -> dict[str, bytes | str]:
         ws.close()
 
 
+def start_with_door(root: Path) -> tuple[Daemon, int]:
+    """A daemon whose door is listening. free_port's port can be taken by another process
+    before the daemon binds it (the daemon then audits door.failed and serves only its
+    socket): start again on another port rather than test a door that is not there."""
+    for attempt in range(3):
+        port, home = free_port(), root / f"daemon-{attempt}"
+        home.mkdir()
+        d = Daemon(write_config(home, {"serve": {"keyserver": f"127.0.0.1:{port}"}}))
+        if not any(line["event"] == "door.failed" for line in d.audit()):
+            return d, port
+        d.stop()
+    raise RuntimeError("the door could not bind a free port three times")
+
+
 @pytest.fixture
 def door(tmp_path: Path):
-    port = free_port()
-    d = Daemon(write_config(tmp_path, {"serve": {"keyserver": f"127.0.0.1:{port}"}}))
+    d, port = start_with_door(tmp_path)
     client = Client(tmp_path / "client", port)
     try:
         yield d, client
