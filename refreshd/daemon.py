@@ -35,6 +35,7 @@ from refreshd.keymanager import KeyManager
 from refreshd.mail.channel import MailChannel
 from refreshd.mail.exchange import MailExchange
 from refreshd.mail.publish import MailPublisher
+from refreshd.mail.retrieval import KeyRequests
 from refreshd.net.fetch import Fetcher
 from refreshd.net.tor import TorSupervisor
 from refreshd.own import OwnAudit, OwnKeys
@@ -119,16 +120,22 @@ class Daemon:
         self.tor = TorSupervisor(cfg, self.audit.emit)
         self.fetcher = Fetcher(cfg, self.tor)
         self.retriever = Retriever(cfg, self.fetcher, pins=self.keys)
-        self.discovery = Discovery(
-            self.keys, self.retriever, cfg, self.audit, utcnow, exit_of=self.tor.exit_of
-        )
-        self.feeds = Feeds(self.store, self.fetcher, cfg, self.audit)
-        self.refresher = Refresher(self.keys, self.retriever, cfg, self.audit, feeds=self.feeds)
         channel = MailChannel(cfg, self.tor)
         # The mail channel exists only when configured both ways (SPEC 10).
         self.mail = (
             MailExchange(channel, self.audit, MAIL_MAX_BYTES) if channel.configured else None
         )
+        self.discovery = Discovery(
+            self.keys,
+            self.retriever,
+            cfg,
+            self.audit,
+            utcnow,
+            exit_of=self.tor.exit_of,
+            krp=None if self.mail is None else KeyRequests(cfg, self.mail, utcnow).ask,
+        )
+        self.feeds = Feeds(self.store, self.fetcher, cfg, self.audit)
+        self.refresher = Refresher(self.keys, self.retriever, cfg, self.audit, feeds=self.feeds)
         self.own = OwnKeys(
             cfg,
             self.store,

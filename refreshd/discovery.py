@@ -104,6 +104,7 @@ class Discovery:
         clock: Callable[[], datetime],
         *,
         exit_of: Callable[[str], Awaitable[str | None]] | None = None,
+        krp: Callable[[str], Awaitable[Got]] | None = None,
     ) -> None:
         self.keys = keys
         self.retriever = retriever
@@ -111,6 +112,7 @@ class Discovery:
         self.audit = audit
         self.clock = clock
         self.exit_of = exit_of  # SOCKS username -> exit relay, from Tor (TorSupervisor.exit_of)
+        self.krp = krp  # the smtp source (mail/retrieval.py), when [mail] is configured
         self._conflicts: dict[str, tuple[str, float]] = {}  # address -> (reason, hold until)
         self._done: dict[str, trio.Event] = {}
         self._send, self._receive = trio.open_memory_channel[str](QUEUE)
@@ -239,7 +241,11 @@ class Discovery:
         return last
 
     def _sources(self) -> list[str]:
-        configured = {"vks": bool(self.cfg.discovery.vks), "hkp": bool(self.cfg.discovery.hkp)}
+        configured = {
+            "vks": bool(self.cfg.discovery.vks),
+            "hkp": bool(self.cfg.discovery.hkp),
+            "smtp": False,  # asked last and alone: see _by_mail
+        }
         return [s for s in self.cfg.discovery.order if configured.get(s, True)]
 
     async def discover(self, address: str) -> Decision | None:
@@ -273,13 +279,35 @@ class Discovery:
                     level, positive = levels.for_source(source)
                     data = got.taken if got.taken is not None else got.data
                     found.append((data, Found(source, level, positive, url=got.url), got))
-        if not found:
-            return None
-        taken = [(await self.keys.taken_in(address, k), f) for k, f, _ in found]
-        decision = self.keys.first_contact(address, list(taken))
-        if decision is not None and decision.registers:
-            self._remember_sources(address, decision.fingerprint, [g for _, _, g in found])
+        decision = None
+        if found:
+            taken = [(await self.keys.taken_in(address, k), f) for k, f, _ in found]
+            decision = self.keys.first_contact(address, list(taken))
+            if decision is not None and decision.registers:
+                self._remember_sources(address, decision.fingerprint, [g for _, _, g in found])
+        if decision is None or not decision.registers:
+            return await self._by_mail(address) or decision
         return decision
+
+    async def _by_mail(self, address: str) -> Decision | None:
+        """The smtp source (Key Retrieval Protocol), when listed: only after the others found
+        nothing to register, since its answer takes a mail round trip (`lookup` says pending
+        meanwhile) and its request tells both providers whom the user asks about. It is not
+        remembered as a refresh source: refreshes go where the web sources are."""
+        if self.krp is None or "smtp" not in self.cfg.discovery.order:
+            return None
+        got = await self.krp(address)
+        ok = got.outcome is Outcome.KEY
+        audit_fetch(
+            self.audit, "discovery.fetched" if ok else "discovery.failed", got, address=address
+        )
+        if not ok:
+            return None
+        level, positive = levels.for_source("smtp")
+        taken = await self.keys.taken_in(address, got.data)
+        return self.keys.first_contact(
+            address, [(taken, Found("smtp", level, positive, url=got.url))]
+        )
 
     async def _ask(self, source: str, address: str) -> list[Got] | None:
         """One source's answers for the address: over several paths for a provider directory

@@ -21,6 +21,7 @@ import pytest
 from tests import world
 from tests.daemon_proc import Daemon, write_config
 from tests.e2e_support import colon_expiry, wait_for
+from tests.keyfactory import Gpg
 from tests.world import names
 from tests.world.ca import LocalCA
 from tests.world.mail import SUBMISSION_ADDRESS, Listed, MailServers
@@ -72,7 +73,14 @@ def mail_daemon(
     """start(user, upload=[...], **own) -> a daemon whose mail goes out as `user`, over Tor."""
     running: list[Daemon] = []
 
-    def start(user: str, upload: list[str], root: Path | None = None, **own: Any) -> MailDaemon:
+    def start(
+        user: str,
+        upload: list[str],
+        root: Path | None = None,
+        discovery: dict[str, Any] | None = None,
+        mail: dict[str, Any] | None = None,
+        **own: Any,
+    ) -> MailDaemon:
         root = root or tmp_path / user.split("@")[0]
         root.mkdir(exist_ok=True)
         secret = root / "mail-password"
@@ -85,7 +93,7 @@ def mail_daemon(
                 "control": f"127.0.0.1:{tor_network.control_port}",
             },
             "network": {"ca_file": str(test_ca.ca_file), "timeout": "30s"},
-            "discovery": {"order": ["wkd"], "vks": [], "hkp": []},
+            "discovery": {"order": ["wkd"], "vks": [], "hkp": [], **(discovery or {})},
             "own": {"upload": upload, **own},
             "mail": {
                 "submission": f"smtp+starttls://{login}@{names.MAIL_HOST}:{mail_servers.submission_port}",
@@ -93,6 +101,7 @@ def mail_daemon(
                 "password_file": str(secret),
                 "via_tor": True,
                 "answer_timeout": "90s",
+                **(mail or {}),
             },
         }
         daemon = Daemon(write_config(root, sections))
@@ -295,3 +304,62 @@ def test_kpp_confirmation_with_a_wrong_mac_or_sender_fails_and_nothing_else_chan
     unchanged(before, after)
     assert not [m for m in after if "$Refreshd" in m.flags], "a failed answer is not marked"
     assert scene.daemon.call("status")["version"]  # still serving
+
+
+# -- acceptance 3: KRP as the smtp discovery source -------------------------------------------
+
+
+def test_krp_registers_a_verified_key_and_rejects_bad_answers(
+    mail_daemon: Callable[..., MailDaemon], mail_servers: MailServers, tmp_path: Path
+) -> None:
+    gpg = Gpg(tmp_path / "keys")
+    try:
+        kim = gpg.generate("Kim <kim@example.org>")
+        lou = gpg.generate("Lou <lou@example.org>")
+        other = gpg.generate("Someone Else <else@example.org>")
+        for address, fpr in (("kim@example.org", kim), ("lou@example.org", lou)):
+            mail_servers.kst_store(address, gpg.run("--armor", "--export", fpr).decode())
+        mail_servers.kst_store("max@example.org", gpg.run("--armor", "--export", other).decode())
+    finally:
+        gpg.close()
+    scene = mail_daemon(
+        "bob@example.net", [], discovery={"order": ["smtp"]}, mail={"answer_timeout": "20s"}
+    )
+
+    first = scene.daemon.call("lookup", address="kim@example.org")
+    assert first["state"] == "pending", first
+    answer = scene.daemon.call("lookup", address="kim@example.org", wait=90)
+    assert answer["state"] == "registered", answer
+    assert answer["fingerprint"] == kim
+    assert (answer["source"], answer["validation"]) == ("smtp", "weak-chain")
+    assert answer["usable"] is True and answer["encrypt"] is True
+
+    def failed(address: str) -> AuditLine:
+        return scene.wait(
+            lambda e: (
+                e["event"] == "discovery.failed"
+                and e.get("address") == address
+                and e.get("source") == "smtp"
+            )
+        )
+
+    mail_servers.kst_faults(hmac="wrong")
+    try:
+        bad = scene.daemon.call("lookup", address="lou@example.org", wait=90)
+    finally:
+        mail_servers.kst_faults()
+    assert bad["state"] == "unknown", bad
+    assert "MAC does not match" in failed("lou@example.org")["reason"]
+
+    stranger = scene.daemon.call("lookup", address="max@example.org", wait=90)
+    assert stranger["state"] == "unknown", stranger
+    assert other not in {
+        k["fingerprint"]
+        for k in scene.daemon.call("history", address="max@example.org")["keys"]
+        if k["status"] == "registered"
+    }
+
+    silent = scene.daemon.call("lookup", address="ned@example.org", wait=90)
+    assert silent["state"] == "unknown", silent
+    assert "no answer within 20 s" in failed("ned@example.org")["reason"]
+    assert [e for e in mail_servers.kst_log() if e.get("address") == "ned@example.org"]

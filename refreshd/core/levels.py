@@ -73,6 +73,7 @@ WAYS: dict[str, tuple[Level, bool]] = {
     "hkp": (Level.WEAK_CHAIN, False),
     "vks": (Level.WEAK_CHAIN, True),
     "gnupg": (Level.WEAK_CHAIN, False),
+    "smtp": (Level.WEAK_CHAIN, True),  # Key Retrieval Protocol: a key the provider published
     "mail": (Level.WEAK_CHAIN, True),  # positive or not by origin, MAIL_POSITIVE
     "mail-dkim": (Level.PROVIDER_TRUST, True),
     "openpgp-header": (Level.PROVIDER_TRUST, True),  # standard URL, fetched over TLS

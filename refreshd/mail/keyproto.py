@@ -33,6 +33,7 @@ __all__ = [
     "K_AUTH_BYTES",
     "check_confirmation",
     "check_response",
+    "keys_address",
     "new_k_auth",
     "publication",
     "request",
