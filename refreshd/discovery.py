@@ -38,7 +38,7 @@ import trio
 
 from refreshd.audit import AuditLog
 from refreshd.config import Config
-from refreshd.core import levels, perspectives
+from refreshd.core import levels, perspectives, refreshing
 from refreshd.core.rules import Decision
 from refreshd.errors import KeyRejected
 from refreshd.keymanager import Found, KeyManager
@@ -387,7 +387,7 @@ class Discovery:
                     Source(
                         url=url,
                         kind=got.source,
-                        address=address if got.source in ("wkd", "nicknym") else None,
+                        address=address if refreshing.by_address(got.source) else None,
                         fingerprint=fingerprint,
                         etag=got.validators.etag if same_url else None,
                         last_modified=got.validators.last_modified if same_url else None,

@@ -29,7 +29,7 @@ import trio
 
 from refreshd.audit import AuditLog
 from refreshd.config import Config
-from refreshd.core import levels, schedule
+from refreshd.core import levels, refreshing, schedule
 from refreshd.discovery import audit_fetch
 from refreshd.errors import KeyRejected
 from refreshd.feeds import Feeds
@@ -44,8 +44,6 @@ __all__ = ["Refresher"]
 
 STATE_NAME = "refresh.cycle"
 ERROR_PAUSE = 60.0  # after an unexpected error in one step
-DIRECTORIES = frozenset({"wkd", "nicknym", "vks", "hkp"})
-HOST_FAILING = 3  # different keys failing in a row on one host before the host backs off
 # With no key registered the loop has nothing to wait for, and registering one does not wake
 # it: it looks for the first key this often (seconds).
 IDLE_RECHECK = 5.0
@@ -94,7 +92,7 @@ class Refresher:
         self.next_at: float | None = None
         self.last: dict[str, Any] = {}
         # host -> (keys that failed there in a row, backoff steps, not before)
-        self._hosts: dict[str, tuple[frozenset[str], int, float]] = {}
+        self._hosts: dict[str, refreshing.HostState] = {}
         self._wake = trio.Event()
 
     def _load(self) -> schedule.CycleState:
@@ -164,9 +162,9 @@ class Refresher:
             "last": self.last,
             "failures_by_host": self.store.failures_by_host(),
             "hosts_backing_off": {
-                host: epoch_iso(until)
-                for host, (_, _, until) in self._hosts.items()
-                if until > self.clock()
+                host: epoch_iso(state.not_before)
+                for host, state in self._hosts.items()
+                if state.left_alone(self.clock())
             },
         }
 
@@ -267,18 +265,15 @@ class Refresher:
         self._save()
 
     def _sources(self, fingerprint: str) -> list[Source]:
-        """Where to ask. A key a directory gave us is asked there again (SPEC 6): its stored
-        URLs, the one with the fewest failures in a row first. A key met only in mail or a
-        GnuPG keyring has no such place: it is asked by fingerprint at the configured VKS/HKP
-        servers (where such keys usually are), then at WKD for each of its addresses, and a
-        source that keeps failing gives way to the next (every URL tried is remembered)."""
+        """Where to ask (core.refreshing, rule `where`): the stored URLs and, for a key met only in
+        mail or a GnuPG keyring, the configured servers; every URL tried is remembered."""
         stored = self.store.sources_of(fingerprint)
         addresses = self.store.addresses_of(fingerprint)
         registered_from = {
             reg.source for a in addresses if (reg := self.store.registration(a)) is not None
         }
         fallback: list[Source] = []
-        if not stored or not registered_from & DIRECTORIES:
+        if refreshing.offers_fallback(len(stored), registered_from):
             by_kind = {
                 "vks": [
                     Source(vks.by_fingerprint(b, fingerprint).url, "vks", None, fingerprint)
@@ -292,16 +287,10 @@ class Refresher:
                     Source(wkd.requests_for(a)[0].url, "wkd", a, fingerprint) for a in addresses
                 ],
             }
-            order = [k for k in self.cfg.discovery.order if k != "wkd"] + ["wkd"]
-            fallback = [
-                s
-                for kind in order
-                if kind in self.cfg.discovery.order
-                for s in by_kind.get(kind, [])
-            ]
-        known = {s.url for s in stored}
-        candidates = [*stored, *(f for f in fallback if f.url not in known)]
-        return sorted(candidates, key=lambda s: s.failures)[:1]  # stable: order breaks ties
+            kinds = refreshing.fallback_kinds(self.cfg.discovery.order)
+            fallback = [s for kind in kinds for s in by_kind[kind]]
+        chosen = refreshing.choose_source(stored, fallback)
+        return [] if chosen is None else [chosen]
 
     async def refresh(self, fingerprint: str) -> bool:
         """One refresh fetch; True when the source answered usably (changed or not)."""
@@ -317,15 +306,15 @@ class Refresher:
         if self._vouched(fingerprint, src):
             return True
         host = urlsplit(src.url).hostname or src.url
-        failing, _, not_before = self._hosts.get(host, (frozenset(), 0, 0.0))
-        if self.clock() < not_before:
+        backing_off = self._hosts.get(host)
+        if backing_off is not None and backing_off.left_alone(self.clock()):
             self.audit.emit(
                 "refresh.failed",
                 fingerprint=fingerprint,
                 source=src.kind,
                 url=src.url,
-                reason=f"{host} failed for {len(failing)} different keys in a row; left "
-                f"alone until {epoch_iso(not_before)}",
+                reason=f"{host} failed for {len(backing_off.failing)} different keys in a row; "
+                f"left alone until {epoch_iso(backing_off.not_before)}",
             )
             return False
         validators = Validators(src.etag, src.last_modified, src.body_sha256)
@@ -374,25 +363,20 @@ class Refresher:
         return True
 
     def _host_outcome(self, host: str, fingerprint: str, got: Got) -> None:
-        """Per-host backoff: when HOST_FAILING different keys in a row fail on one host
-        (errors, 5xx; not Tor's absence, not a bad key), the host is left alone for a growing
-        delay. One key that keeps failing is that key's backoff, not its host's. Any usable
-        answer clears the host."""
-        if got.outcome not in (Outcome.ERROR, Outcome.RETRY_LATER):
-            self._hosts.pop(host, None)
-            return
-        if got.no_tor:
-            return
-        failing, strikes, _ = self._hosts.get(host, (frozenset(), 0, 0.0))
-        failing = failing | {fingerprint}
-        if len(failing) < HOST_FAILING:
-            self._hosts[host] = (failing, 0, 0.0)
-            return
-        period = self.cfg.refresh.period
-        delay = schedule.backoff(
-            strikes + 1, base=min(BACKOFF_BASE, period), cap=period, rng=self.rng
+        """Per-host backoff (core.refreshing, rule `host`)."""
+        state = refreshing.host_after(
+            self._hosts.get(host),
+            fingerprint,
+            failed=got.outcome in (Outcome.ERROR, Outcome.RETRY_LATER),
+            no_tor=got.no_tor,
+            now=self.clock(),
+            period=self.cfg.refresh.period,
+            rng=self.rng,
         )
-        self._hosts[host] = (failing, strikes + 1, self.clock() + delay)
+        if state is None:
+            self._hosts.pop(host, None)
+        else:
+            self._hosts[host] = state
 
     async def _take(self, fingerprint: str, src: Source, got: Got) -> None:
         level, positive = levels.for_source(src.kind)
@@ -410,7 +394,7 @@ class Refresher:
             )
             return
         for address in addresses:
-            asked = None if src.kind in ("wkd", "nicknym") else fingerprint
+            asked = refreshing.asked_fingerprint(src.kind, fingerprint)
             found = Found(src.kind, level, positive, asked_fingerprint=asked, url=src.url)
             self.keys.consider(address, data, found)
 
