@@ -95,7 +95,7 @@ def run(world: World, quick: bool = False) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
     one, two = spread(seconds[1]), spread(seconds[2])
     extra = spread(b - a for a, b in zip(seconds[1], seconds[2], strict=True))
-    exits = len({fpr for fpr in tor.exit_fingerprints})
+    exits = len(set(tor.exit_fingerprints))
     rows = [
         Row(f"first contact over Tor, {n} WKD keys each: 2 paths vs 1 (seconds per key)",
             "seconds", two, "report", None, "refreshd with validation.perspectives = 1", one,

@@ -285,7 +285,7 @@ def parse_sq(listing: str) -> BlobFacts:
     state: str | None = None
     for raw in listing.splitlines():
         line = raw.strip()
-        if raw.endswith("OpenPGP Certificate.") or raw.endswith("OpenPGP Key."):
+        if raw.endswith(("OpenPGP Certificate.", "OpenPGP Key.")):
             close()
             state = None
             continue

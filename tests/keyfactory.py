@@ -49,8 +49,7 @@ def dearmor(data: bytes) -> bytes:
     """Binary form of one armored or binary key, everything kept."""
     if data[:1] and data[0] & 0x80:
         return data
-    out = subprocess.run(["sq", "dearmor"], input=data, capture_output=True, check=True).stdout
-    return out
+    return subprocess.run(["sq", "dearmor"], input=data, capture_output=True, check=True).stdout
 
 
 def when(at: datetime) -> str:

@@ -124,7 +124,7 @@ def test_no_control_flow_on_error_messages(path: Path) -> None:
 
 
 def test_errors_module_declares_the_tree() -> None:
-    tree = {name for name in errors.__all__}
+    tree = set(errors.__all__)
     assert tree == {
         cls.__name__
         for cls in vars(errors).values()

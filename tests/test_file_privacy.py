@@ -67,7 +67,7 @@ def test_under_umask_022_no_state_file_is_readable_by_another_user(shared_root):
                 fingerprint="A" * 40,
                 event="sent-encrypted",
             )
-        files = [p for p in state.rglob("*")]
+        files = list(state.rglob("*"))
         assert any(p.name.endswith("-wal") for p in files)
         assert stat.S_IMODE(state.stat().st_mode) == 0o700
         loose = [str(p) for p in files if p.stat().st_mode & 0o077]

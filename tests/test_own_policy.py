@@ -147,9 +147,12 @@ def test_rotated_out_subkey_is_not_revived_but_a_lone_expired_one_is() -> None:
         old,
         OwnComponent("N" * 40, "encrypt", now - 190 * DAY, now + 30 * DAY),
     ]
-    args = dict(
-        now=now, extend_by=EXTEND_BY, extend_when_left=WHEN_LEFT, previous_signature=now - DAY
-    )
+    args = {
+        "now": now,
+        "extend_by": EXTEND_BY,
+        "extend_when_left": WHEN_LEFT,
+        "previous_signature": now - DAY,
+    }
     decision = plan(components, seed=b"r", **args)
     assert decision.extend_now and set(decision.new_expiries) == {"P" * 40, "N" * 40}
     lone = plan([components[0], old], seed=b"r", **args)
@@ -158,9 +161,12 @@ def test_rotated_out_subkey_is_not_revived_but_a_lone_expired_one_is() -> None:
 
 def test_no_expiry_revoked_and_far_components() -> None:
     now = datetime(2025, 6, 1, tzinfo=UTC)
-    args = dict(
-        now=now, extend_by=EXTEND_BY, extend_when_left=WHEN_LEFT, previous_signature=now - DAY
-    )
+    args = {
+        "now": now,
+        "extend_by": EXTEND_BY,
+        "extend_when_left": WHEN_LEFT,
+        "previous_signature": now - DAY,
+    }
     never = [OwnComponent("P" * 40, "primary", now - DAY, None)]
     assert not plan(never, seed=b"", **args).extend_now
     assert plan(never, seed=b"", **args).planned_at is None

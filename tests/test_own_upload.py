@@ -40,7 +40,7 @@ class Vks:
         answer = (
             {
                 "key_fpr": view.fingerprint,
-                "status": {a: "unpublished" for a in view.addresses()},
+                "status": dict.fromkeys(view.addresses(), "unpublished"),
                 "token": "t0k3n",
             }
             if ok and self.status == 200

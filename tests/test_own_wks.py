@@ -197,7 +197,7 @@ def test_cron_expires_unconfirmed_submissions(server: Server, own_key: str, tmp_
 
 def test_response_refused_for_another_key_or_address(own_key: str) -> None:
     facts = resign.read_own(own_key)
-    base = dict(message_id="<x@example.org>", date=datetime.now(UTC), seal=None)
+    base = {"message_id": "<x@example.org>", "date": datetime.now(UTC), "seal": None}
     other_key = wks.ConfirmationRequest(SUBMISSION, ADDRESS, "AB" * 20, "n" * 32)
     with pytest.raises(wks.WksError, match="not ours"):
         wks.build_confirmation_response(
@@ -249,13 +249,13 @@ def plain_request(**fields: str) -> bytes:
     return f"From: {SUBMISSION}\nContent-Type: application/vnd.gnupg.wks\n\n{body}".encode()
 
 
-GOOD = dict(
-    type="confirmation-request",
-    sender=SUBMISSION,
-    address=ADDRESS,
-    fingerprint="AB" * 20,
-    nonce="ybndrfg8ejkmcpqxot1uwisza345h769",
-)
+GOOD = {
+    "type": "confirmation-request",
+    "sender": SUBMISSION,
+    "address": ADDRESS,
+    "fingerprint": "AB" * 20,
+    "nonce": "ybndrfg8ejkmcpqxot1uwisza345h769",
+}
 
 
 def no_unseal(armored: str) -> bytes:

@@ -225,7 +225,12 @@ def reuploads(
     wanted: list[str] = []
     for f in findings:
         mechanism = UPLOAD_FOR_SOURCE.get(f.source)
-        if f.result is Result.STALE_EXPIRY and mechanism in upload and mechanism not in wanted:
+        if (
+            f.result is Result.STALE_EXPIRY
+            and mechanism is not None
+            and mechanism in upload
+            and mechanism not in wanted
+        ):
             wanted.append(mechanism)
     return tuple(wanted)
 

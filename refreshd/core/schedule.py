@@ -207,8 +207,8 @@ def update(
         # the first keys start a cycle of their own: an empty cycle's clock (begun when the
         # daemon started) must not squeeze them into what is left of it
         cycle = 1 if state is None else state.cycle
-        order = _shuffled(sorted(set(added)), rng)
-        return CycleState(cycle=cycle, order=tuple(order), position=0, started_at=now)
+        first = _shuffled(sorted(set(added)), rng)
+        return CycleState(cycle=cycle, order=tuple(first), position=0, started_at=now)
     if len(added) + len(removed) > FEW_CHANGES:  # one index of the order beats many scans
         index = {k: i for i, k in enumerate(state.order)}
         where: Callable[[Key], int | None] = index.get

@@ -834,7 +834,7 @@ class StreamingKeyFilter:
             return
         if tag in IGNORED_TAGS:
             return
-        if self._cur is None:
+        if cur is None:
             if self._context == Place.SKIP and self.unsupported_certificates:
                 return
             if tag == TAG_SIGNATURE and len(self._lone) < MAX_LONE_SIGNATURES:

@@ -179,9 +179,9 @@ def extend(
             if primary_expiry is not None:
                 _resign_primary(primary, primary_expiry, signed_at, halg)
             for sub in primary.subkeys.values():
-                expires = new_expiries.get(_fpr(sub))
-                if expires is not None:
-                    _rebind(primary, sub, expires, signed_at, halg)
+                sub_expiry = new_expiries.get(_fpr(sub))
+                if sub_expiry is not None:
+                    _rebind(primary, sub, sub_expiry, signed_at, halg)
         return str(primary)
 
 
@@ -264,7 +264,9 @@ def _verified(primary: PGPKey, subject: object, sig: PGPSignature) -> bool:
         return False
 
 
-def _newest(primary: PGPKey, subject: object, sigs: list[PGPSignature], types: set) -> list:
+def _newest(
+    primary: PGPKey, subject: object, sigs: list[PGPSignature], types: set[SignatureType]
+) -> list[PGPSignature]:
     valid = [s for s in sigs if s.type in types and _verified(primary, subject, s)]
     return sorted(valid, key=lambda s: s.created, reverse=True)
 
@@ -272,7 +274,8 @@ def _newest(primary: PGPKey, subject: object, sigs: list[PGPSignature], types: s
 def _expiry(created: datetime, sig: PGPSignature | None) -> datetime | None:
     if sig is None or not sig.key_expiration:
         return None
-    return created.astimezone(UTC) + sig.key_expiration
+    expires: datetime = created.astimezone(UTC) + sig.key_expiration
+    return expires
 
 
 def _facts(primary: PGPKey) -> OwnKey:
@@ -337,7 +340,7 @@ def _marks_primary(sig: PGPSignature) -> bool:
     return any(p.primary for p in sig._signature.subpackets["h_PrimaryUserID"])
 
 
-def _role(flags: set) -> str:
+def _role(flags: set[KeyFlags]) -> str:
     if flags & ENCRYPT:
         return "encrypt"
     if KeyFlags.Sign in flags:
@@ -348,7 +351,7 @@ def _role(flags: set) -> str:
 
 
 def _hash_for(primary: PGPKey) -> HashAlgorithm:
-    prefs: list = []
+    prefs: list[HashAlgorithm] = []
     for uid in primary._uids:
         for sig in uid._signatures:
             if sig.signer == primary.fingerprint.keyid:
