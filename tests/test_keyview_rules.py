@@ -191,3 +191,27 @@ def test_the_view_of_a_parsed_cert_places_signatures_too(alice: Maker) -> None:
         (Bundle(parts[3], (parts[4], alice.revocation())),),
     )
     assert view_of(cert, NOW).revoked
+
+
+def test_misplaced_signature_search_is_bounded(alice: Maker, monkeypatch) -> None:
+    """300 user ids whose bindings all fail: each is tried where it stands and the search
+    elsewhere stops after MAX_RELOCATIONS tries, so a hostile key cannot make it quadratic."""
+    from refreshd.openpgp import keyview
+
+    parts = [alice.packet]
+    for i in range(300):
+        uid = f"U{i} <u{i}@example.org>".encode()
+        ghost = alice.uid_ctx(b"someone else")  # by alice, but over no user id of this key
+        parts += [new_packet(13, uid), alice.sign(ghost, 0x13, T0)]
+    calls = 0
+    real = keyview.verify
+
+    def counting(*args: object) -> bool:
+        nonlocal calls
+        calls += 1
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(keyview, "verify", counting)
+    with pytest.raises(KeyRejected):
+        read_key(alice.key(*parts), NOW)
+    assert calls <= 2 * 300 + 256
