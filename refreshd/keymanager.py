@@ -144,7 +144,7 @@ class KeyManager:
         try:
             return intake(data, keep, self.limits, self.clock())
         except LoneSignatures as lone:
-            return intake(self._as_issuers_key(lone), keep, self.limits)
+            return intake(self._as_issuers_key(lone), keep, self.limits, self.clock())
 
     async def take_in_apart(self, data: bytes, addresses: Iterable[str] | None) -> Intake:
         """`take_in` with the parsing in a worker process within its time budget (worker.py),
@@ -153,7 +153,9 @@ class KeyManager:
         try:
             return await self.worker.run(intake, data, keep, self.limits, self.clock())
         except LoneSignatures as lone:
-            return await self.worker.run(intake, self._as_issuers_key(lone), keep, self.limits)
+            return await self.worker.run(
+                intake, self._as_issuers_key(lone), keep, self.limits, self.clock()
+            )
 
     async def taken_in(self, address: str, data: bytes | Intake) -> Intake:
         """What `consider` and `first_contact` take for bytes from outside, parsed apart (an

@@ -12,7 +12,14 @@ import pytest
 
 from refreshd.errors import KeyRejected
 from refreshd.openpgp.keyview import read_key, view_of
-from refreshd.openpgp.packets import Bundle, Cert, LoneSignatures, StreamingKeyFilter, armor
+from refreshd.openpgp.packets import (
+    Bundle,
+    Cert,
+    LoneSignatures,
+    SecretKeyRefused,
+    StreamingKeyFilter,
+    armor,
+)
 from tests.keyfactory import _mpi, _subpacket, new_packet
 from tests.selfsigned import T0, UID, UID2, Maker, critical, notation
 
@@ -215,3 +222,15 @@ def test_misplaced_signature_search_is_bounded(alice: Maker, monkeypatch) -> Non
     with pytest.raises(KeyRejected):
         read_key(alice.key(*parts), NOW)
     assert calls <= 2 * 300 + 256
+
+
+def test_the_refusals_with_their_own_class_survive_a_worker_process(alice: Maker) -> None:
+    """Key intake runs in worker processes (refreshd/worker.py): what it raises is pickled."""
+    import pickle
+
+    lone = LoneSignatures((alice.revocation(),))
+    back = pickle.loads(pickle.dumps(lone))
+    assert isinstance(back, LoneSignatures) and back.signatures == lone.signatures
+    assert back.reason == lone.reason
+    secret = pickle.loads(pickle.dumps(SecretKeyRefused()))
+    assert isinstance(secret, SecretKeyRefused) and "public keys only" in secret.reason

@@ -100,6 +100,9 @@ class SecretKeyRefused(KeyRejected):
     def __init__(self) -> None:
         super().__init__("secret key material is refused: public keys only")
 
+    def __reduce__(self) -> tuple[type[SecretKeyRefused], tuple[()]]:
+        return SecretKeyRefused, ()  # raised in a worker process, re-raised here
+
 
 class LoneSignatures(KeyRejected):
     """The data holds signatures but no key (a revocation certificate alone)."""
@@ -110,6 +113,9 @@ class LoneSignatures(KeyRejected):
             "is taken only for a key refreshd holds)"
         )
         self.signatures = signatures
+
+    def __reduce__(self) -> tuple[type[LoneSignatures], tuple[tuple[Packet, ...]]]:
+        return LoneSignatures, (self.signatures,)  # raised in a worker process, re-raised here
 
 
 # --- CRC24 (RFC 4880 6.1) -------------------------------------------------------------------
