@@ -91,6 +91,7 @@ class _Held:
     view: KeyView
     adds: bool  # the copy brought something new (always, for a key not held before)
     stored: bool  # we held the key before
+    fresh: Cert | None = None  # the copy as it came in (None: read back from the store)
 
 
 class KeyManager:
@@ -267,7 +268,9 @@ class KeyManager:
         nothing), except the key `but` itself."""
         return [k for k, view in self._held_keys(self.endorsers - {but}) if view.usable(now)]
 
-    def _vouches(self, address: str, held: _Held, now: datetime) -> tuple[Vouch, ...]:
+    def _vouches(
+        self, address: str, held: _Held, now: datetime, source: str = ""
+    ) -> tuple[Vouch, ...]:
         """What raises this key's level for this address now, besides how it was found."""
         fpr = held.view.fingerprint
         out: list[Vouch] = []
@@ -275,7 +278,7 @@ class KeyManager:
             out.append(Vouch("pinned", f"pinned by the user for {address} (validation.known_keys)"))
         if fpr in self.endorsers:
             out.append(Vouch("endorser-key", f"the key of endorser 0x{fpr} (validation.endorsers)"))
-        provider = self._provider_endorsement(address, held, now)
+        provider = self._provider_endorsement(address, held, now, source)
         if provider is not None:
             out.append(provider)
         endorsers = self._endorser_keys(now, fpr)
@@ -297,9 +300,13 @@ class KeyManager:
                         )
         return tuple(out)
 
-    def _provider_endorsement(self, address: str, held: _Held, now: datetime) -> Vouch | None:
+    def _provider_endorsement(
+        self, address: str, held: _Held, now: datetime, source: str
+    ) -> Vouch | None:
         """provider-endorsement: the uid for the address is certified by an endorsement key
-        pinned for its domain, and that provider signs its answers (a pinned response key)."""
+        pinned for its domain, and that provider signs its answers (a pinned response key).
+        The provider's own (signed) answer is the word on its endorsement: a nicknym copy
+        without the certification means it is gone, even though our merged copy keeps it."""
         domain = address.rpartition("@")[2]
         pins = self.store.provider_pins(domain)
         if not any(p.kind == "response" for p in pins):
@@ -314,7 +321,10 @@ class KeyManager:
                 continue
             if key.view.usable(now):
                 signers[key.fingerprint] = (primary_key(key.cert), pin.pinned_at)
-        by = sorted(certifiers(held.cert, address, [k for k, _ in signers.values()], now))
+        keys = [k for k, _ in signers.values()]
+        by = sorted(certifiers(held.cert, address, keys, now))
+        if by and source == "nicknym" and held.fresh is not None:
+            by = sorted(set(by) & certifiers(held.fresh, address, keys, now))
         if not by:
             return None
         pinned = iso(signers[by[0]][1]) or ""
@@ -466,7 +476,7 @@ class KeyManager:
             asked_fingerprint=found.asked_fingerprint,
             certified_by_registered=certified,
             adds_to_stored=held.adds,
-            vouches=self._vouches(address, held, now),
+            vouches=self._vouches(address, held, now, found.source),
             pin=self.pins.get(address),
         )
 
@@ -503,7 +513,7 @@ class KeyManager:
         """Merge a copy into the key we hold (rule 2)."""
         stored = self.store.get_key(parsed.fingerprint)
         if stored is None:
-            return _Held(parsed.data, parsed.cert, parsed.view, True, False)
+            return _Held(parsed.data, parsed.cert, parsed.view, True, False, parsed.cert)
         result = merge(stored, parsed.cert, parsed.view, self.clock())
         if result.dropped:  # SPEC 8: forged or damaged parts end in a rejection with a reason
             # the key itself may still be accepted: its own event, not key.rejected
@@ -525,7 +535,7 @@ class KeyManager:
                 reason="The copy states an earlier expiry without a newer self-signature; "
                 "the stored expiry stays (rule 2).",
             )
-        return _Held(result.key, result.cert, result.view, result.changed, True)
+        return _Held(result.key, result.cert, result.view, result.changed, True, parsed.cert)
 
     def _persist(
         self,

@@ -21,6 +21,7 @@ from refreshd.discovery import Discovery
 from refreshd.keymanager import KeyManager, utcnow
 from refreshd.net.answers import Outcome
 from refreshd.net.fetch import Fetcher
+from refreshd.openpgp.keyview import parse_one
 from refreshd.openpgp.packets import armor
 from refreshd.refresher import Refresher
 from refreshd.retrieve import Retriever
@@ -42,6 +43,7 @@ class Keys:
     bob: str
     bob_endorsed: str  # bob's key certified by p1 (armored)
     bob_withdrawn: str  # the same after p1 revoked that certification
+    bob_bare: str  # bob's key as the provider serves it when it no longer endorses it
     carol: str  # carol's key, certified by p1
 
 
@@ -57,6 +59,7 @@ def keys() -> Keys:
         bob = g.generate(f"Bob <{BOB}>", expire="1y")
         g.certify(p1, bob, f"Bob <{BOB}>")
         endorsed = armor(g.export(bob))
+        bare = armor(parse_one(g.export(bob)).serialize())  # third-party certifications dropped
         g.run("--local-user", p1, "--quick-revoke-sig", bob, p1, f"Bob <{BOB}>")
         carol = g.generate(f"Carol <{CAROL}>", expire="1y")
         g.certify(p1, carol, f"Carol <{CAROL}>")
@@ -68,6 +71,7 @@ def keys() -> Keys:
             bob=bob,
             bob_endorsed=endorsed,
             bob_withdrawn=armor(g.export(bob)),
+            bob_bare=bare,
             carol=armor(g.export(carol)),
         )
     finally:
@@ -184,3 +188,16 @@ async def test_a_revoked_endorsement_lowers_the_level(provider, keys):
         merged["level"] == "provider-trust"
         and "lowered from provider-endorsement" in (merged["reason"])
     )
+
+
+async def test_an_endorsement_the_provider_no_longer_serves_lowers_the_level(provider, keys):
+    await provider.discovery.discover(BOB)
+    provider.nicknym.publish(BOB, keys.bob_bare, keys.bob)  # signed, without the endorsement
+    refresher = Refresher(
+        provider.keys, provider.retriever, provider.cfg, provider.audit, rng=random.Random(8)
+    )
+    assert await refresher.refresh(keys.bob) is True
+    assert provider.keys.describe(BOB)["validation"] == "provider-trust"
+    provider.nicknym.publish(BOB, keys.bob_endorsed, keys.bob)  # endorsed again
+    assert await refresher.refresh(keys.bob) is True
+    assert provider.keys.describe(BOB)["validation"] == "provider-endorsement"

@@ -231,6 +231,8 @@ def test_one_endorser_of_three_is_third_party_endorsement(ladder, keys):
     assert (d.decision, d.level) == ("registered", Level.THIRD_PARTY_ENDORSEMENT), d.reason
     assert f"certified by endorser 0x{keys.e1}" in km.describe(BOB)["reason"]
     assert events(km, "key.registered")[-1]["basis"] == f"certified by endorser 0x{keys.e1}"
+    (seen,) = [k for k in km.history(BOB)["keys"] if k["fingerprint"] == d.fingerprint]
+    assert f"certified by endorser 0x{keys.e1}" in seen["reason"]
 
 
 @pytest.mark.parametrize(
