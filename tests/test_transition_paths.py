@@ -14,6 +14,7 @@ from refreshd.core.levels import Level
 from refreshd.keymanager import Found
 from refreshd.net import wkd
 from refreshd.openpgp import packets
+from refreshd.openpgp.intake import intake
 from refreshd.openpgp.keyview import read_key
 from refreshd.openpgp.packets import armor
 from refreshd.refresher import Refresher
@@ -56,12 +57,13 @@ async def world(nursery, tmp_path, transition):
 
 
 @pytest.fixture
-def parses(monkeypatch, transition):
-    """The packet-filter passes over B's bytes as served (armored: the key as stored, read
-    back for a merge, is binary and not counted)."""
+def parses(monkeypatch, world, transition):
+    """Every parse of B's bytes as served (armored: the key as stored, read back for a merge,
+    is binary and not counted): the packet-filter passes in this process, and the intake calls
+    the key manager hands to its worker processes."""
     marker = packets.StreamingKeyFilter  # the class every strip and every parse goes through
     served = transition["b"]
-    seen: list[packets.StreamingKeyFilter] = []  # held, so no two filters share an id
+    seen: list[object] = []  # held, so no two passes share an id
     feed = marker.feed
 
     def counting(self: packets.StreamingKeyFilter, chunk: bytes) -> None:
@@ -69,7 +71,15 @@ def parses(monkeypatch, transition):
             seen.append(self)
         feed(self, chunk)
 
+    run = world.keys.worker.run
+
+    async def counting_run(fn, *args):
+        if fn is intake and args and args[0] == served:
+            seen.append(object())
+        return await run(fn, *args)
+
     monkeypatch.setattr(marker, "feed", counting)
+    monkeypatch.setattr(world.keys.worker, "run", counting_run)
     return seen
 
 
