@@ -537,13 +537,14 @@ class OwnAudit:
     def _mean(self) -> float:
         return float(max(1, self.cfg.own.audit_period))
 
-    def _own_key(self) -> OwnKey | None:
+    async def _own_key(self) -> OwnKey | None:
+        """The own key as it is now on disk (parsed in a worker thread: pgpy is slow)."""
         armored = self.own._armored()
         if armored is None:
             return None
         resign = _resign()
         try:
-            return resign.read_own(armored)  # type: ignore[no-any-return]
+            return await trio.to_thread.run_sync(resign.read_own, armored)  # type: ignore[no-any-return]
         except resign.BadKey:
             return None
 
@@ -552,7 +553,7 @@ class OwnAudit:
         if not self.cfg.own.audit:
             return
         while True:
-            key = self._own_key()
+            key = await self._own_key()
             addresses = set(key.addresses) if key is not None else set()
             now = trio.current_time()
             for address in addresses - set(self._due):
@@ -633,7 +634,7 @@ class OwnAudit:
 
     async def audit_address(self, address: str) -> ownaudit.Audit | None:
         """One audit of one own address; audited as own.audit, the latest kept for `own`."""
-        key = self._own_key()
+        key = await self._own_key()
         if key is None or address not in key.addresses:
             return None
         primary = next(c for c in key.components if c.role == "primary")
