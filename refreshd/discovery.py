@@ -219,17 +219,10 @@ class Discovery:
                 continue
             level, positive = levels.for_source(got.source)
             found = Found(got.source, level, positive, asked_fingerprint=fingerprint, url=got.url)
-            try:
-                taken = await self.keys.take_in_apart(got.data, None)
-            except KeyRejected as exc:
-                self.audit.emit(
-                    "key.rejected",
-                    fingerprint=fingerprint,
-                    source=got.source,
-                    url=got.url,
-                    rule="8",
-                    reason=f"The key could not be used: {exc.reason}",
-                )
+            taken = await self.keys.take_in_or_refuse(
+                got.data, None, fingerprint=fingerprint, source=got.source, url=got.url
+            )
+            if taken is None:
                 continue
             addresses = sorted({a for k in taken.keys for a in k.view.addresses()})
             for address in addresses:

@@ -158,6 +158,30 @@ class KeyManager:
                 intake, self._as_issuers_key(lone), keep, self.limits, self.clock()
             )
 
+    async def take_in_or_refuse(
+        self,
+        data: bytes,
+        addresses: Iterable[str] | None,
+        *,
+        fingerprint: str,
+        source: str,
+        url: str,
+    ) -> Intake | None:
+        """`take_in_apart` for a key fetched by fingerprint, or None with the refusal audited
+        (SPEC 8: bytes that are no usable key end in a rejection with the reason)."""
+        try:
+            return await self.take_in_apart(data, addresses)
+        except KeyRejected as exc:
+            self.audit.emit(
+                "key.rejected",
+                fingerprint=fingerprint,
+                source=source,
+                url=url,
+                rule="8",
+                reason=f"The key could not be used: {exc.reason}",
+            )
+            return None
+
     async def taken_in(self, address: str, data: bytes | Intake) -> Intake:
         """What `consider` and `first_contact` take for bytes from outside, parsed apart (an
         intake already made passes as it is): a refused stream is an intake with no key and
@@ -251,17 +275,21 @@ class KeyManager:
     # -- what a key carries -----------------------------------------------------------------
     def _held_keys(self, fingerprints: Iterable[str]) -> list[tuple[PublicKey, KeyView]]:
         """The primary keys (and views) of those of fingerprints we hold."""
-        out = []
-        for fpr in fingerprints:
-            data = self.store.get_key(fpr)
-            if data is None:
-                continue
-            try:
-                held = read_stored(data)
-            except KeyRejected:
-                continue
-            out.append((primary_key(held.cert), held.view))
-        return out
+        return [
+            (primary_key(held.cert), held.view)
+            for fpr in fingerprints
+            if (held := self._stored(fpr)) is not None
+        ]
+
+    def _stored(self, fingerprint: str) -> ParsedKey | None:
+        """The key we hold under this fingerprint, None if none (or none readable)."""
+        data = self.store.get_key(fingerprint)
+        if data is None:
+            return None
+        try:
+            return read_stored(data)
+        except KeyRejected:
+            return None
 
     def _endorser_keys(self, now: datetime, but: str) -> list[PublicKey]:
         """The configured endorsers' keys usable now (a revoked or expired endorser certifies
@@ -447,14 +475,9 @@ class KeyManager:
         found: set[str] = set()
         for row in self.store.history(address):
             other = row["fingerprint"]
-            data = self.store.get_key(other) if other != fingerprint else None
-            if data is None:
-                continue
-            try:
-                held = read_stored(data)
-            except KeyRejected:
-                continue
-            found |= certifiers(held.cert, address, endorsers, now)
+            held = self._stored(other) if other != fingerprint else None
+            if held is not None:
+                found |= certifiers(held.cert, address, endorsers, now)
         return frozenset(found)
 
     def _candidate(self, address: str, held: _Held, found: Found, now: datetime) -> Candidate:
@@ -670,14 +693,8 @@ class KeyManager:
         return changed
 
     def _held(self, fingerprint: str) -> _Held | None:
-        data = self.store.get_key(fingerprint)
-        if data is None:
-            return None
-        try:
-            held = read_stored(data)
-        except KeyRejected:
-            return None
-        return _Held(held.data, held.cert, held.view, False, True)
+        held = self._stored(fingerprint)
+        return None if held is None else _Held(held.data, held.cert, held.view, False, True)
 
     # -- user actions -----------------------------------------------------------------------
     def verify(self, address: str, fingerprint: str) -> Decision:

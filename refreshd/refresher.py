@@ -31,7 +31,6 @@ from refreshd.audit import AuditLog
 from refreshd.config import Config
 from refreshd.core import levels, refreshing, schedule
 from refreshd.discovery import audit_fetch
-from refreshd.errors import KeyRejected
 from refreshd.feeds import Feeds
 from refreshd.keymanager import Found, KeyManager
 from refreshd.net import hkp, vks, wkd
@@ -381,17 +380,10 @@ class Refresher:
     async def _take(self, fingerprint: str, src: Source, got: Got) -> None:
         level, positive = levels.for_source(src.kind)
         addresses = [src.address] if src.address else self.store.addresses_of(fingerprint)
-        try:
-            data = await self.keys.take_in_apart(got.data, addresses)
-        except KeyRejected as exc:
-            self.audit.emit(
-                "key.rejected",
-                fingerprint=fingerprint,
-                source=src.kind,
-                url=src.url,
-                rule="8",
-                reason=f"The key could not be used: {exc.reason}",
-            )
+        data = await self.keys.take_in_or_refuse(
+            got.data, addresses, fingerprint=fingerprint, source=src.kind, url=src.url
+        )
+        if data is None:
             return
         for address in addresses:
             asked = refreshing.asked_fingerprint(src.kind, fingerprint)

@@ -25,13 +25,14 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from email import message_from_bytes, policy
 from email.message import Message
 from email.utils import format_datetime
 
 from pgpy import PGPKey, PGPMessage
 from pgpy.constants import CompressionAlgorithm, SymmetricKeyAlgorithm
 
+from refreshd.errors import MailError
+from refreshd.mail.message import read_mime
 from refreshd.openpgp import resign
 from refreshd.openpgp.keyview import normalize_address
 
@@ -57,7 +58,7 @@ Seal = Callable[[bytes], str]  # payload -> armored OpenPGP message
 Unseal = Callable[[str], bytes]  # armored OpenPGP message -> payload
 
 
-class WksError(ValueError):
+class WksError(MailError):
     """A WKS mail or file that cannot be used; the message says why."""
 
 
@@ -188,7 +189,7 @@ def _wks_text(mail: bytes, unseal: Unseal) -> str:
     """The "name: value" text of a WKS mail in any of the forms GnuPG sends (rule 3)."""
     if len(mail) > MAX_MAIL:
         raise WksError(f"mail of {len(mail)} bytes is larger than {MAX_MAIL}")
-    message = _parse_mime(mail, "mail")
+    message = read_mime(mail, "mail", WksError)
     if message.get_content_type() == "multipart/encrypted":
         return _entity_text(unseal(_sealed_part(message)))
     part = _find_wks_part(message)
@@ -196,17 +197,6 @@ def _wks_text(mail: bytes, unseal: Unseal) -> str:
     if ARMORED_MESSAGE in body:
         return _entity_text(unseal(body.decode("ascii", "replace")))
     return body.decode("utf-8", "replace")
-
-
-def _parse_mime(data: bytes, what: str) -> Message:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            message = message_from_bytes(data, policy=policy.compat32)
-            message.get_content_type()
-            return message
-        except Exception as exc:  # the stdlib parser raises assorted errors on hostile input
-            raise WksError(f"unreadable {what}: {type(exc).__name__}") from exc
 
 
 def _sealed_part(message: Message) -> str:
@@ -248,7 +238,7 @@ def _entity_text(plain: bytes) -> str:
     """Decrypted WKS data: an application/vnd.gnupg.wks entity, or the bare lines (draft 2+)."""
     if not plain.lstrip().lower().startswith(b"content-type:"):
         return plain.decode("utf-8", "replace")
-    entity = _parse_mime(plain, "WKS entity")
+    entity = read_mime(plain, "WKS entity", WksError)
     if entity.get_content_type() != WKS_TYPE:
         raise WksError(f"expected {WKS_TYPE}, got {entity.get_content_type()}")
     return _bytes_of(entity).decode("utf-8", "replace")

@@ -22,7 +22,7 @@ from email.utils import format_datetime, getaddresses
 
 from refreshd.errors import MailError
 
-__all__ = ["Incoming", "build_mail", "domain_of", "parse"]
+__all__ = ["Incoming", "build_mail", "domain_of", "parse", "read_mime"]
 
 MAX_PARTS = 16
 MESSAGE_ID = re.compile(r"<[^<>\s]{1,250}>")
@@ -51,7 +51,7 @@ def parse(raw: bytes, max_bytes: int) -> Incoming:
     """Rules 1 and 2."""
     if len(raw) > max_bytes:
         raise MailError(f"mail of {len(raw)} bytes is larger than {max_bytes}")
-    message = _parse(raw)
+    message = read_mime(raw)
     try:
         senders = getaddresses(message.get_all("From", []))
         sender = senders[0][1].lower() if len(senders) == 1 and "@" in senders[0][1] else ""
@@ -67,7 +67,8 @@ def parse(raw: bytes, max_bytes: int) -> Incoming:
         raise MailError(f"unreadable mail headers: {type(exc).__name__}") from exc
 
 
-def _parse(raw: bytes) -> Message:
+def read_mime(raw: bytes, what: str = "mail", error: type[MailError] = MailError) -> Message:
+    """The MIME structure of a mail (or a MIME entity, `what`), or `error` saying why not."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -75,7 +76,7 @@ def _parse(raw: bytes) -> Message:
             message.get_content_type()
             return message
         except Exception as exc:  # the stdlib parser raises assorted errors on hostile input
-            raise MailError(f"unreadable mail: {type(exc).__name__}") from exc
+            raise error(f"unreadable {what}: {type(exc).__name__}") from exc
 
 
 def _text(message: Message) -> str:
