@@ -179,3 +179,12 @@ async def test_a_revocation_arriving_on_refresh_takes_effect_at_once(wkd_world, 
     answer = world.keys.describe(BOB)
     assert answer["revoked"] is True and answer["fingerprint"] == first.fingerprint
     assert_not_offered(answer)
+
+
+async def test_a_revoked_key_found_at_first_contact_is_not_offered(wkd_world, keys):
+    world, path = wkd_world
+    world.https.handlers[path] = static(200, keys["a"] + keys["a_rev"])
+    await world.discovery.discover(BOB)
+    answer = world.keys.describe(BOB)
+    assert answer["state"] == "unknown" or answer["revoked"] is True
+    assert_not_offered(answer)
