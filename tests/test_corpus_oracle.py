@@ -197,6 +197,8 @@ def test_the_blobs_named_in_the_issue_read_as_gpg_reads_them(
     assert ordered.expires == 1546282645 and not ordered.encrypt
     (case12,) = cert(rnp + "test_key_validity__case12__pubring.gpg")
     assert case12.expires == 1577371391
+    dsa, _ = readings[rnp + "cli_EncryptSign__GnuPG_dsa_elgamal_2112_2112.gpg"]
+    assert dsa.error == "DSA with a 2112-bit p and a 256-bit q cannot be verified here"
 
 
 def test_the_corpus_is_found_from_a_worktree_nested_deeper(tmp_path: Path) -> None:
