@@ -79,7 +79,7 @@ def keys() -> Keys:
 
 
 class Provider:
-    def __init__(self, tmp: Path, keys: Keys) -> None:
+    def __init__(self, tmp: Path, keys: Keys, validation: dict | None = None) -> None:
         self.ca = LocalCA(tmp / "ca")
         self.nicknym = NicknymServer(self.ca, f"nicknym.{DOMAIN}", DOMAIN, signing=True)
         self.nicknym.start()
@@ -97,6 +97,7 @@ class Provider:
                     ],
                 },
                 "discovery": {"order": ["nicknym"], "vks": [], "hkp": []},
+                "validation": validation or {},
             }
         )
         self.cfg = cfg
@@ -201,3 +202,17 @@ async def test_an_endorsement_the_provider_no_longer_serves_lowers_the_level(pro
     provider.nicknym.publish(BOB, keys.bob_endorsed, keys.bob)  # endorsed again
     assert await refresher.refresh(keys.bob) is True
     assert provider.keys.describe(BOB)["validation"] == "provider-endorsement"
+
+
+async def test_a_key_pinned_by_hand_is_the_only_one_taken_without_forward_signing(tmp_path, keys):
+    provider = Provider(tmp_path, keys, {"provider_keys": {DOMAIN: [keys.p2]}})
+    try:
+        provider.nicknym.set_endorsement_keys([keys.armored[keys.p2], keys.armored[keys.p3]])
+        await provider.discovery.discover(BOB)
+        pinned = {e["fingerprint"]: e["how"] for e in provider.events("provider.key_pinned")}
+        assert pinned[keys.p2] == "configured" and keys.p3 not in pinned  # no first use
+        assert {e["fingerprint"] for e in provider.events("provider.key_refused")} == {keys.p3}
+        # bob's key is certified by p1, which is neither configured nor offered
+        assert provider.keys.describe(BOB)["validation"] == "provider-trust"
+    finally:
+        provider.close()
