@@ -278,3 +278,37 @@ async def test_a_full_queue_is_answered_pending_never_no_key(tmp_path, monkeypat
     finally:
         store.close()
         audit.close()
+
+
+async def test_a_5000_subkey_key_from_wkd_is_checked_apart_from_the_loop(nursery, tmp_path):
+    """WKD answers with a key of 5,000 subkeys (seconds of signature checks): the loop goes on
+    ticking meanwhile, because the key is taken in by a worker process."""
+    from datetime import timedelta
+
+    from tests.keyfactory import many_subkeys
+
+    big = many_subkeys(pgpy_key(f"Bob <{BOB}>", expires=timedelta(days=400)), 5000)
+    tls = make_tls(str(tmp_path), "openpgpkey.example.org", "example.org", "nicknym.example.org")
+    https = await HttpServer({advanced_path(BOB): static(200, big)}, tls=tls.server).start(nursery)
+    hkp = await HttpServer({"/": static(404)}).start(nursery)
+    world = World(tmp_path, https, hkp, tls.ca_file)
+    ticks = 0
+    done = trio.Event()
+
+    async def tick() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            await trio.sleep(0.01)
+            ticks += 1
+
+    try:
+        nursery.start_soon(tick)
+        started = trio.current_time()
+        d = await world.discovery.discover(BOB)
+        took = trio.current_time() - started
+        done.set()
+        assert d is not None and d.fingerprint
+        assert ticks >= min(20, int(took / 0.05)), (ticks, took)
+    finally:
+        done.set()
+        world.close()

@@ -352,3 +352,31 @@ def test_connection_cap_keeps_fds_for_the_daemon():
     assert connection_cap(1024, nofile=1024) < 1024 - 64
     assert connection_cap(1024, nofile=65536) == 1024
     assert connection_cap(1024, nofile=100) >= 1
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to switch uid")
+async def test_a_flood_of_another_uids_connections_is_one_audit_line(nursery):
+    events: list[tuple[str, dict]] = []
+    server = RpcServer({"echo": echo}, emit=lambda e, **f: events.append((e, f)))
+    top = Path(tempfile.mkdtemp(prefix="refreshd-uid-"))
+    os.chmod(top, 0o755)
+    path = top / "s" / "socket"
+    await nursery.start(server.serve, path)
+    os.chmod(path.parent, 0o755)
+    os.chmod(path, 0o666)
+    code = textwrap.dedent("""
+        import os, socket, sys
+        os.setgid(65534)
+        os.setuid(65534)
+        for _ in range(300):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(sys.argv[1])
+            try:
+                s.recv(1)
+            except OSError:
+                pass
+            s.close()
+    """)
+    await trio.run_process(["python3", "-c", code, str(path)], check=True)
+    assert server.stats.refused == 300
+    assert [e for e, _ in events] == ["socket.refused"]
