@@ -13,12 +13,12 @@ import contextlib
 import json
 import os
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from refreshd import config
 from refreshd.audit import AuditLog
+from refreshd.clock import utcnow
 from refreshd.daemon import configure_logging
 from refreshd.discovery import Discovery
 from refreshd.keymanager import KeyManager
@@ -34,10 +34,6 @@ def discard_logs() -> None:
     devnull = open(os.devnull, "w")  # noqa: SIM115 (kept open for the process's lifetime)
     with contextlib.redirect_stderr(devnull):
         configure_logging()
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass

@@ -14,7 +14,7 @@ import os
 import resource
 import signal
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -26,6 +26,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from refreshd import __version__, sdnotify
 from refreshd.audit import AuditLog
+from refreshd.clock import utcnow
 from refreshd.config import Config
 from refreshd.discovery import Discovery
 from refreshd.door import KeyserverDoor
@@ -72,13 +73,9 @@ async def cycle_watchdog() -> None:
         return
     status = _running.refresher.status()
     nxt = status.get("next_refresh_at")
-    if nxt and datetime.fromisoformat(nxt) < datetime.now(UTC):
+    if nxt and datetime.fromisoformat(nxt) < utcnow():
         _running.audit.emit("refresh.stalled", next_refresh_at=nxt)
         _running.refresher.wake()
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def configure_logging() -> None:
@@ -119,7 +116,7 @@ class Daemon:
         self.keys.correct_levels()  # a store written by an older refreshd, or changed pins
         self.tor = TorSupervisor(cfg, self.audit.emit)
         self.fetcher = Fetcher(cfg, self.tor)
-        self.retriever = Retriever(cfg, self.fetcher, pins=self.keys)
+        self.retriever = Retriever(cfg, self.fetcher, pins=self.keys, clock=utcnow)
         channel = MailChannel(cfg, self.tor)
         # The mail channel exists only when configured both ways (SPEC 10).
         self.mail = (

@@ -13,11 +13,12 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import Any
 
 from refreshd.audit import AuditLog
+from refreshd.clock import utcnow
 from refreshd.config import Config
 from refreshd.core import autocrypt, levels, providerkeys, rules
 from refreshd.core.levels import Level
@@ -40,10 +41,6 @@ AUDIT_EVENT = {
     "kept": "key.kept",
     "rejected": "key.rejected",
 }
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def facts_of(view: KeyView) -> KeyFacts:

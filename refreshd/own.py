@@ -128,20 +128,13 @@ class OwnKeys:
             return None
 
     def _row(self, fingerprint: str) -> dict[str, Any] | None:
-        row = self.store.db.execute(
-            "SELECT * FROM own_keys WHERE fingerprint = ?", (fingerprint,)
-        ).fetchone()
-        return None if row is None else dict(row)
+        return self.store.own_key(fingerprint)
 
     def _seed(self, fingerprint: str, address: str) -> bytes:
         row = self._row(fingerprint)
         if row is None:
             seed = secrets.randbits(62)
-            with self.store.transaction():
-                self.store.db.execute(
-                    "INSERT INTO own_keys(fingerprint, address, seed) VALUES (?,?,?)",
-                    (fingerprint, address, seed),
-                )
+            self.store.add_own_key(fingerprint, address, seed)
             return seed.to_bytes(8, "big")
         return int(row["seed"]).to_bytes(8, "big")
 
@@ -405,11 +398,7 @@ class OwnKeys:
         return all_ok, "; ".join(reasons)
 
     def _uploaded(self, fingerprint: str) -> None:
-        with self.store.transaction():
-            self.store.db.execute(
-                "UPDATE own_keys SET last_upload = ? WHERE fingerprint = ?",
-                (iso(self.clock()), fingerprint),
-            )
+        self.store.own_key_uploaded(fingerprint, self.clock())
 
     async def _upload_by_mail(self, mechanism: str) -> tuple[bool, str]:
         """WKS or KPP through the mail channel (refreshd/mail/publish.py)."""

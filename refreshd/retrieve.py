@@ -12,11 +12,13 @@ job.
 from __future__ import annotations
 
 import secrets
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from refreshd.clock import utcnow
 from refreshd.config import Config
 from refreshd.errors import FetchFailed, SourceError, TorUnavailable
 from refreshd.net import hkp, nicknym, vks, wkd
@@ -65,10 +67,17 @@ class ProviderPins(Protocol):
 
 
 class Retriever:
-    def __init__(self, cfg: Config, fetcher: Fetcher, pins: ProviderPins | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        fetcher: Fetcher,
+        pins: ProviderPins | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.cfg = cfg
         self.fetcher = fetcher
         self.pins = pins
+        self.clock = clock
         self._no_nicknym = nicknym.NegativeCache()
 
     async def key_request(self, source: str, req: Request) -> Got:
@@ -142,7 +151,7 @@ class Retriever:
 
     async def nicknym_uri(self, domain: str) -> str | Got:
         """The domain's nicknym endpoint, or why there is none (remembered for a while)."""
-        if self._no_nicknym.knows(domain, time.time()):
+        if self._no_nicknym.knows(domain, self.clock().timestamp()):
             return _failed(
                 "nicknym", domain, Outcome.NOT_FOUND, f"no nicknym at {domain} (checked recently)"
             )
@@ -161,7 +170,7 @@ class Retriever:
         if self.pins is not None and capability.nicknym_uri is not None:
             self.pins.learn_provider(domain, capability)
         if capability.nicknym_uri is None:
-            self._no_nicknym = self._no_nicknym.remember(domain, time.time())
+            self._no_nicknym = self._no_nicknym.remember(domain, self.clock().timestamp())
             return _failed("nicknym", probes[0].url, Outcome.NOT_FOUND, capability.reason)
         return capability.nicknym_uri
 

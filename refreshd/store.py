@@ -764,6 +764,24 @@ class Store:
             (name, value),
         )
 
+    # own keys (own.py) --------------------------------------------------------------------
+    def own_key(self, fingerprint: str) -> dict[str, Any] | None:
+        row = self._one("SELECT * FROM own_keys WHERE fingerprint = ?", fingerprint)
+        return None if row is None else dict(row)
+
+    def add_own_key(self, fingerprint: str, address: str, seed: int) -> None:
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO own_keys(fingerprint, address, seed) VALUES (?,?,?)",
+                (fingerprint, address, seed),
+            )
+
+    def own_key_uploaded(self, fingerprint: str, at: datetime) -> None:
+        with self.transaction():
+            self.db.execute(
+                "UPDATE own_keys SET last_upload = ? WHERE fingerprint = ?", (iso(at), fingerprint)
+            )
+
     # audit intents (audit.py) -------------------------------------------------------------
     def put_audit_intent(self, seq: int, line: str, written_seq: int) -> None:
         """Inside a decision's transaction: its audit line; lines the file holds go."""

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from refreshd.audit import AuditLog
+from refreshd.clock import utcnow
 from refreshd.config import DEFAULT_ORDER, from_mapping
 from refreshd.discovery import Discovery
-from refreshd.keymanager import KeyManager, utcnow
+from refreshd.keymanager import KeyManager
 from refreshd.net.fetch import Fetcher
 from refreshd.openpgp.keyview import read_key
 from refreshd.refresher import Refresher

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from refreshd.audit import AuditLog
+from refreshd.clock import utcnow
 from refreshd.config import from_mapping
 from refreshd.core.levels import Level
 from refreshd.discovery import Discovery
-from refreshd.keymanager import KeyManager, utcnow
+from refreshd.keymanager import KeyManager
 from refreshd.net.answers import Outcome
 from refreshd.net.fetch import Fetcher
 from refreshd.openpgp.keyview import parse_one
