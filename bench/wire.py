@@ -39,7 +39,7 @@ from typing import Any
 
 import trio
 
-from bench import keyset
+from bench import feedwire, keyset
 from bench.engine import Engine, engine
 from bench.report import Row, spread
 from refreshd.core import levels
@@ -254,6 +254,7 @@ def _measure(world: World, root: Path, keys: list[keyset.BenchKey], repeats: int
         }
         details["refreshd"] = _refreshd_side(world, root, tap, keys, repeats)
         details["gpg"] = _gpg_side(world, root, tap, keys, repeats)
+        details["prefix_log"] = feedwire.run(keys)
     finally:
         tap.close()
     return {"rows": _rows(details), "details": details}
@@ -393,5 +394,21 @@ def _rows(d: dict[str, Any]) -> list[Row]:
             "SKS's answers to the same queries"),
         Row("HKP (SKS) wire bytes", "bytes", hkp_wire, "<= 20% of full refetch",
             hkp_wire.median <= 0.2 * gpg_hkp_wire.median, name, gpg_hkp_wire),
+    ]  # fmt: skip
+    feed = d["prefix_log"]
+    unchanged, changed, absent = feed["unchanged"], feed["one-changed"], feed["no-feed"]
+    feed_wire = spread([unchanged["wire_bytes"]])
+    rows += [
+        Row(f"HKP with Hockeypuck's prefix log: wire bytes of a 7-day cycle, {n} unchanged "
+            f"keys ({unchanged['feed_requests']} feed requests, {unchanged['keys_fetched']} "
+            "keys fetched)", "bytes", feed_wire, "<= 20% of gpg --refresh-keys",
+            feed_wire.median <= 0.2 * gpg_hkp_wire.median, name, gpg_hkp_wire),
+        Row("  one key changed on day 2: fetched at its turn, and only it", "count",
+            spread([changed["keys_fetched"]]), "1 (the changed key)",
+            bool(changed["fetched_only_the_changed"])),
+        Row("  no prefix log (404): keys refreshed in the 7 days", "count",
+            spread([absent["keys_fetched"]]), f"{n} (every key, as without a feed)",
+            absent["keys_fetched"] == n, "", None,
+            f"{absent['wire_bytes']:,} wire bytes"),
     ]  # fmt: skip
     return rows
