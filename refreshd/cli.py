@@ -14,12 +14,15 @@ Rules:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import socket
 import struct
 import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +39,7 @@ NOT_RUNNING_HINT = (
     "refreshd is not running; start it with `systemctl --user start refreshd` or `refreshd run`"
 )
 CONNECT_TIMEOUT = 5.0
+PROGRESS_EVERY = 0.5  # seconds between two progress lines of import-gnupg
 ANSWER_TIMEOUT = 120.0  # own generate and import-gnupg may take a while on a slow machine
 LOOKUP_MARGIN = 60.0  # on top of --wait: the daemon answers once its wait is over
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
@@ -518,11 +522,55 @@ CLIENT_COMMANDS: dict[str, ClientCommand] = {
 # --- commands ---
 
 
+def progress_line(importing: dict[str, Any], now: float) -> str:
+    """One terminal line for an import under way: a count, a share and a rate."""
+    done, total = int(importing.get("done", 0)), int(importing.get("total", 0))
+    seconds = max(now - float(importing.get("started_at", now)), 1e-6)
+    share = f" ({100 * done // total}%)" if total else ""
+    return f"importing: {done:,} of {total:,} keys{share}, {done / seconds:,.0f} keys/s"
+
+
+def _with_progress(path: Path, request: Call) -> Any:
+    """The import call, with its progress on stderr (read from `status` on a second
+    connection every PROGRESS_EVERY seconds) and a closing line with the time it took."""
+    began = time.monotonic()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = call(path, request)
+        except BaseException as exc:  # handed to the caller below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    shown = False
+    while worker.is_alive():
+        worker.join(PROGRESS_EVERY)
+        if not worker.is_alive():
+            break
+        with contextlib.suppress(OSError, DaemonError):
+            importing = call(path, Call("status", {})).get("import_gnupg")
+            if importing:
+                print("\r" + progress_line(importing, time.time()), end="", file=sys.stderr)
+                shown = True
+    if shown:
+        print("\r\033[K", end="", file=sys.stderr)
+    if "error" in outcome:
+        raise outcome["error"]
+    result = outcome["result"]
+    print(f"import took {time.monotonic() - began:.1f} s", file=sys.stderr)
+    return result
+
+
 def run_client(cfg: config.Config, args: argparse.Namespace) -> int:
     command = CLIENT_COMMANDS[args.command]
     request = command.request(args)
     try:
-        result = call(cfg.daemon.socket, request)
+        if args.command == "import-gnupg" and not args.json and sys.stderr.isatty():
+            result = _with_progress(cfg.daemon.socket, request)
+        else:
+            result = call(cfg.daemon.socket, request)
     except OSError as exc:  # a timeout, a socket of another user, a path too long
         raise DaemonError(f"cannot talk to the daemon at {cfg.daemon.socket}: {exc}") from exc
     if args.json:

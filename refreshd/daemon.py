@@ -159,6 +159,7 @@ class Daemon:
             own=self.own,
             tor_status=self.tor_status,
             import_gnupg=self.gnupg.import_keyring,
+            importing=lambda: self.gnupg.importing,
         )
         self.server = RpcServer(self.service.methods(), emit=self.audit.emit)
         self.door = KeyserverDoor(

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -178,6 +179,8 @@ class GnupgBridge:
         self.rng = random.Random()
         self._gpg_lock = trio.Lock()  # never two gpg runs from here at once
         self._import_lock = trio.Lock()
+        # the import under way, for `status`: keys decided of how many, since when
+        self.importing: dict[str, Any] | None = None
         self._pending: dict[str, bytes] = {}
         self._wake = trio.Event()
         if cfg.gnupg.sync:
@@ -313,8 +316,25 @@ class GnupgBridge:
                 skipped.append({"fingerprint": fpr, "reason": f"Unreadable: {exc.reason}"})
             await trio.lowlevel.checkpoint()
         views.sort(key=lambda vd: (vd[0].primary.created, vd[0].fingerprint))
+        self.importing = {"done": 0, "total": len(views), "started_at": time.time()}
+        try:
+            addresses = await self._decide_all(views, trusted, counts, skipped)
+        finally:
+            self.importing = None
+        return {"keys": len(certs), "addresses": addresses, **counts, "skipped": skipped}
+
+    async def _decide_all(
+        self,
+        views: list[tuple[Any, Intake]],
+        trusted: frozenset[str],
+        counts: dict[str, int],
+        skipped: list[dict[str, str]],
+    ) -> int:
+        """Each key through the rules, oldest first; the number of addresses decided."""
         addresses = 0
         for view, data in views:
+            assert self.importing is not None
+            self.importing["done"] += 1
             source = "gnupg-trusted" if view.fingerprint in trusted else "gnupg"
             found = Found(source, *levels.for_source(source))
             if not view.addresses():
@@ -327,7 +347,7 @@ class GnupgBridge:
             if not any(d.registers for d in decisions):
                 skipped.append({"fingerprint": view.fingerprint, "reason": decisions[-1].reason})
             await trio.lowlevel.checkpoint()
-        return {"keys": len(certs), "addresses": addresses, **counts, "skipped": skipped}
+        return addresses
 
     # -- sync -------------------------------------------------------------------------------
     def _changed(self, fingerprint: str, key_bytes: bytes) -> None:

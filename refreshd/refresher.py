@@ -39,7 +39,7 @@ from refreshd.net.fetch import Validators
 from refreshd.retrieve import Got, Retriever
 from refreshd.store import Source
 
-__all__ = ["Refresher"]
+__all__ = ["Refresher", "epoch_iso"]
 
 STATE_NAME = "refresh.cycle"
 ERROR_PAUSE = 60.0  # after an unexpected error in one step

@@ -92,6 +92,7 @@ class Service:
         own: Own,
         tor_status: Callable[[], dict[str, Any]],
         import_gnupg: Callable[[str], Awaitable[dict[str, Any]]],
+        importing: Callable[[], dict[str, Any] | None] = lambda: None,
     ) -> None:
         self.keys = keys
         self.discovery = discovery
@@ -99,6 +100,7 @@ class Service:
         self.own_keys = own
         self.tor_status = tor_status
         self._import_gnupg = import_gnupg
+        self._importing = importing
 
     def methods(self) -> dict[str, Method]:
         table: dict[str, Method] = {
@@ -285,6 +287,7 @@ class Service:
             "next_refresh_at": refresh.get("next_refresh_at"),
             "refresh": refresh,
             "own": self.own_keys.report(),
+            "import_gnupg": self._importing(),  # keys decided of how many, while one runs
         }
 
     async def own(self, params: dict[str, Any]) -> list[dict[str, Any]]:

@@ -19,8 +19,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import trio
 
 from refreshd.audit import AuditLog
+from refreshd.cli import progress_line
 from refreshd.config import Config, DaemonConfig, GnupgConfig
 from refreshd.errors import InvalidRequest
 from refreshd.gnupg import NO_ADDRESS, GnupgBridge
@@ -289,3 +291,38 @@ async def test_no_trust_db_and_no_agent(tmp_path: Path, rigs: Callable[..., Rig]
     registration = rig.keys.store.registration("me@example.org")
     assert (registration.fingerprint, registration.level.value) == (own, "weak-chain")
     assert rig.events("gnupg.imported")[-1]["warnings"] == result["warnings"]
+
+
+async def test_an_import_shows_its_progress_while_it_runs(
+    keyring: Keyring, rigs: Callable[..., Rig]
+) -> None:
+    """`status` reads bridge.importing (keys decided of how many): it counts up while the
+    import runs and is gone once it has answered."""
+    rig = rigs()
+    bridge = rig.bridge
+    seen: list[tuple[int, int]] = []
+
+    async def watch() -> None:
+        while True:
+            if bridge.importing is not None:
+                seen.append((bridge.importing["done"], bridge.importing["total"]))
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        result = await bridge.import_keyring(str(keyring.home))
+        nursery.cancel_scope.cancel()
+    stop_agent(keyring.home)
+    assert bridge.importing is None
+    totals = {total for _, total in seen}
+    assert totals == {result["keys"]}  # every key read is decided (none unreadable here)
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and done[0] <= 1 and done[-1] == result["keys"]
+
+
+def test_the_progress_line_gives_a_count_a_share_and_a_rate() -> None:
+    line = progress_line({"done": 1500, "total": 6000, "started_at": 100.0}, 110.0)
+    assert line == "importing: 1,500 of 6,000 keys (25%), 150 keys/s"
+    assert progress_line({"done": 0, "total": 0, "started_at": 5.0}, 5.0).startswith(
+        "importing: 0 of 0 keys,"
+    )
