@@ -51,14 +51,14 @@ IDLE_RECHECK = 5.0
 BACKOFF_BASE = 60.0
 
 
-def pack(order: tuple[schedule.Key, ...]) -> bytes:
-    return array("q", order).tobytes()
+def pack(order: schedule.Order) -> bytes:
+    return (order if isinstance(order, array) else array("q", order)).tobytes()
 
 
-def unpack(packed: bytes) -> tuple[schedule.Key, ...]:
+def unpack(packed: bytes) -> array:
     ids = array("q")
     ids.frombytes(packed)
-    return tuple(ids)
+    return ids
 
 
 def epoch_iso(t: float) -> str:
@@ -86,7 +86,7 @@ class Refresher:
         self.clock = clock
         self.rng = rng or random.SystemRandom()
         self._seq = 0  # the last change of the registered set applied to self.state
-        self._saved: tuple[int, tuple[schedule.Key, ...]] | None = None  # cycle, order
+        self._saved: tuple[int, schedule.Order] | None = None  # cycle, order
         self.state = self._load()
         self.next_at: float | None = None
         self.last: dict[str, Any] = {}
@@ -112,7 +112,8 @@ class Refresher:
                 self._saved = (state.cycle, order)
                 return state
         self._seq = self.store.last_refresh_change()
-        self.state = schedule.update(None, self.store.refresh_ids(), (), self.rng, self.clock())
+        first = schedule.update(None, self.store.refresh_ids(), (), self.rng, self.clock())
+        self.state = replace(first, order=array("q", first.order))  # 8 bytes a key from now on
         self._save()  # now, before the socket serves: its first save is O(N)
         return self.state
 
@@ -120,7 +121,10 @@ class Refresher:
         """Apply the keys registered or dropped since the last call (rule 4)."""
         seq, added, removed = self.store.refresh_changes(self._seq)
         if added or removed:
-            self.state = schedule.update(self.state, added, removed, self.rng, self.clock())
+            state = schedule.update(self.state, added, removed, self.rng, self.clock())
+            if not isinstance(state.order, array):  # the first keys of an empty schedule
+                state = replace(state, order=array("q", state.order))
+            self.state = state
         self._seq = seq
 
     # -- requests from the socket -----------------------------------------------------------

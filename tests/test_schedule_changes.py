@@ -3,6 +3,8 @@
 import contextlib
 import json
 import random
+from array import array
+from dataclasses import replace
 from itertools import pairwise
 
 import pytest
@@ -385,3 +387,26 @@ def test_a_change_applied_as_a_delta_keeps_the_cycle(n_added: int, n_dropped: in
     assert len(set(after.order)) == len(after.order) == 300 - n_dropped + n_added
     # applying the same change again changes nothing
     assert schedule.update(after, added, dropped, sim.rng, sim.now) is after
+
+
+def test_an_order_of_integer_ids_stays_an_array_through_every_change() -> None:
+    """The daemon's order is an array("q") (8 bytes a key); each function keeps that kind and
+    behaves as with a tuple."""
+    rng = random.Random(31)
+    as_tuple = reconcile(None, range(200), random.Random(5), 0.0)
+    state = replace(as_tuple, order=array("q", as_tuple.order))
+    for _ in range(50):
+        step = schedule.next_refresh(state, now=0.0, period=PERIOD, minimum_lapse=FLOOR, rng=rng)
+        state = schedule.mark_done(step.state, step.key)
+    _, state = schedule.request(state, state.order[-1], now=0.0, minimum_lapse=FLOOR, rng=rng)
+    step = schedule.next_refresh(state, now=0.0, period=PERIOD, minimum_lapse=FLOOR, rng=rng)
+    assert step.kind == "urgent"
+    state = schedule.mark_done(step.state, step.key)  # out of turn: the order is rebuilt
+    assert isinstance(state.order, array) and state.order[state.position - 1] == step.key
+    state = schedule.update(state, [500, 501], [state.order[0], state.order[-1]], rng, 1.0)
+    assert isinstance(state.order, array) and sorted(state.order) == sorted(set(state.order))
+    assert len(state.order) == 200 and {500, 501} <= set(state.order[state.position :])
+    new = schedule.next_cycle(state, now=2.0, period=PERIOD, minimum_lapse=FLOOR, rng=rng)
+    assert isinstance(new.order, array) and sorted(new.order) == sorted(state.order)
+    assert new.order != state.order and new.position == 0
+    assert schedule.from_json(schedule.to_json(new), new.order) == new

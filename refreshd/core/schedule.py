@@ -83,7 +83,7 @@ import math
 import random
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 from functools import partial
 from itertools import chain, pairwise
@@ -91,7 +91,7 @@ from typing import Any, Literal
 
 __all__ = [
     "CycleState",
-    "Key",
+    "Order",
     "backoff",
     "effective_period",
     "from_json",
@@ -111,8 +111,11 @@ STATE_VERSION = 2
 
 Kind = Literal["urgent", "retry", "cycle"]
 # A key of the schedule: the daemon's small integer ids of registered keys (refreshd.store), or
-# any other distinct, sortable names (the tests use strings).
+# any other distinct, sortable names (the tests use strings). An order is a tuple, or for
+# integer keys an array("q") (8 bytes a key, no object per key: the daemon's choice); every
+# function keeps the kind of order it is given.
 Key = int | str
+Order = tuple[Key, ...] | array
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,7 @@ class CycleState:
     """
 
     cycle: int
-    order: tuple[Key, ...]
+    order: Order
     position: int
     started_at: float
     urgent: tuple[Urgent, ...] = ()
@@ -207,8 +210,8 @@ def update(
         # the first keys start a cycle of their own: an empty cycle's clock (begun when the
         # daemon started) must not squeeze them into what is left of it
         cycle = 1 if state is None else state.cycle
-        first = _shuffled(sorted(set(added)), rng)
-        return CycleState(cycle=cycle, order=tuple(first), position=0, started_at=now)
+        order = _shuffled(tuple(sorted(set(added))), rng)
+        return CycleState(cycle=cycle, order=order, position=0, started_at=now)
     if len(added) + len(removed) > FEW_CHANGES:  # one index of the order beats many scans
         index = {k: i for i, k in enumerate(state.order)}
         where: Callable[[Key], int | None] = index.get
@@ -220,10 +223,10 @@ def update(
         return state
     cut = sorted(at.values())
     kept = [state.order[i + 1 : j] for i, j in pairwise([-1, *cut, len(state.order)])]
-    order = tuple(chain.from_iterable(kept))
+    order = _like(state.order, chain.from_iterable(kept))
     position = state.position - bisect_left(cut, state.position)
     rng.shuffle(new)
-    order = (*order[:position], *_interleave(order[position:], new, rng))
+    order = _like(order, chain(order[:position], _interleave(order[position:], new, rng)))
     return replace(
         state,
         order=order,
@@ -233,7 +236,14 @@ def update(
     )
 
 
-def _index(order: tuple[Key, ...], key: Key) -> int | None:
+def _like(kind: Order, keys: Iterable[Key]) -> Order:
+    """`keys` as the same kind of order as `kind`."""
+    if isinstance(kind, array):
+        return array(kind.typecode, keys)  # type: ignore[arg-type]
+    return tuple(keys)
+
+
+def _index(order: Order, key: Key) -> int | None:
     """Where `key` is in `order` (a scan at C speed, once per changed key: changes are few)."""
     try:
         return order.index(key)
@@ -241,7 +251,7 @@ def _index(order: tuple[Key, ...], key: Key) -> int | None:
         return None
 
 
-def _interleave(base: tuple[Key, ...], extra: list[Key], rng: random.Random) -> list[Key]:
+def _interleave(base: Order, extra: list[Key], rng: random.Random) -> list[Key]:
     """`base` in its order with `extra` in its order at uniformly random places among it."""
     slots = sorted(rng.sample(range(len(base) + len(extra)), len(extra)))
     out: list[Key] = []
@@ -255,22 +265,24 @@ def _interleave(base: tuple[Key, ...], extra: list[Key], rng: random.Random) -> 
     return out
 
 
-def _shuffled(keys: list[Key], rng: random.Random) -> list[Key]:
-    """A uniformly random permutation (Fisher-Yates) from one draw of `rng`.
+def _shuffled(order: Order, rng: random.Random) -> Order:
+    """A uniformly random permutation (Fisher-Yates) of `order`, of the same kind, from one
+    draw of `rng`.
 
     One getrandbits call instead of one per key: with random.SystemRandom that is one read
     of the kernel's generator rather than 100,000 (a 64-bit draw per position; the modulo's
     bias, under n / 2**64, is far below anything observable).
     """
-    n = len(keys)
-    if n < 2:
-        return list(keys)
-    draws = array("Q", rng.getrandbits(64 * n).to_bytes(8 * n, "little"))
-    out = list(keys)
-    for i in range(n - 1, 0, -1):
-        j = draws[i] % (i + 1)
-        out[i], out[j] = out[j], out[i]
-    return out
+    out: list[Key] | array = (
+        array(order.typecode, order) if isinstance(order, array) else list(order)
+    )
+    n = len(out)
+    if n > 1:
+        draws = array("Q", rng.getrandbits(64 * n).to_bytes(8 * n, "little"))
+        for i in range(n - 1, 0, -1):
+            j = draws[i] % (i + 1)
+            out[i], out[j] = out[j], out[i]
+    return out if isinstance(out, array) else tuple(out)
 
 
 def next_refresh(
@@ -304,10 +316,13 @@ def next_cycle(
     next_refresh calls it when the walk is done; it is O(N), so the shell calls it first, off
     the event loop, once state.position reaches the end of the order.
     """
-    order = _shuffled(list(state.order), rng)
     end = deadline(state, period=period, minimum_lapse=minimum_lapse)
     return replace(
-        state, cycle=state.cycle + 1, order=tuple(order), position=0, started_at=max(end, now)
+        state,
+        cycle=state.cycle + 1,
+        order=_shuffled(state.order, rng),
+        position=0,
+        started_at=max(end, now),
     )
 
 
@@ -376,7 +391,7 @@ def _attempted(state: CycleState, key: Key) -> CycleState:
         return state  # done already this cycle, or no longer registered
     return replace(
         state,
-        order=(*order[:position], key, *order[position:i], *order[i + 1 :]),
+        order=_like(order, chain(order[:position], (key,), order[position:i], order[i + 1 :])),
         position=position + 1,
         owed=False,
     )
@@ -426,7 +441,7 @@ def saved_cycle(text: str | bytes) -> int:
     return _int(data.get("cycle"), "cycle", 1)
 
 
-def from_json(text: str | bytes, order: tuple[Key, ...]) -> CycleState:
+def from_json(text: str | bytes, order: Order) -> CycleState:
     """Parse to_json's output with the order saved beside it; anything else raises ValueError."""
     data = json.loads(text, parse_constant=_no_constant)
     fields = {"version", "cycle", "keys", "position", "started_at", "urgent", "retries", "owed"}
