@@ -87,7 +87,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 from functools import partial
 from itertools import chain, pairwise
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 __all__ = [
     "CycleState",
@@ -115,7 +115,7 @@ Kind = Literal["urgent", "retry", "cycle"]
 # integer keys an array("q") (8 bytes a key, no object per key: the daemon's choice); every
 # function keeps the kind of order it is given.
 Key = int | str
-Order = tuple[Key, ...] | array
+Order: TypeAlias = "tuple[Key, ...] | array[int]"
 
 
 @dataclass(frozen=True)
@@ -246,7 +246,7 @@ def _like(kind: Order, keys: Iterable[Key]) -> Order:
 def _index(order: Order, key: Key) -> int | None:
     """Where `key` is in `order` (a scan at C speed, once per changed key: changes are few)."""
     try:
-        return order.index(key)
+        return order.index(key)  # type: ignore[arg-type]
     except ValueError:
         return None
 
@@ -273,7 +273,7 @@ def _shuffled(order: Order, rng: random.Random) -> Order:
     of the kernel's generator rather than 100,000 (a 64-bit draw per position; the modulo's
     bias, under n / 2**64, is far below anything observable).
     """
-    out: list[Key] | array = (
+    out: list[Key] | array[int] = (
         array(order.typecode, order) if isinstance(order, array) else list(order)
     )
     n = len(out)
@@ -281,7 +281,7 @@ def _shuffled(order: Order, rng: random.Random) -> Order:
         draws = array("Q", rng.getrandbits(64 * n).to_bytes(8 * n, "little"))
         for i in range(n - 1, 0, -1):
             j = draws[i] % (i + 1)
-            out[i], out[j] = out[j], out[i]
+            out[i], out[j] = out[j], out[i]  # type: ignore[assignment]
     return out if isinstance(out, array) else tuple(out)
 
 
@@ -386,7 +386,7 @@ def _attempted(state: CycleState, key: Key) -> CycleState:
     if position < len(order) and order[position] == key:
         return replace(state, position=position + 1, owed=False)
     try:
-        i = order.index(key, position)
+        i = order.index(key, position)  # type: ignore[arg-type]
     except ValueError:
         return state  # done already this cycle, or no longer registered
     return replace(
