@@ -128,22 +128,56 @@ def uploaded(mechanism: str, stage: str, ok: bool = True) -> Callable[[AuditLine
     )
 
 
-def wkd_listing(wkd_server: WkdServer, tor: TorNetwork, ca: LocalCA, address: str) -> str:
-    """The key WKD serves for `address`, fetched through Tor, as gpg lists it."""
+def wkd_key(wkd_server: WkdServer, tor: TorNetwork, ca: LocalCA, address: str) -> bytes:
+    """The key WKD serves for `address`, fetched through Tor."""
     proxy = tor.socks_url("probe-" + address, "x")
     with httpx.Client(proxy=proxy, trust_env=False, verify=ca.client_context(), timeout=60) as c:
         response = c.get(wkd_server.wkd_url(address))
     assert response.status_code == 200, response.status_code
+    return response.content
+
+
+def wkd_listing(wkd_server: WkdServer, tor: TorNetwork, ca: LocalCA, address: str) -> str:
+    """That key as gpg lists it."""
+    key = wkd_key(wkd_server, tor, ca, address)
     with tempfile.TemporaryDirectory(prefix="refreshd-wkd-") as home:
         done = subprocess.run(
             ["gpg", "--homedir", home, *GPG_SHOW],
-            input=response.content,
+            input=key,
             capture_output=True,
             timeout=60,
             check=True,
         )
         subprocess.run(["gpgconf", "--homedir", home, "--kill", "all"], check=False)
     return done.stdout.decode()
+
+
+def sealed_request(recipient_key: bytes | None, address: str, fingerprint: str) -> str:
+    """A WKS confirmation request (PGP/MIME) for `address`, encrypted to `recipient_key`, or to
+    a throw-away key when None (wrong encryption)."""
+    body = (
+        "Content-Type: application/vnd.gnupg.wks\n\ntype: confirmation-request\n"
+        f"sender: {SUBMISSION_ADDRESS}\naddress: {address}\nfingerprint: {fingerprint}\n"
+        "nonce: abcdefghijklmnopqrstuvwxyz\n"
+    )
+    with tempfile.TemporaryDirectory(prefix="refreshd-seal-") as home:
+        gpg = Gpg(Path(home) / "g")
+        if recipient_key is None:
+            recipient = gpg.generate("Stranger <stranger@example.net>")
+        else:
+            gpg.run("--import", data=recipient_key)
+            recipient = fingerprint
+        armored = gpg.run(
+            "--armor", "--trust-model", "always", "--encrypt", "-r", recipient, data=body.encode()
+        ).decode()
+        gpg.close()
+    return (
+        "--b\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n"
+        f"--b\r\nContent-Type: application/octet-stream\r\n\r\n{armored}\r\n--b--\r\n"
+    )
+
+
+PGP_MIME = 'multipart/encrypted; protocol="application/pgp-encrypted"; boundary=b'
 
 
 def mail_streams(log: EventLog, servers: MailServers, status: str) -> list[Any]:
@@ -234,6 +268,16 @@ def test_wks_publication_confirmed_by_the_daemon_and_read_back_from_wkd(
 
     # -- a time-compressed extension: the restarted daemon extends at once and republishes.
     scene.daemon.stop()
+    # Waiting for it: a request for another address sealed to our key, one sealed to another.
+    ours = wkd_key(wkd_server, tor_network, test_ca, user)
+    for sealed in (
+        sealed_request(ours, "bob@example.org", fingerprint),
+        sealed_request(None, user, fingerprint),
+    ):
+        forged = mail_servers.mail_from(SUBMISSION_ADDRESS, user, sealed, Content_Type=PGP_MIME)
+        mail_servers.inject(SUBMISSION_ADDRESS, [user], forged)
+    before = mail_servers.wait_messages(user, len(after) + 2)
+    before = [m for m in before if "$Refreshd" not in m.flags]
     # Inside the window at once (180d left < 300d), one extension leaves it (180d + 400d).
     scene = mail_daemon(user, ["wks"], root=root, extend_when_left="300d", extend_by="400d")
     extended = scene.wait(lambda e: e["event"] == "own.extended")
@@ -247,6 +291,13 @@ def test_wks_publication_confirmed_by_the_daemon_and_read_back_from_wkd(
     listing = wkd_listing(wkd_server, tor_network, test_ca, user)
     assert colon_expiry(listing) == int(datetime.fromisoformat(new_expiry).timestamp())
     unchanged(before, mail_servers.listing(user))
+    ignored = [
+        e["reason"]
+        for e in scene.audit()
+        if e["event"] == "mail.answer" and e["seq"] > extended["seq"] and e["verdict"] == "ignored"
+    ]
+    assert any("bob@example.org, not one of our addresses" in r for r in ignored), ignored
+    assert any("cannot decrypt" in r for r in ignored), ignored
 
 
 # -- acceptance 2 and 4: KPP confirmed, a wrong MAC or another sender fails it ------------------
