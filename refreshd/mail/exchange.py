@@ -162,6 +162,8 @@ class MailExchange:
                 outcome = await waiter.handle(mail)
             except MailError as exc:
                 outcome = Outcome(Verdict.IGNORED, exc.reason)
+            except Exception as exc:  # a stranger's mail must never stop the poller
+                outcome = Outcome(Verdict.IGNORED, f"unreadable answer ({type(exc).__name__})")
             self.audit.emit(
                 "mail.answer",
                 kind=waiter.kind,
