@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 
 from refreshd.errors import KeyRejected
 from refreshd.openpgp.keyview import (
@@ -55,9 +56,23 @@ from refreshd.openpgp.verify import key_context, uid_context
 
 __all__ = ["merge"]
 
-PRIMARY_KINDS = frozenset({DIRECT_KEY, KEY_REVOCATION})
-UID_KINDS = CERTIFICATIONS | {CERT_REVOCATION}
-SUBKEY_KINDS = frozenset({SUBKEY_BINDING, SUBKEY_REVOCATION})
+
+class Part(Enum):
+    """The part of a certificate whose signatures are merged."""
+
+    PRIMARY = "primary"
+    UID = "uid"
+    SUBKEY = "subkey"
+
+
+# The signature types that belong to each part; third-party signatures (those the packet
+# filter let through) are kept on the primary key and user ids, never on subkeys.
+KINDS: dict[Part, frozenset[int]] = {
+    Part.PRIMARY: frozenset({DIRECT_KEY, KEY_REVOCATION}),
+    Part.UID: CERTIFICATIONS | {CERT_REVOCATION},
+    Part.SUBKEY: frozenset({SUBKEY_BINDING, SUBKEY_REVOCATION}),
+}
+THIRD_PARTY_KEPT = frozenset({Part.PRIMARY, Part.UID})
 REVOCATIONS = frozenset({KEY_REVOCATION, SUBKEY_REVOCATION, CERT_REVOCATION})
 
 
@@ -89,11 +104,12 @@ def _merge_sigs(
     fresh: Sequence[Packet],
     signer: PublicKey,
     context: bytes,
-    kinds: frozenset[int],
+    part: Part,
     since: int,
     tally: _Tally,
 ) -> tuple[Packet, ...]:
     """The stored signatures that still hold, then the fresh ones that add something."""
+    kinds = KINDS[part]
     own_id = signer.fingerprint[-8:]
     kept: list[Packet] = []
     seen: set[tuple[bytes, bytes]] = set()
@@ -110,8 +126,7 @@ def _merge_sigs(
                 continue
             key_id, _ = signature_issuer(packet.body)
             if key_id is not None and key_id != own_id:
-                third_party_allowed = kinds is UID_KINDS or kinds is PRIMARY_KINDS
-                if third_party_allowed:
+                if part in THIRD_PARTY_KEPT:
                     seen.add(ident)
                     kept.append(packet)
                     tally.sigs += is_fresh
@@ -146,7 +161,7 @@ def _merge_certs(old: Cert, new: Cert, tally: _Tally) -> Cert:
     primary = parse_public_key(old.primary.packet.body)
     pctx = key_context(primary)
     primary_sigs = _merge_sigs(
-        old.primary.sigs, new.primary.sigs, primary, pctx, PRIMARY_KINDS, primary.created, tally
+        old.primary.sigs, new.primary.sigs, primary, pctx, Part.PRIMARY, primary.created, tally
     )
     old_parts, new_parts = old.uids + old.subkeys, new.uids + new.subkeys
     packets: list[Packet] = []
@@ -163,11 +178,11 @@ def _merge_certs(old: Cert, new: Cert, tally: _Tally) -> Cert:
             if found is None:
                 continue
             context, since = found
-            sigs = _merge_sigs(stored, fresh, primary, context, SUBKEY_KINDS, since, tally)
+            sigs = _merge_sigs(stored, fresh, primary, context, Part.SUBKEY, since, tally)
             target = result_subkeys
         else:
             context = pctx + uid_context(packet.tag, packet.body)
-            sigs = _merge_sigs(stored, fresh, primary, context, UID_KINDS, primary.created, tally)
+            sigs = _merge_sigs(stored, fresh, primary, context, Part.UID, primary.created, tally)
             target = result_uids
         is_new = not any(_same(b.packet, packet) for b in old_parts)
         if is_new and not sigs:
