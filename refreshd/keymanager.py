@@ -744,24 +744,23 @@ class KeyManager:
         facts = self.store.key_facts(reg.fingerprint)
         assert facts is not None
         reason = self.store.last_reason(address, reg.fingerprint) or "Registered."
-        usable = facts.usable(now)
-        encrypt = facts.encrypts(now) and reg.positive
-        if usable and not encrypt:
-            reason += " Not for encryption: " + (
-                "the recipient has not positively indicated they want encrypted mail "
-                "(an HKP keyserver alone is not enough, SPEC 5.4)."
-                if not reg.positive
-                else "the key has no valid encryption subkey."
-            )
-        elif not usable:
-            reason += " Not usable: the key is " + ("revoked." if facts.revoked else "expired.")
+        use = rules.use_of(
+            revoked=facts.revoked,
+            expires=facts.expires,
+            can_encrypt=facts.can_encrypt,
+            encrypt_until=facts.encrypt_until,
+            positive=reg.positive,
+            now=now,
+        )
+        if use.why_not:
+            reason += " " + use.why_not
         answer: dict[str, Any] = {
             "address": address,
             "state": "registered",
             "fingerprint": reg.fingerprint,
             "validation": reg.level.value,
-            "usable": usable,
-            "encrypt": encrypt,
+            "usable": use.usable,
+            "encrypt": use.encrypt,
             "expires": iso(facts.expires),
             "revoked": facts.revoked,
             "source": reg.source,

@@ -248,16 +248,6 @@ class KeyFacts:
     can_encrypt: bool  # has a valid encryption subkey (ignoring time)
     encrypt_until: datetime | None  # latest expiry among those subkeys; None = no expiry
 
-    def usable(self, now: datetime) -> bool:
-        return not self.revoked and (self.expires is None or self.expires > now)
-
-    def encrypts(self, now: datetime) -> bool:
-        return (
-            self.usable(now)
-            and self.can_encrypt
-            and (self.encrypt_until is None or self.encrypt_until > now)
-        )
-
 
 @dataclass(frozen=True)
 class ProviderPin:

@@ -1,4 +1,4 @@
-"""Key manager rules: which key is registered for an address, and why (SPEC 5.2, 5.3).
+"""Key manager rules: which key is registered for an address, and why (SPEC 5.2-5.4).
 
 Rules, from the transitional key validation rules:
 - 5.3  A key is considered for an address only if it carries a valid self-signed uid with
@@ -21,6 +21,9 @@ Rules, from the transitional key validation rules:
 - 4    A replaced key is retired: kept for old signatures, never used for sending.
 - 5    A key is successfully used once a message was sent encrypted to it AND one was
        received signed by it.
+- 5.4  A registered key is usable unless it is revoked or expired; it is offered for
+       encryption only when usable, with a live encryption subkey, and when the recipient
+       positively indicated they want encrypted mail (`use_of` says which of these failed).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ __all__ = [
     "decide",
     "first_contact",
     "successfully_used",
+    "use_of",
 ]
 
 
@@ -358,3 +362,43 @@ def first_contact(
                 )
             )
     return chosen, rejected
+
+
+@dataclass(frozen=True)
+class Use:
+    """What a registered key may be used for now (rules `use` and 5.4), and why not."""
+
+    usable: bool
+    encrypt: bool
+    why_not: str  # "" when the key is usable and offered for encryption
+
+
+def use_of(
+    *,
+    revoked: bool,
+    expires: datetime | None,
+    can_encrypt: bool,
+    encrypt_until: datetime | None,
+    positive: bool,
+    now: datetime,
+) -> Use:
+    """Rule 5.4 for a registered key: usable, for encryption, and the sentence saying why not."""
+    usable = not revoked and not expired(expires, now)
+    if not usable:
+        return Use(
+            False, False, "Not usable: the key is " + ("revoked." if revoked else "expired.")
+        )
+    live_subkey = can_encrypt and not expired(encrypt_until, now)
+    if live_subkey and positive:
+        return Use(True, True, "")
+    return Use(
+        True,
+        False,
+        "Not for encryption: "
+        + (
+            "the recipient has not positively indicated they want encrypted mail "
+            "(an HKP keyserver alone is not enough, SPEC 5.4)."
+            if not positive
+            else "the key has no valid encryption subkey."
+        ),
+    )
