@@ -75,7 +75,13 @@ class Found:
     def rejected(self, fingerprint: str, reason: str) -> Decision:
         """A rejection of something from this source that never reached the rules."""
         return Decision(
-            "rejected", fingerprint, self.level, self.source, self.positive, "8", reason
+            "rejected",
+            fingerprint,
+            self.level,
+            self.source,
+            self.positive,
+            rules.UNUSABLE,
+            reason,
         )
 
 
@@ -174,7 +180,7 @@ class KeyManager:
                 fingerprint=fingerprint,
                 source=source,
                 url=url,
-                rule="8",
+                rule=rules.UNUSABLE,
                 reason=f"The key could not be used: {exc.reason}",
             )
             return None
@@ -611,7 +617,7 @@ class KeyManager:
             fingerprint=fingerprint,
             level=found.level.value,
             source=found.source,
-            rule="8",
+            rule=rules.UNUSABLE,
             reason=decision.reason,
             **({"url": found.url} if found.url else {}),
         )

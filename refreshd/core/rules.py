@@ -21,6 +21,9 @@ Rules, from the transitional key validation rules:
 - 4    A replaced key is retired: kept for old signatures, never used for sending.
 - 5    A key is successfully used once a message was sent encrypted to it AND one was
        received signed by it.
+- 8    Bytes that are no usable key (malformed, hostile, oversized, nothing validly
+       self-signed) are rejected before any rule above can look at them (SPEC 8); the shell
+       records such a rejection under UNUSABLE.
 - 5.4  A registered key is usable unless it is revoked or expired; it is offered for
        encryption only when usable, with a live encryption subkey, and when the recipient
        positively indicated they want encrypted mail (`use_of` says which of these failed).
@@ -50,6 +53,7 @@ class Vouch:
 
 
 __all__ = [
+    "UNUSABLE",
     "Candidate",
     "Decision",
     "Registration",
@@ -59,6 +63,8 @@ __all__ = [
     "successfully_used",
     "use_of",
 ]
+
+UNUSABLE = "8"  # the rule id of a rejection that never reached the rules (SPEC 8)
 
 
 @dataclass(frozen=True)
