@@ -347,7 +347,10 @@ class AuditLog:
                 fields = {k: v for k, v in record.items() if k not in _FRAME}
                 self._advance(self._form(record["event"], {**fields, "recovered": True}))
             recovered += 1
-        self._flush()
+        try:
+            self._flush()
+        except DiskFull:  # they wait in order; the store keeps its copies until written
+            log.warning("audit.delayed", waiting=len(self._unwritten))
         return recovered
 
     def close(self) -> None:

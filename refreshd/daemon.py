@@ -111,7 +111,7 @@ class Daemon:
         # decisions committed whose audit line a crash kept from the file (audit.py)
         self.audit.recover(self.store.audit_intents())
         with self.store.transaction():
-            self.store.clear_audit_intents()
+            self.store.clear_audit_intents(self.audit.written_seq)
         self.keys = KeyManager(self.store, self.audit, cfg, utcnow)
         self.keys.correct_levels()  # a store written by an older refreshd, or changed pins
         self.tor = TorSupervisor(cfg, self.audit.emit)

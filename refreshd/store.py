@@ -786,8 +786,9 @@ class Store:
     def audit_intents(self) -> list[tuple[int, str]]:
         return [(r[0], r[1]) for r in self.db.execute("SELECT seq, line FROM audit_intents")]
 
-    def clear_audit_intents(self) -> None:
-        self.db.execute("DELETE FROM audit_intents")
+    def clear_audit_intents(self, written_seq: int) -> None:
+        """Drop the intents the audit file now holds (all of them, unless the disk is full)."""
+        self.db.execute("DELETE FROM audit_intents WHERE seq <= ?", (written_seq,))
 
     def maintain(self) -> None:
         """Nightly: checkpoint the WAL and let SQLite refresh its statistics."""

@@ -251,3 +251,43 @@ def test_a_full_disk_leaves_nothing_half_written_and_the_chain_goes_on(tmp_path)
         assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to mount a tmpfs")
+def test_recovery_on_a_full_disk_keeps_the_stores_copy_until_written(tmp_path):
+    from refreshd.store import Store
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=True)
+    try:
+        path = mount / "audit.jsonl"
+        log, store = AuditLog(path), Store(tmp_path / "db.sqlite3")
+        log.emit("daemon.started")
+        intent = log.intent("key.registered", address="bob@example.org", pad="x" * 9000)
+        with store.transaction():
+            store.put_audit_intent(intent.seq, intent.line, log.written_seq)
+        log.close()  # killed between commit and write
+        filler = mount / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0" * 4096)
+        os.close(fd)
+        log = AuditLog(path)  # the next start, on a full disk: not fatal
+        assert log.recover(store.audit_intents()) == 1
+        with store.transaction():
+            store.clear_audit_intents(log.written_seq)
+        assert [s for s, _ in store.audit_intents()] == [intent.seq]  # kept: not written yet
+        filler.unlink()
+        log.emit("tor.state", state="ready")
+        with store.transaction():
+            store.clear_audit_intents(log.written_seq)
+        assert store.audit_intents() == []
+        log.close()
+        store.close()
+        records = [json.loads(x) for x in lines(path)]
+        assert [r["event"] for r in records] == ["daemon.started", "key.registered", "tor.state"]
+        assert verify(path).ok
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
