@@ -730,10 +730,10 @@ class KeyManager:
     def describe(self, address: str, *, with_key: bool = False) -> dict[str, Any]:
         """The lookup answer for a registered address (SPEC section 4)."""
         now = self.clock()
-        reg = self.store.registration(address)
-        peer = self.store.autocrypt(address)
-        prefer_encrypt = None if peer is None else peer[0]
-        if reg is None:
+        seen = self.store.described(address)  # one indexed query
+        prefer_encrypt = seen.prefer_encrypt
+        facts = seen.facts
+        if facts is None or seen.level is None:
             return {
                 "address": address,
                 "state": "unknown",
@@ -747,15 +747,13 @@ class KeyManager:
                 "reason": f"No key is registered for {address}.",
                 "prefer_encrypt": prefer_encrypt,
             }
-        facts = self.store.key_facts(reg.fingerprint)
-        assert facts is not None
-        reason = self.store.last_reason(address, reg.fingerprint) or "Registered."
+        reason = seen.reason or "Registered."
         use = rules.use_of(
             revoked=facts.revoked,
             expires=facts.expires,
             can_encrypt=facts.can_encrypt,
             encrypt_until=facts.encrypt_until,
-            positive=reg.positive,
+            positive=seen.positive,
             now=now,
         )
         if use.why_not:
@@ -763,18 +761,18 @@ class KeyManager:
         answer: dict[str, Any] = {
             "address": address,
             "state": "registered",
-            "fingerprint": reg.fingerprint,
-            "validation": reg.level.value,
+            "fingerprint": facts.fingerprint,
+            "validation": seen.level.value,
             "usable": use.usable,
             "encrypt": use.encrypt,
             "expires": iso(facts.expires),
             "revoked": facts.revoked,
-            "source": reg.source,
+            "source": seen.source,
             "reason": reason,
             "prefer_encrypt": prefer_encrypt,
         }
         if with_key:
-            data = self.store.get_key(reg.fingerprint)
+            data = self.store.get_key(facts.fingerprint)
             assert data is not None
             answer["key"] = armor(data)
         return answer

@@ -262,6 +262,19 @@ class ProviderPin:
 
 
 @dataclass(frozen=True)
+class Described:
+    """A lookup's reading of one address (Store.described); `facts` is None when no key is
+    registered for it."""
+
+    prefer_encrypt: str | None
+    level: Level | None = None
+    source: str | None = None
+    positive: bool = False
+    facts: KeyFacts | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
 class Source:
     """Where a key is refreshed from, and what we know of the last answer."""
 
@@ -388,23 +401,41 @@ class Store:
             ),
         )
 
-    def key_facts(self, fingerprint: str) -> KeyFacts | None:
+    def described(self, address: str) -> Described:
+        """What a lookup answers about `address`, in one indexed query: the registration, its
+        key's facts (from the covering index, never the key's bytes), the reason of the
+        latest decision that kept the key, and the address's Autocrypt preference."""
         row = self._one(
-            "SELECT fingerprint, expires, revoked, encrypt_until, can_encrypt FROM keys "
-            "INDEXED BY keys_facts WHERE fingerprint = ?",
-            fingerprint,
+            "SELECT ac.prefer_encrypt, a.fingerprint, a.level, a.source, a.positive, "
+            "k.expires, k.revoked, k.encrypt_until, k.can_encrypt, "
+            "(SELECT d.reason FROM decisions d WHERE d.address = q.address "
+            "AND d.fingerprint = a.fingerprint AND d.decision != 'rejected' "
+            "ORDER BY d.id DESC LIMIT 1) AS reason "
+            "FROM (SELECT ? AS address) q "
+            "LEFT JOIN addresses a ON a.address = q.address "
+            "LEFT JOIN keys k INDEXED BY keys_facts ON k.fingerprint = a.fingerprint "
+            "LEFT JOIN autocrypt ac ON ac.address = q.address",
+            address,
         )
-        if row is None:
-            return None
-        return KeyFacts(
+        assert row is not None  # the one-row subquery always yields a row
+        if row["fingerprint"] is None or row["level"] is None or row["revoked"] is None:
+            return Described(row["prefer_encrypt"])
+        facts = KeyFacts(
             row["fingerprint"],
             parse_time(row["expires"]),
             bool(row["revoked"]),
             bool(row["can_encrypt"]),
             parse_time(row["encrypt_until"]),
         )
+        return Described(
+            row["prefer_encrypt"],
+            Level(row["level"]),
+            row["source"],
+            bool(row["positive"]),
+            facts,
+            row["reason"],
+        )
 
-    # registrations ----------------------------------------------------------------------
     def registration(self, address: str) -> Registration | None:
         row = self._one(
             "SELECT a.fingerprint, a.level, a.base_level, a.source, a.positive, k.expires, "
@@ -539,16 +570,6 @@ class Store:
             (address,),
         ).fetchall()
         return [dict(r) for r in rows]
-
-    def last_reason(self, address: str, fingerprint: str) -> str | None:
-        """The reason of the latest decision that kept `fingerprint` for `address`."""
-        row = self._one(
-            "SELECT reason FROM decisions WHERE address = ? AND fingerprint = ? "
-            "AND decision != 'rejected' ORDER BY id DESC LIMIT 1",
-            address,
-            fingerprint,
-        )
-        return None if row is None else str(row["reason"])
 
     def addresses_of(self, fingerprint: str) -> list[str]:
         rows = self.db.execute(

@@ -64,14 +64,14 @@ def test_replayed_older_copy_is_refused_and_newer_shorter_is_taken(tmp_path, poo
     km = manager(tmp_path)
     km.consider(BOB, pool["v2"], FOUND[0])
     fpr = read_key(pool["v2"]).fingerprint
-    long_expiry = km.store.key_facts(fpr).expires
+    long_expiry = km.store.described(BOB).facts.expires
     km.consider(BOB, pool["v1"], FOUND[0])  # replay: older self-signature, earlier expiry
-    assert km.store.key_facts(fpr).expires == long_expiry
+    assert km.store.described(BOB).facts.expires == long_expiry
     lines = [json.loads(x) for x in km.audit.path.read_text().splitlines()]
     assert "key.expiry_refused" in [x["event"] for x in lines]
     km.consider(BOB, pool["v3"], FOUND[0])  # newer self-signature with a shorter expiry
-    assert km.store.key_facts(fpr).expires < long_expiry
-    assert km.store.key_facts(fpr).expires == read_key(pool["v3"]).primary.expires
+    assert km.store.described(BOB).facts.expires < long_expiry
+    assert km.store.described(BOB).facts.expires == read_key(pool["v3"]).primary.expires
     km.store.close()
     km.audit.close()
 
