@@ -64,6 +64,7 @@ def test_replayed_older_copy_is_refused_and_newer_shorter_is_taken(tmp_path, poo
     km = manager(tmp_path)
     km.consider(BOB, pool["v2"], FOUND[0])
     fpr = read_key(pool["v2"]).fingerprint
+    assert km.store.described(BOB).facts.fingerprint == fpr
     long_expiry = km.store.described(BOB).facts.expires
     km.consider(BOB, pool["v1"], FOUND[0])  # replay: older self-signature, earlier expiry
     assert km.store.described(BOB).facts.expires == long_expiry
