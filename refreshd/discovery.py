@@ -54,6 +54,7 @@ __all__ = ["Discovery", "audit_fetch"]
 _FAILED = perspectives.Seen.FAILED
 
 CONCURRENT_DISCOVERIES = 8
+MAIL_FAILURES_KEPT = 1000  # reasons `lookup` can give for failed key requests by mail
 SOURCE_BUDGET = 30.0  # seconds one source may take at first contact (all are asked at once)
 QUEUE = 1000  # addresses handed to the discovery loop
 WAITING_FOR_ROOM = 10_000  # addresses beyond QUEUE, sent on as discoveries end
@@ -113,10 +114,15 @@ class Discovery:
         self.clock = clock
         self.exit_of = exit_of  # SOCKS username -> exit relay, from Tor (TorSupervisor.exit_of)
         self.krp = krp  # the smtp source (mail/retrieval.py), when [mail] is configured
+        self._mail_failures: dict[str, str] = {}  # address -> why its last key request failed
         self._conflicts: dict[str, tuple[str, float]] = {}  # address -> (reason, hold until)
         self._done: dict[str, trio.Event] = {}
         self._send, self._receive = trio.open_memory_channel[str](QUEUE)
         self._later: dict[str, None] = {}  # in arrival order
+
+    def mail_failure(self, address: str) -> str | None:
+        """Why the last key request by mail (the smtp source) for the address failed."""
+        return self._mail_failures.get(address)
 
     def pending(self, address: str) -> bool:
         return address in self._done
@@ -295,7 +301,11 @@ class Discovery:
             self.audit, "discovery.fetched" if ok else "discovery.failed", got, address=address
         )
         if not ok:
+            if len(self._mail_failures) >= MAIL_FAILURES_KEPT:
+                self._mail_failures.pop(next(iter(self._mail_failures)))
+            self._mail_failures[address] = got.reason
             return None
+        self._mail_failures.pop(address, None)
         level, positive = levels.for_source("smtp")
         taken = await self.keys.taken_in(address, got.data)
         return self.keys.first_contact(

@@ -400,6 +400,7 @@ def test_krp_registers_a_verified_key_and_rejects_bad_answers(
     finally:
         mail_servers.kst_faults()
     assert bad["state"] == "unknown", bad
+    assert "MAC does not match" in bad["reason"], bad
     assert "MAC does not match" in failed("lou@example.org")["reason"]
 
     stranger = scene.daemon.call("lookup", address="max@example.org", wait=90)
@@ -412,5 +413,6 @@ def test_krp_registers_a_verified_key_and_rejects_bad_answers(
 
     silent = scene.daemon.call("lookup", address="ned@example.org", wait=90)
     assert silent["state"] == "unknown", silent
+    assert "no answer within 20 s" in silent["reason"], silent
     assert "no answer within 20 s" in failed("ned@example.org")["reason"]
     assert [e for e in mail_servers.kst_log() if e.get("address") == "ned@example.org"]
