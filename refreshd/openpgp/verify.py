@@ -18,12 +18,18 @@ Rules:
   with p other than 1024, 2048, 3072 or 4096 bits or q other than 160, 224 or 256 bits,
   ECDSA on a curve not listed here. Readers name this limit instead of "no valid
   self-signature".
+- Verifications and verifying keys are remembered (merges and refreshes see the same signatures
+  again and again) under a SHA-256 of what they were computed from, never the bytes themselves:
+  each memo holds a fixed number of 32-byte keys, so a stream of large distinct keys cannot grow
+  it (`Memo`; about 0.5 MB for both together).
 """
 
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
@@ -132,10 +138,52 @@ def verify(key: PublicKey, sig: Signature, context: bytes) -> bool:
     return _verified(key.body, sig.pubalg, sig.material, sig.hashalg, digest)
 
 
-@lru_cache(maxsize=4096)
+T = TypeVar("T")
+
+
+class Memo(Generic[T]):
+    """At most `entries` results, least recently used first out, each under the SHA-256 of
+    the octets it was computed from: the memory it holds does not depend on their size."""
+
+    def __init__(self, entries: int) -> None:
+        self.entries = entries
+        self._held: OrderedDict[bytes, T] = OrderedDict()
+
+    def get(self, parts: tuple[bytes, ...], compute: Callable[[], T]) -> T:
+        h = hashlib.sha256()
+        for part in parts:  # length-prefixed, so no two tuples share a key
+            h.update(len(part).to_bytes(8, "big"))
+            h.update(part)
+        key = h.digest()
+        if key in self._held:
+            self._held.move_to_end(key)
+            return self._held[key]
+        value = compute()
+        self._held[key] = value
+        if len(self._held) > self.entries:
+            self._held.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def clear(self) -> None:
+        self._held.clear()
+
+
+_VERIFIED: Memo[bool] = Memo(4096)
+_PUBLIC_KEYS: Memo[Public] = Memo(256)
+
+
 def _verified(body: bytes, pubalg: int, material: bytes, hashalg: int, digest: bytes) -> bool:
-    """The public-key check alone, remembered: merges and refreshes see the same signatures
-    again and again."""
+    """The public-key check alone, remembered."""
+    parts = (body, bytes((pubalg, hashalg)), material, digest)
+    return _VERIFIED.get(parts, lambda: _compute_verified(body, pubalg, material, hashalg, digest))
+
+
+def _compute_verified(
+    body: bytes, pubalg: int, material: bytes, hashalg: int, digest: bytes
+) -> bool:
     try:
         key = parse_public_key(body)
         return _check(key, signature_fields(pubalg, material), digest, HASHES[hashalg][1]())
@@ -191,13 +239,16 @@ Public = (
 
 def clear_caches() -> None:
     """Forget remembered verifications and keys (a measurement of a cold read needs this)."""
-    _verified.cache_clear()
-    _public_key.cache_clear()
+    _VERIFIED.clear()
+    _PUBLIC_KEYS.clear()
 
 
-@lru_cache(maxsize=256)
 def _public_key(body: bytes) -> Public:
     """The verifying key of a key packet body, or None for encryption-only algorithms."""
+    return _PUBLIC_KEYS.get((body,), lambda: _compute_public_key(body))
+
+
+def _compute_public_key(body: bytes) -> Public:
     key = parse_public_key(body)
     ints = [int.from_bytes(f, "big") for f in key.fields]
     if key.algorithm in _RSA:
