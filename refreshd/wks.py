@@ -28,12 +28,8 @@ from datetime import datetime
 from email.message import Message
 from email.utils import format_datetime
 
-from pgpy import PGPKey, PGPMessage
-from pgpy.constants import CompressionAlgorithm, SymmetricKeyAlgorithm
-
 from refreshd.errors import MailError
 from refreshd.mail.message import read_mime
-from refreshd.openpgp import resign
 from refreshd.openpgp.keyview import normalize_address
 
 __all__ = [
@@ -264,7 +260,11 @@ def _mailbox(fields: dict[str, str], name: str) -> str:
 
 
 def sealer(recipient_public: bytes) -> Seal:
-    """Encrypt to the provider's submission key with pgpy."""
+    """Encrypt to the provider's submission key with pgpy (imported here: a daemon that never
+    sends WKS mail does not carry pgpy's several MB)."""
+    from pgpy import PGPKey, PGPMessage
+    from pgpy.constants import CompressionAlgorithm, SymmetricKeyAlgorithm
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -283,6 +283,7 @@ def sealer(recipient_public: bytes) -> Seal:
 
 def unsealer(armored_secret: str, passphrase: str | None) -> Unseal:
     """Decrypt with the own key (resign.decrypt), turning failures into WksError."""
+    from refreshd.openpgp import resign  # pgpy, only once there is mail to decrypt
 
     def unseal(armored: str) -> bytes:
         try:
