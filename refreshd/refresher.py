@@ -36,6 +36,7 @@ from refreshd.keymanager import Found, KeyManager
 from refreshd.net import hkp, vks, wkd
 from refreshd.net.answers import Outcome
 from refreshd.net.fetch import Validators
+from refreshd.openpgp.intake import Intake
 from refreshd.retrieve import Got, Retriever
 from refreshd.store import Source
 
@@ -323,6 +324,15 @@ class Refresher:
         validators = Validators(src.etag, src.last_modified, src.body_sha256)
         got = await self.retriever.again(src.kind, src.url, validators, src.address)
         ok = got.outcome in (Outcome.KEY, Outcome.UNCHANGED)
+        # The key is taken in (in a worker) before the fetch is audited, and decided right
+        # after with no await between: whoever sees refresh.fetched and then asks the socket
+        # gets the decision that fetch led to, never the state before it.
+        addresses, data = [], None
+        if got.outcome is Outcome.KEY:
+            addresses = [src.address] if src.address else self.store.addresses_of(fingerprint)
+            data = await self.keys.take_in_or_refuse(
+                got.data, addresses, fingerprint=fingerprint, source=src.kind, url=src.url
+            )
         self._host_outcome(host, fingerprint, got)
         audit_fetch(
             self.audit, "refresh.fetched" if ok else "refresh.failed", got, fingerprint=fingerprint
@@ -333,8 +343,8 @@ class Refresher:
             "outcome": str(got.outcome),
             "at": epoch_iso(self.clock()),
         }
-        if got.outcome is Outcome.KEY:
-            await self._take(fingerprint, src, got)
+        if data is not None:
+            self._decide(fingerprint, src, addresses, data)
         self._book(src, got, ok)
         return ok
 
@@ -381,14 +391,8 @@ class Refresher:
         else:
             self._hosts[host] = state
 
-    async def _take(self, fingerprint: str, src: Source, got: Got) -> None:
+    def _decide(self, fingerprint: str, src: Source, addresses: list[str], data: Intake) -> None:
         level, positive = levels.for_source(src.kind)
-        addresses = [src.address] if src.address else self.store.addresses_of(fingerprint)
-        data = await self.keys.take_in_or_refuse(
-            got.data, addresses, fingerprint=fingerprint, source=src.kind, url=src.url
-        )
-        if data is None:
-            return
         for address in addresses:
             asked = refreshing.asked_fingerprint(src.kind, fingerprint)
             found = Found(src.kind, level, positive, asked_fingerprint=asked, url=src.url)
