@@ -164,13 +164,15 @@ def test_one_fetch_in_flight_and_every_key_once_per_cycle(
     assert all(h.kind == "fingerprint" for h in hits)
     assert all(h.host == GOOD for h in hits if h.subject != failing.fpr)
     assert_one_at_a_time(server, hits)
-    good = [h for h in hits if h.subject != failing.fpr]
-    assert all(h.status == 200 for h in good)
+    # the stop may cut the last request short (the server logs status 0: no answer sent)
+    answered = hits[:-1] if hits[-1].status == 0 else hits
+    good = [h for h in answered if h.subject != failing.fpr]
+    assert all(h.status == 200 for h in good), [(i, h.status) for i, h in enumerate(hits)]
     cycles = blocks(good, len(healthy))
     assert len(cycles) >= 3
     for cycle in cycles:
         assert sorted(h.subject for h in cycle) == sorted(k.fpr for k in healthy)
-    retries = [h for h in hits if h.subject == failing.fpr]
+    retries = [h for h in answered if h.subject == failing.fpr]
     assert retries and all(h.status == 500 for h in retries)
     # The audit log tells the same story in the same order (the last fetch may have been cut
     # short by the stop).
