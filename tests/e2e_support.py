@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.daemon_proc import Daemon
+from tests.daemon_proc import Daemon, write_config
 from tests.keyfactory import Gpg
 from tests.world import names
 from tests.world.ca import LocalCA
@@ -237,3 +237,21 @@ def processes_mentioning(text: str) -> list[tuple[int, str]]:
         if text in cmdline and state != "Z":
             found.append((int(entry.name), cmdline.strip()))
     return found
+
+
+@contextmanager
+def running_scene(root: Path, sections: dict[str, dict[str, Any]]) -> Iterator[Scene]:
+    """A real daemon configured with `sections` under `root`, a GnuPG home beside it, Tor
+    ready; on leaving, the daemon stops cleanly (exit 0) and leaves no process behind."""
+    gpg = Gpg(root / "keyring")
+    daemon = Daemon(write_config(root, sections))
+    try:
+        scene = Scene(daemon, gpg, root / "state")
+        scene.wait_tor("ready", 60)
+        yield scene
+    finally:
+        daemon.stop()
+        gpg.close()
+    assert daemon.proc.returncode == 0, (root / "daemon.log").read_text()[-3000:]
+    assert [c for c in children_of(os.getpid()) if "-m refreshd " in c[1]] == []
+    assert processes_mentioning(str(gpg.home)) == []

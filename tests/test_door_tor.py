@@ -9,9 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests import world
-from tests.daemon_proc import Daemon, free_port, write_config
-from tests.e2e_support import Scene, daemon_sections
-from tests.keyfactory import Gpg
+from tests.daemon_proc import free_port
+from tests.e2e_support import Scene, daemon_sections, running_scene
 from tests.test_door_clients import Client, sq_fingerprints, sq_get
 from tests.world import names
 from tests.world.ca import LocalCA
@@ -40,15 +39,8 @@ def scene(
     port = free_port()
     sections = daemon_sections(tor_network, test_ca, sks_server)
     sections["serve"] = {"keyserver": f"127.0.0.1:{port}"}
-    gpg = Gpg(root / "keyring")
-    daemon = Daemon(write_config(root, sections))
-    try:
-        scene = Scene(daemon, gpg, root / "state")
-        scene.wait_tor("ready", 60)
+    with running_scene(root, sections) as scene:
         yield scene, port
-    finally:
-        daemon.stop()
-        gpg.close()
 
 
 def wkd_streams(log: EventLog) -> list[str]:

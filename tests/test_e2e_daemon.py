@@ -9,7 +9,6 @@ Tor and the servers saw. The scenarios that stop Tor and that verify the audit c
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,17 +17,14 @@ from typing import Any
 import pytest
 
 from tests import world
-from tests.daemon_proc import Daemon, write_config
 from tests.e2e_support import (
     Scene,
-    children_of,
     colon_expiry,
     daemon_sections,
-    processes_mentioning,
     recv_keyring,
+    running_scene,
     wait_for,
 )
-from tests.keyfactory import Gpg
 from tests.world import names
 from tests.world.ca import LocalCA
 from tests.world.nginx import WkdServer, wkd_path
@@ -55,19 +51,8 @@ def scene(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Scene]:
     root = tmp_path_factory.mktemp("e2e")
-    config = write_config(root, daemon_sections(tor_network, test_ca, sks_server))
-    gpg = Gpg(root / "keyring")
-    daemon = Daemon(config)
-    try:
-        scene = Scene(daemon, gpg, root / "state")
-        scene.wait_tor("ready", 60)
+    with running_scene(root, daemon_sections(tor_network, test_ca, sks_server)) as scene:
         yield scene
-    finally:
-        daemon.stop()
-        gpg.close()
-    assert daemon.proc.returncode == 0, (root / "daemon.log").read_text()[-3000:]
-    assert [c for c in children_of(os.getpid()) if "-m refreshd " in c[1]] == []
-    assert processes_mentioning(str(gpg.home)) == []
 
 
 def publish(wkd: WkdServer, address: str, key: bytes) -> str:

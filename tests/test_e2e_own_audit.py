@@ -11,7 +11,6 @@ which Tor's own circuit events confirm.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,9 +20,7 @@ import pytest
 
 from refreshd.openpgp import resign
 from tests import world
-from tests.daemon_proc import Daemon, write_config
-from tests.e2e_support import Scene, children_of, daemon_sections, wait_for
-from tests.keyfactory import Gpg
+from tests.e2e_support import Scene, daemon_sections, running_scene, wait_for
 from tests.world.ca import LocalCA
 from tests.world.nginx import WkdServer
 from tests.world.sks import SksServer
@@ -70,18 +67,8 @@ def scene(
         "audit_command": [sys.executable, "-c", HOOK, str(root / "hook.jsonl")],
     }
     sections["validation"] = {"perspectives": 2}
-    config = write_config(root, sections)
-    gpg = Gpg(root / "keyring")
-    daemon = Daemon(config)
-    try:
-        scene = Scene(daemon, gpg, root / "state")
-        scene.wait_tor("ready", 60)
+    with running_scene(root, sections) as scene:
         yield scene
-    finally:
-        daemon.stop()
-        gpg.close()
-    assert daemon.proc.returncode == 0, (root / "daemon.log").read_text()[-3000:]
-    assert [c for c in children_of(os.getpid()) if "-m refreshd " in c[1]] == []
 
 
 def audits(scene: Scene, after: int = 0) -> list[dict]:

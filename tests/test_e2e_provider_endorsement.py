@@ -9,9 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests import world
-from tests.daemon_proc import Daemon, write_config
-from tests.e2e_support import Scene, daemon_sections
-from tests.keyfactory import Gpg
+from tests.e2e_support import Scene, daemon_sections, running_scene
 from tests.world import names
 from tests.world.ca import LocalCA
 from tests.world.nginx import WkdServer
@@ -43,18 +41,12 @@ def scene(
     root = tmp_path_factory.mktemp("e2e-endorse")
     sections = daemon_sections(tor_network, test_ca, sks_server)
     sections["discovery"] = {"order": ["nicknym"], "vks": [], "hkp": []}
-    gpg = Gpg(root / "keyring")
-    daemon = Daemon(write_config(root, sections))
     try:
-        scene = Scene(daemon, gpg, root / "state")
-        scene.wait_tor("ready", 60)
-        yield scene
+        with running_scene(root, sections) as scene:
+            yield scene
     finally:
-        daemon.stop()
-        gpg.close()
         nicknym_server.set_endorsement_keys([])
         republish(nicknym_server, wkd_server)
-    assert daemon.proc.returncode == 0, (root / "daemon.log").read_text()[-3000:]
 
 
 def republish(nicknym: NicknymServer, wkd: WkdServer) -> None:
