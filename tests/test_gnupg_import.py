@@ -317,7 +317,8 @@ async def test_an_import_shows_its_progress_while_it_runs(
     totals = {total for _, total in seen}
     assert totals == {result["keys"]}  # every key read is decided (none unreadable here)
     done = [d for d, _ in seen]
-    assert done == sorted(done) and done[-1] == result["keys"]
+    # the import may clear its progress right after the last key, before the watcher looks
+    assert done == sorted(done) and result["keys"] - 1 <= done[-1] <= result["keys"]
     assert len(set(done)) >= result["keys"] // 2  # seen counting up, not only at the end
 
 
