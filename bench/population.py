@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench import keyset
 from refreshd.core.levels import Level
-from refreshd.core.rules import Decision
+from refreshd.core.rules import Decision, DecisionKind, Rule
 from refreshd.keymanager import facts_of
 from refreshd.net import wkd
 from refreshd.openpgp.keyview import read_key
@@ -47,7 +47,13 @@ def build(state_dir: Path, n: int) -> Population:
                 )
                 store.put_key(facts_of(view), raw, now)
                 decision = Decision(
-                    "registered", view.fingerprint, Level.PROVIDER_TRUST, "wkd", True, "1", reason
+                    DecisionKind.REGISTERED,
+                    view.fingerprint,
+                    Level.PROVIDER_TRUST,
+                    "wkd",
+                    True,
+                    Rule.FIRST_CONTACT,
+                    reason,
                 )
                 store.apply(address, decision, now)
                 store.put_source(

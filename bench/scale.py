@@ -50,7 +50,7 @@ from bench import keyset
 from bench.engine import engine
 from bench.report import Row, spread
 from refreshd.core.levels import Level
-from refreshd.core.rules import Decision
+from refreshd.core.rules import Decision, DecisionKind, Rule
 from refreshd.keymanager import facts_of
 from refreshd.net import wkd
 from refreshd.openpgp.keyview import read_key
@@ -79,7 +79,15 @@ def build(state_dir: Path, n: int) -> list[tuple[str, str]]:
                 reason = f"First key found for {address}, at level provider-trust from wkd."
                 store.apply(
                     address,
-                    Decision("registered", fpr, Level.PROVIDER_TRUST, "wkd", True, "1", reason),
+                    Decision(
+                        DecisionKind.REGISTERED,
+                        fpr,
+                        Level.PROVIDER_TRUST,
+                        "wkd",
+                        True,
+                        Rule.FIRST_CONTACT,
+                        reason,
+                    ),
                     now,
                 )
                 store.put_source(

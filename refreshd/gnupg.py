@@ -37,6 +37,7 @@ import trio
 from refreshd.audit import AuditLog
 from refreshd.config import Config, expand_path
 from refreshd.core import levels
+from refreshd.core.rules import DecisionKind
 from refreshd.core.schedule import backoff
 from refreshd.errors import GpgFailed, InvalidRequest, KeyRejected
 from refreshd.keymanager import Found, KeyManager
@@ -304,7 +305,7 @@ class GnupgBridge:
         return trusted, warnings
 
     async def _consider_all(self, certs: list[Cert], trusted: frozenset[str]) -> dict[str, Any]:
-        counts = dict.fromkeys(("registered", "replaced", "merged", "kept", "rejected"), 0)
+        counts = dict.fromkeys((kind.value for kind in DecisionKind), 0)
         skipped: list[dict[str, str]] = []
         views = []
         for cert in certs:
@@ -343,7 +344,7 @@ class GnupgBridge:
             decisions = [self.keys.consider(a, data, found) for a in sorted(view.addresses())]
             addresses += len(decisions)
             for d in decisions:
-                counts[d.decision] += 1
+                counts[d.decision.value] += 1
             if not any(d.registers for d in decisions):
                 skipped.append({"fingerprint": view.fingerprint, "reason": decisions[-1].reason})
             await trio.lowlevel.checkpoint()

@@ -22,7 +22,7 @@ from refreshd.clock import utcnow
 from refreshd.config import Config
 from refreshd.core import autocrypt, levels, providerkeys, rules
 from refreshd.core.levels import Level
-from refreshd.core.rules import Candidate, Decision, Vouch
+from refreshd.core.rules import Candidate, Decision, DecisionKind, Rule, Vouch
 from refreshd.errors import KeyRejected
 from refreshd.net.nicknym import Capability
 from refreshd.openpgp.intake import Intake, Limits, ParsedKey, intake, read_stored
@@ -35,11 +35,11 @@ from refreshd.worker import Worker
 __all__ = ["Found", "KeyManager", "address_or_none", "facts_of"]
 
 AUDIT_EVENT = {
-    "registered": "key.registered",
-    "replaced": "key.replaced",
-    "merged": "key.merged",
-    "kept": "key.kept",
-    "rejected": "key.rejected",
+    DecisionKind.REGISTERED: "key.registered",
+    DecisionKind.REPLACED: "key.replaced",
+    DecisionKind.MERGED: "key.merged",
+    DecisionKind.KEPT: "key.kept",
+    DecisionKind.REJECTED: "key.rejected",
 }
 
 
@@ -75,12 +75,12 @@ class Found:
     def rejected(self, fingerprint: str, reason: str) -> Decision:
         """A rejection of something from this source that never reached the rules."""
         return Decision(
-            "rejected",
+            DecisionKind.REJECTED,
             fingerprint,
             self.level,
             self.source,
             self.positive,
-            rules.UNUSABLE,
+            Rule.UNUSABLE,
             reason,
         )
 
@@ -180,7 +180,7 @@ class KeyManager:
                 fingerprint=fingerprint,
                 source=source,
                 url=url,
-                rule=rules.UNUSABLE,
+                rule=Rule.UNUSABLE.value,
                 reason=f"The key could not be used: {exc.reason}",
             )
             return None
@@ -587,7 +587,7 @@ class KeyManager:
             fingerprint=decision.fingerprint,
             level=decision.level.value,
             source=found.source,
-            rule=decision.rule,
+            rule=decision.rule.value,
             reason=decision.reason,
             **({"basis": decision.basis} if decision.basis else {}),
             **({"url": found.url} if found.url else {}),
@@ -617,7 +617,7 @@ class KeyManager:
             fingerprint=fingerprint,
             level=found.level.value,
             source=found.source,
-            rule=rules.UNUSABLE,
+            rule=Rule.UNUSABLE.value,
             reason=decision.reason,
             **({"url": found.url} if found.url else {}),
         )

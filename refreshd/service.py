@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from refreshd import __version__
 from refreshd.core import autocrypt, levels
+from refreshd.core.rules import DecisionKind
 from refreshd.errors import InvalidRequest, RefreshdError
 from refreshd.keymanager import Found, KeyManager, address_or_none
 from refreshd.rpc import INTERNAL_ERROR, INVALID_PARAMS, Param, RpcError, checked
@@ -211,7 +212,7 @@ class Service:
                 return _decision(fetched)
         if given == 0:
             return {
-                "decision": "rejected",
+                "decision": DecisionKind.REJECTED.value,
                 "fingerprint": None,
                 "validation": None,
                 "reason": f"The OpenPGP header URL {p['url'][:200]} is not in a standard "
@@ -313,7 +314,7 @@ class Service:
 
 def _decision(d: Any) -> dict[str, Any]:
     return {
-        "decision": d.decision,
+        "decision": d.decision.value,
         "fingerprint": d.fingerprint or None,
         "validation": d.level.value,
         "reason": d.reason,

@@ -17,7 +17,7 @@ from typing import Any
 
 from refreshd.audit import DiskFull
 from refreshd.core.levels import Level
-from refreshd.core.rules import Decision, Registration, successfully_used
+from refreshd.core.rules import Decision, DecisionKind, Registration, successfully_used
 
 __all__ = ["KeyFacts", "ProviderPin", "Source", "Store", "iso"]
 
@@ -464,7 +464,7 @@ class Store:
     def apply(self, address: str, d: Decision, now: datetime) -> None:
         """Persist one decision: registration, history rows and the decision log."""
         stamp = iso(now)
-        if d.decision == "replaced":
+        if d.decision is DecisionKind.REPLACED:
             old = self._one("SELECT fingerprint FROM addresses WHERE address = ?", address)
             if old is not None:
                 self.db.execute(
@@ -507,7 +507,7 @@ class Store:
             "WHERE address = ? ORDER BY id DESC LIMIT 1",
             address,
         )
-        same = (d.fingerprint, d.decision, d.level.value, d.source, d.rule, d.reason)
+        same = (d.fingerprint, d.decision.value, d.level.value, d.source, d.rule.value, d.reason)
         if last is not None and tuple(last)[1:] == same:  # seen again, nothing new: one row
             self.db.execute(
                 "UPDATE decisions SET last_ts = ?, times = times + 1 WHERE id = ?",

@@ -307,3 +307,25 @@ def test_a_different_key_replaces_exactly_in_the_seeds_situations(reg, cand):
         assert (d.decision, d.rule, d.fingerprint) == ("replaced", situations[0], NEW)
     else:
         assert (d.decision, d.rule, d.fingerprint) == ("rejected", "3", NEW)
+
+
+def test_a_decision_takes_its_kind_and_rule_as_enums_not_strings():
+    """A plain string equals its enum member, so only the constructor can notice one."""
+    made = rules.decide(None, CAND, ADDR, now=NOW, minimum=Level.WEAK_CHAIN)
+    assert type(made.decision) is rules.DecisionKind and type(made.rule) is rules.Rule
+    with pytest.raises(TypeError):
+        replace(made, decision="registered")
+    with pytest.raises(TypeError):
+        replace(made, rule="1")
+    # the words the audit log, the socket and the decisions table carry (SPEC 4, 7)
+    assert {k.value for k in rules.DecisionKind} == {
+        "registered",
+        "replaced",
+        "merged",
+        "kept",
+        "rejected",
+    }
+    assert {r.value for r in rules.Rule} == {
+        *("1", "2", "3", "3.1", "3.2", "3.3", "3.4", "3.5", "5.3", "8"),
+        *("min", "use", "pin"),
+    }

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refreshd.core.levels import Level
-from refreshd.core.rules import Decision
+from refreshd.core.rules import Decision, DecisionKind, Rule
 from refreshd.store import MIGRATIONS, KeyFacts, Store, _statements
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -40,9 +40,11 @@ def registered(store: Store) -> set[str]:
 def register(store: Store, address: str, fingerprint: str) -> None:
     with store.transaction():
         store.put_key(KeyFacts(fingerprint, None, False, True, None), b"key", NOW)
-        kind = "replaced" if store.registration(address) else "registered"
+        kind = DecisionKind.REPLACED if store.registration(address) else DecisionKind.REGISTERED
         store.apply(
-            address, Decision(kind, fingerprint, Level.WEAK_CHAIN, "vks", False, "1", "r"), NOW
+            address,
+            Decision(kind, fingerprint, Level.WEAK_CHAIN, "vks", False, Rule.FIRST_CONTACT, "r"),
+            NOW,
         )
 
 

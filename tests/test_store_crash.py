@@ -16,14 +16,15 @@ CHILD = textwrap.dedent("""
     from datetime import UTC, datetime
     from pathlib import Path
     from refreshd.core.levels import Level
-    from refreshd.core.rules import Decision
+    from refreshd.core.rules import Decision, DecisionKind, Rule
     from refreshd.store import KeyFacts, Store
 
     store = Store(Path(sys.argv[1]))
     now = datetime.now(UTC)
     for i in range(1000):
         fpr = f"{i:040X}"
-        d = Decision("registered", fpr, Level.WEAK_CHAIN, "hkp", False, "1", f"decision {i}")
+        d = Decision(DecisionKind.REGISTERED, fpr, Level.WEAK_CHAIN, "hkp", False,
+                     Rule.FIRST_CONTACT, f"decision {i}")
         with store.transaction():
             store.put_key(KeyFacts(fpr, None, False, True, None), b"k" * 2000, now)
             store.apply(f"user{i}@example.org", d, now)

@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from enum import StrEnum
 
 from refreshd.core import levels
 from refreshd.core.levels import Level
@@ -53,10 +54,11 @@ class Vouch:
 
 
 __all__ = [
-    "UNUSABLE",
     "Candidate",
     "Decision",
+    "DecisionKind",
     "Registration",
+    "Rule",
     "Vouch",
     "decide",
     "first_contact",
@@ -64,7 +66,36 @@ __all__ = [
     "use_of",
 ]
 
-UNUSABLE = "8"  # the rule id of a rejection that never reached the rules (SPEC 8)
+
+class DecisionKind(StrEnum):
+    """What a decision did with the key; `.value` is the audit event's and the SPEC's word."""
+
+    REGISTERED = "registered"
+    REPLACED = "replaced"
+    MERGED = "merged"
+    KEPT = "kept"
+    REJECTED = "rejected"
+
+
+_REGISTERS = frozenset(DecisionKind) - {DecisionKind.REJECTED}
+
+
+class Rule(StrEnum):
+    """The rule a decision was made under, by its id at the top of this module."""
+
+    FIRST_CONTACT = "1"
+    SAME_KEY = "2"
+    NO_REPLACEMENT = "3"
+    CERTIFIED = "3.1"
+    USER_VERIFIED = "3.2"
+    EXPIRED_OR_REVOKED = "3.3"
+    NEVER_USED = "3.4"
+    NO_EXPIRY = "3.5"
+    ADDRESS = "5.3"
+    MINIMUM = "min"
+    USE = "use"
+    PIN = "pin"
+    UNUSABLE = "8"  # a rejection that never reached the rules (SPEC 8)
 
 
 @dataclass(frozen=True)
@@ -114,19 +145,24 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Decision:
-    decision: str  # registered | replaced | merged | kept | rejected
+    decision: DecisionKind
     fingerprint: str
     level: Level
     source: str
     positive: bool
-    rule: str
+    rule: Rule
     reason: str
     base_level: Level | None = None  # the best way it was found, kept to recompute the level
     basis: str = ""  # what gave the level, in words
 
+    def __post_init__(self) -> None:
+        # a plain string equals its member, so nothing else would notice one slipping in
+        if type(self.decision) is not DecisionKind or type(self.rule) is not Rule:
+            raise TypeError(f"a Decision takes a DecisionKind and a Rule: {self!r}")
+
     @property
     def registers(self) -> bool:
-        return self.decision in ("registered", "replaced", "merged", "kept")
+        return self.decision in _REGISTERS
 
 
 def basis_of(c: Candidate, base: Level, source: str) -> str:
@@ -146,9 +182,16 @@ def successfully_used(sent_encrypted: bool, received_signed: bool) -> bool:
     return sent_encrypted and received_signed
 
 
-def _reject(c: Candidate, rule: str, reason: str) -> Decision:
+def _reject(c: Candidate, rule: Rule, reason: str) -> Decision:
     return Decision(
-        "rejected", c.fingerprint, c.effective, c.source, c.positive, rule, reason, c.level
+        DecisionKind.REJECTED,
+        c.fingerprint,
+        c.effective,
+        c.source,
+        c.positive,
+        rule,
+        reason,
+        c.level,
     )
 
 
@@ -157,61 +200,61 @@ def admissible(c: Candidate, address: str, *, now: datetime, minimum: Level) -> 
     if c.asked_fingerprint is not None and c.asked_fingerprint.upper() != c.fingerprint.upper():
         return _reject(
             c,
-            "5.3",
+            Rule.ADDRESS,
             f"The key is {c.fingerprint}, not the fingerprint {c.asked_fingerprint} "
             "that was asked for (SPEC 5.3).",
         )
     if not c.has_address:
         return _reject(
-            c, "5.3", f"The key has no valid self-signed user ID for {address} (SPEC 5.3)."
+            c, Rule.ADDRESS, f"The key has no valid self-signed user ID for {address} (SPEC 5.3)."
         )
     if c.effective < minimum:
         return _reject(
             c,
-            "min",
+            Rule.MINIMUM,
             f"Its validation level {c.effective.value} is below the configured minimum "
             f"{minimum.value} (discovery.minimum_validation).",
         )
     if c.revoked:
-        return _reject(c, "use", "The key is revoked, so it cannot be registered for sending.")
+        return _reject(c, Rule.USE, "The key is revoked, so it cannot be registered for sending.")
     if expired(c.expires, now):
-        return _reject(c, "use", "The key has expired, so it cannot be registered for sending.")
+        return _reject(c, Rule.USE, "The key has expired, so it cannot be registered for sending.")
     return None
 
 
 # Replacement rules 3.1-3.5: (rule, test(registered, candidate, now), reason).
 _Test = Callable[[Registration, Candidate, datetime], bool]
-REPLACEMENT_RULES: tuple[tuple[str, _Test, str], ...] = (
+REPLACEMENT_RULES: tuple[tuple[Rule, _Test, str], ...] = (
     (
-        "3.1",
+        Rule.CERTIFIED,
         lambda r, c, now: c.certified_by_registered,
         "the registered key certified the new key on this address's user ID "
         "(verified key transition, rule 3.1)",
     ),
     (
-        "3.2",
+        Rule.USER_VERIFIED,
         lambda r, c, now: c.source == "user",
         "the user verified the new key's fingerprint (rule 3.2)",
     ),
     (
-        "3.3",
+        Rule.EXPIRED_OR_REVOKED,
         lambda r, c, now: (r.revoked or expired(r.expires, now)) and c.effective >= r.level,
         "the registered key is expired or revoked and the new key's level is equal or "
         "higher (rule 3.3)",
     ),
     (
-        "3.4",
+        Rule.NEVER_USED,
         lambda r, c, now: not r.successfully_used and c.effective > r.level,
         "the registered key was never successfully used and the new key's level is higher "
         "(rule 3.4)",
     ),
     (
-        "3.5",
+        Rule.NO_EXPIRY,
         lambda r, c, now: r.expires is None,
         "the registered key has no expiration date (rule 3.5)",
     ),
 )
-PIN_RULES = frozenset({"3.1", "3.2"})  # all a pinned address allows
+PIN_RULES = frozenset({Rule.CERTIFIED, Rule.USER_VERIFIED})  # all a pinned address allows
 
 
 def _pinned_elsewhere(c: Candidate) -> bool:
@@ -259,17 +302,17 @@ def decide(
         if _pinned_elsewhere(c):
             return _reject(
                 c,
-                "pin",
+                Rule.PIN,
                 f"{address} is pinned to {c.pin} (validation.known_keys); another key is "
                 "never registered for it.",
             )
         return Decision(
-            "registered",
+            DecisionKind.REGISTERED,
             c.fingerprint,
             c.effective,
             c.source,
             c.positive,
-            "1",
+            Rule.FIRST_CONTACT,
             f"First key found for {address}, at level {c.effective.value} ({basis}) from "
             f"{c.source} (rule 1).",
             c.level,
@@ -280,7 +323,7 @@ def decide(
             continue
         if test(registered, c, now):
             return Decision(
-                "replaced",
+                DecisionKind.REPLACED,
                 c.fingerprint,
                 c.effective,
                 c.source,
@@ -291,14 +334,14 @@ def decide(
                 c.level,
                 basis,
             )
-    return _reject(c, "3", _why_not(registered, c, now))
+    return _reject(c, Rule.NO_REPLACEMENT, _why_not(registered, c, now))
 
 
 def _same_key(r: Registration, c: Candidate, address: str, *, now: datetime) -> Decision:
     if not c.has_address:
         return _reject(
             c,
-            "5.3",
+            Rule.ADDRESS,
             f"This copy of the registered key has no valid user ID for {address}; "
             "its signatures may still be merged, the registration is unchanged (SPEC 5.3).",
         )
@@ -317,24 +360,24 @@ def _same_key(r: Registration, c: Candidate, address: str, *, now: datetime) -> 
             else ""
         )
         return Decision(
-            "merged",
+            DecisionKind.MERGED,
             r.fingerprint,
             level,
             source,
             positive,
-            "2",
+            Rule.SAME_KEY,
             f"The registered key was seen again from {c.source} with {what}; level now "
             f"{level.value} ({basis}){lowered} (rule 2).",
             base,
             basis,
         )
     return Decision(
-        "kept",
+        DecisionKind.KEPT,
         r.fingerprint,
         r.level,
         r.source,
         r.positive,
-        "2",
+        Rule.SAME_KEY,
         f"The registered key was seen again from {c.source} with nothing new (rule 2).",
         base,
         basis,
@@ -362,7 +405,7 @@ def first_contact(
             rejected.append(
                 _reject(
                     c,
-                    "1",
+                    Rule.FIRST_CONTACT,
                     f"A key with a higher or equal level ({best.effective.value} from "
                     f"{best.source}) was registered at first contact (rule 1).",
                 )
