@@ -199,7 +199,7 @@ class OwnKeys:
             return []
         resign = _resign()
         try:
-            key = resign.read_own(armored)
+            key = resign.read_own(armored, self.clock())
         except resign.BadKey as exc:
             return [{"fingerprint": None, "problem": f"own key file unreadable: {exc}"}]
         plan = self._plan(key)
@@ -232,7 +232,7 @@ class OwnKeys:
     async def import_key(self, armored: str, passphrase: str | None) -> dict[str, Any]:
         resign = _resign()
         try:
-            key = resign.read_own(armored)
+            key = resign.read_own(armored, self.clock())
         except (resign.BadKey, ValueError) as exc:
             raise InvalidRequest(f"not a usable secret key ({exc})") from None
         if passphrase is not None:
@@ -255,7 +255,7 @@ class OwnKeys:
             passphrase=self.passphrase(),
         )
         write_private(self.path, armored)
-        key = resign.read_own(armored)
+        key = resign.read_own(armored, self.clock())
         self.audit.emit("own.generated", fingerprint=key.fingerprint, address=address)
         self.queue_upload()
         await self.check()
@@ -276,7 +276,7 @@ class OwnKeys:
             return
         resign = _resign()
         try:
-            key = resign.read_own(armored)
+            key = resign.read_own(armored, self.clock())
         except resign.BadKey as exc:
             self.problem = f"own key file unreadable: {exc}"
             return
@@ -287,7 +287,11 @@ class OwnKeys:
             return
         try:
             extended = resign.extend(
-                armored, self.passphrase(), plan.new_expiries, sig_time=plan.signature_time
+                armored,
+                self.passphrase(),
+                plan.new_expiries,
+                sig_time=plan.signature_time,
+                now=self.clock(),
             )
         except resign.Locked as exc:
             self.problem = f"own key locked: cannot extend ({exc})"
@@ -357,10 +361,9 @@ class OwnKeys:
         armored = self._armored()
         if armored is None:
             return True, "no own key"
-        resign = _resign()
-        fingerprint = resign.read_own(armored).fingerprint
-        public = resign.public_armored(armored)
-        requests = self._upload_requests(mechanism, public)
+        own = _resign().read_own(armored, self.clock())
+        fingerprint = own.fingerprint
+        requests = self._upload_requests(mechanism, own.public)
         if not requests:
             reason = (
                 f"no {mechanism} server configured"
@@ -405,8 +408,7 @@ class OwnKeys:
         armored = self._armored()
         if armored is None:
             return True, "no own key"
-        resign = _resign()
-        own = resign.read_own(armored)
+        own = _resign().read_own(armored, self.clock())
         if self.mail is None:
             reason = f"{mechanism} upload needs a submission channel that is not configured"
             self.audit.emit(
@@ -417,16 +419,12 @@ class OwnKeys:
                 reason=reason,
             )
             return True, reason  # nothing to retry
-        from refreshd.openpgp.keyview import read_key
-
-        public = resign.public_armored(armored)
         if mechanism == "wks":
-            view = read_key(public.encode())
             ok, reason = await self.mail.wks(
-                armored, self.passphrase(), public, view, own.addresses
+                armored, self.passphrase(), own.public, own.view, own.addresses
             )
         else:
-            ok, reason = await self.mail.kpp(public, own.fingerprint, own.addresses)
+            ok, reason = await self.mail.kpp(own.public, own.fingerprint, own.addresses)
         if ok:
             self._uploaded(own.fingerprint)
         return ok, reason
@@ -533,7 +531,9 @@ class OwnAudit:
             return None
         resign = _resign()
         try:
-            return await trio.to_thread.run_sync(resign.read_own, armored)  # type: ignore[no-any-return]
+            return await trio.to_thread.run_sync(  # type: ignore[no-any-return]
+                resign.read_own, armored, self.own.clock()
+            )
         except resign.BadKey:
             return None
 

@@ -80,7 +80,9 @@ def test_the_own_key_audit_sees_a_swapped_key(
 ) -> None:
     made = scene.daemon.call("own_generate", address=OWN)
     own_fpr = made["fingerprint"]
-    public = resign.public_armored((scene.state_dir / "own-key.asc").read_text())
+    public = resign.read_own(
+        (scene.state_dir / "own-key.asc").read_text(), datetime.now(UTC)
+    ).public
     wkd_server.publish_wkd(OWN, public.encode())
     start = scene.last_seq()
 

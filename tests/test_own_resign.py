@@ -201,21 +201,31 @@ def hashes_of(block: str) -> set[str]:
 
 def extend_with_policy(key: Made, now: datetime) -> tuple[str, dict[str, datetime], datetime]:
     """Run the policy as if the extension moment had come, then extend."""
-    facts = resign.read_own(key.armored)
+    facts = resign.read_own(key.armored, datetime.now(UTC))
     new = {
         c.fingerprint: c.expires + EXTEND_BY for c in ownpolicy.taking_part(facts.components, now)
     }
     signed_at = ownpolicy.sig_time(now, facts.last_signature)
-    return resign.extend(key.armored, key.passphrase, new, sig_time=signed_at), new, signed_at
+    return (
+        resign.extend(key.armored, key.passphrase, new, sig_time=signed_at, now=datetime.now(UTC)),
+        new,
+        signed_at,
+    )
 
 
 def test_extension_seen_by_gpg_sq_rnp_and_pgpdump(workdir: Path, made: list[Made]) -> None:
     now = datetime.now(UTC)
     for key in made:
-        before = observe(workdir, f"{key.name}-0", resign.public_armored(key.armored).encode())
+        before = observe(
+            workdir,
+            f"{key.name}-0",
+            resign.read_own(key.armored, datetime.now(UTC)).public.encode(),
+        )
         extended, new, signed_at = extend_with_policy(key, now)
-        after = observe(workdir, f"{key.name}-1", resign.public_armored(extended).encode())
-        facts = resign.read_own(extended)
+        after = observe(
+            workdir, f"{key.name}-1", resign.read_own(extended, datetime.now(UTC)).public.encode()
+        )
+        facts = resign.read_own(extended, datetime.now(UTC))
         roles = {c.fingerprint: c.role for c in facts.components}
         assert "encrypt" in roles.values(), key.name
         assert set(new) == set(roles), key.name  # every component had an expiry
@@ -247,7 +257,7 @@ def test_extended_secret_key_keeps_its_passphrase_for_gpg(workdir: Path, made: l
     right = gpg(home, *loop, "--passphrase", "eve pass", *signing, stdin=b"x", check=False)
     assert right.returncode == 0, right.stderr.decode()
     run("gpgconf", "--homedir", str(home), "--kill", "gpg-agent")
-    assert resign.read_own(extended).protected
+    assert resign.read_own(extended, datetime.now(UTC)).protected
 
 
 def test_expired_ten_days_ago_is_valid_for_gpg_after_extension(workdir: Path) -> None:
@@ -256,7 +266,7 @@ def test_expired_ten_days_ago_is_valid_for_gpg_after_extension(workdir: Path) ->
     key = Made(
         "old", make_gpg(workdir, "old", created=created, expire="190d", pw="old pass"), "old pass"
     )
-    facts = resign.read_own(key.armored)
+    facts = resign.read_own(key.armored, datetime.now(UTC))
     assert all(
         now - timedelta(days=11) < c.expires < now - timedelta(days=9) for c in facts.components
     )
@@ -270,16 +280,20 @@ def test_expired_ten_days_ago_is_valid_for_gpg_after_extension(workdir: Path) ->
     )
     assert decision.extend_now and "expired" in decision.reason
     extended = resign.extend(
-        key.armored, key.passphrase, decision.new_expiries, sig_time=decision.signature_time
+        key.armored,
+        key.passphrase,
+        decision.new_expiries,
+        sig_time=decision.signature_time,
+        now=datetime.now(UTC),
     )
     home = gpg_home(workdir, "encrypt")
     encrypt = ("--trust-model", "always", "--encrypt", "-r", facts.fingerprint)
-    gpg(home, "--import", stdin=resign.public_armored(key.armored).encode())
+    gpg(home, "--import", stdin=resign.read_own(key.armored, datetime.now(UTC)).public.encode())
     assert gpg(home, *encrypt, stdin=b"hello", check=False).returncode != 0
-    gpg(home, "--import", stdin=resign.public_armored(extended).encode())
+    gpg(home, "--import", stdin=resign.read_own(extended, datetime.now(UTC)).public.encode())
     assert gpg(home, *encrypt, stdin=b"hello", check=False).returncode == 0
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    seen = observe(workdir, "old-1", resign.public_armored(extended).encode())
+    seen = observe(workdir, "old-1", resign.read_own(extended, datetime.now(UTC)).public.encode())
     assert set(seen.expires) == set(decision.new_expiries) and len(seen.expires) == 2
     for fpr in seen.expires:
         assert seen.expires[fpr] == int((today + EXTEND_BY).timestamp())
@@ -288,33 +302,39 @@ def test_expired_ten_days_ago_is_valid_for_gpg_after_extension(workdir: Path) ->
 
 def test_wrong_or_missing_passphrase_raises_locked(made: list[Made]) -> None:
     key = next(k for k in made if k.name == "refreshd-pw")
-    facts = resign.read_own(key.armored)
+    facts = resign.read_own(key.armored, datetime.now(UTC))
     new = {c.fingerprint: c.expires + EXTEND_BY for c in facts.components}
     signed_at = facts.last_signature + timedelta(seconds=1)
     with pytest.raises(resign.Locked, match="no passphrase"):
-        resign.extend(key.armored, None, new, sig_time=signed_at)
+        resign.extend(key.armored, None, new, sig_time=signed_at, now=datetime.now(UTC))
     with pytest.raises(resign.Locked, match="does not unlock"):
-        resign.extend(key.armored, "wrong", new, sig_time=signed_at)
-    assert resign.extend(key.armored, "bea pass", new, sig_time=signed_at)
+        resign.extend(key.armored, "wrong", new, sig_time=signed_at, now=datetime.now(UTC))
+    assert resign.extend(key.armored, "bea pass", new, sig_time=signed_at, now=datetime.now(UTC))
 
 
 def test_generated_key_shape(made: list[Made]) -> None:
-    facts = resign.read_own(made[0].armored)
+    facts = resign.read_own(made[0].armored, datetime.now(UTC))
     assert facts.addresses == ("ann@example.org",)
     assert [c.role for c in facts.components] == ["primary", "encrypt"]
     assert facts.components[0].expires == facts.components[1].expires
     assert facts.components[0].expires - facts.components[0].created == timedelta(days=180)
-    assert resign.read_own(made[1].armored).addresses == ("bea@example.org",)
+    assert resign.read_own(made[1].armored, datetime.now(UTC)).addresses == ("bea@example.org",)
 
 
 def test_refuses_signature_times_not_after_the_newest_and_unknown_components(made) -> None:
-    facts = resign.read_own(made[0].armored)
+    facts = resign.read_own(made[0].armored, datetime.now(UTC))
     new = {facts.fingerprint: facts.components[0].expires + EXTEND_BY}
     with pytest.raises(ValueError, match="not after the newest"):
-        resign.extend(made[0].armored, None, new, sig_time=facts.last_signature)
+        resign.extend(
+            made[0].armored, None, new, sig_time=facts.last_signature, now=datetime.now(UTC)
+        )
     with pytest.raises(ValueError, match="not components"):
         resign.extend(
-            made[0].armored, None, {"AB" * 20: datetime.now(UTC)}, sig_time=datetime.now(UTC)
+            made[0].armored,
+            None,
+            {"AB" * 20: datetime.now(UTC)},
+            sig_time=datetime.now(UTC),
+            now=datetime.now(UTC),
         )
 
 
@@ -331,7 +351,7 @@ def test_revoked_subkey_is_seen_and_never_extended() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sub |= key.revoke(sub, created=datetime(2024, 2, 1, tzinfo=UTC))
-    facts = resign.read_own(str(key))
+    facts = resign.read_own(str(key), datetime.now(UTC))
     primary, encrypt = facts.components
     assert encrypt.revoked and not primary.revoked
     now = datetime(2024, 6, 25, tzinfo=UTC)
@@ -346,20 +366,26 @@ def test_revoked_subkey_is_seen_and_never_extended() -> None:
         ).new_expiries
     ) == {primary.fingerprint}
     with pytest.raises(ValueError, match="revoked"):
-        resign.extend(str(key), None, {encrypt.fingerprint: now + EXTEND_BY}, sig_time=now)
+        resign.extend(
+            str(key),
+            None,
+            {encrypt.fingerprint: now + EXTEND_BY},
+            sig_time=now,
+            now=datetime.now(UTC),
+        )
 
 
 def test_public_key_is_refused_where_the_secret_is_needed(made: list[Made]) -> None:
-    public = resign.public_armored(made[0].armored).encode()
+    public = resign.read_own(made[0].armored, datetime.now(UTC)).public.encode()
     with pytest.raises(resign.BadKey, match="public key"):
-        resign.read_own(public)
+        resign.read_own(public, datetime.now(UTC))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.binary(max_size=400), st.text(max_size=400)))
 def test_malformed_keys_get_a_clear_error(blob: bytes | str) -> None:
     with pytest.raises(resign.BadKey):
-        resign.read_own(blob)
+        resign.read_own(blob, datetime.now(UTC))
 
 
 def dearmor(armored: str) -> bytes:
@@ -388,7 +414,7 @@ def test_damaged_key_bytes_get_a_clear_error_or_parse(cut: int, at: int, flip: i
     data = bytearray(GOOD[:cut])
     data[at % len(data)] ^= flip
     try:
-        facts = resign.read_own(bytes(data))
+        facts = resign.read_own(bytes(data), datetime.now(UTC))
     except resign.BadKey as exc:
         assert str(exc)
         return

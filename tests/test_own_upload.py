@@ -101,3 +101,24 @@ async def test_refused_upload_is_audited_with_the_reason(setup):
     last = events(audit)[-1]
     assert last["event"] == "own.uploaded" and last["ok"] is False and "503" in last["reason"]
     assert own.report()[0]["last_upload"] is None
+
+
+async def test_an_upload_parses_the_secret_key_once(setup, monkeypatch):
+    """pgpy reads the secret key once per upload; everything else comes from that one read."""
+    from pgpy import PGPKey
+
+    own, vks, _ = setup
+    await own.generate("me@example.net", "Me")
+    parses = []
+    real = PGPKey.from_blob.__func__
+
+    def counted(cls, blob):
+        parses.append(blob)
+        return real(cls, blob)
+
+    monkeypatch.setattr(PGPKey, "from_blob", classmethod(counted))
+    ok, reason = await own.upload("vks")
+    assert ok, reason
+    secret = [b for b in parses if "PRIVATE KEY" in (b if isinstance(b, str) else b.decode())]
+    assert len(secret) == 1
+    assert len(vks.seen) == 1

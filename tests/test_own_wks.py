@@ -118,12 +118,12 @@ def submit_and_confirm(
     server: Server, key: str, tmp: Path, *, sealed: bool, n: int
 ) -> wks.ConfirmationRequest:
     """One full round: submission mail, confirmation request, confirmation response."""
-    facts = resign.read_own(key)
+    facts = resign.read_own(key, datetime.now(UTC))
     to = wks.submission_address((server.domain / "submission-address").read_text())
     seal = wks.sealer(server.submission_key) if sealed else None
     now = datetime.now(UTC)
     mail = wks.build_submission(
-        resign.public_armored(key),
+        resign.read_own(key, datetime.now(UTC)).public,
         ADDRESS,
         to,
         message_id=f"<s{n}@example.org>",
@@ -150,7 +150,7 @@ def test_sealed_round_trip_publishes_and_republishes_after_extension(
     target = wkd_file(server, ADDRESS)
     target.unlink(missing_ok=True)
     request = submit_and_confirm(server, own_key, tmp_path, sealed=True, n=1)
-    facts = resign.read_own(own_key)
+    facts = resign.read_own(own_key, datetime.now(UTC))
     assert (request.address, request.sender, request.fingerprint) == (
         ADDRESS,
         SUBMISSION,
@@ -163,7 +163,7 @@ def test_sealed_round_trip_publishes_and_republishes_after_extension(
     part = ownpolicy.taking_part(facts.components, datetime.now(UTC))
     new = {c.fingerprint: c.expires + timedelta(days=90) for c in part}
     signed_at = ownpolicy.sig_time(datetime.now(UTC), facts.last_signature)
-    extended = resign.extend(own_key, PASS, new, sig_time=signed_at)
+    extended = resign.extend(own_key, PASS, new, sig_time=signed_at, now=datetime.now(UTC))
     submit_and_confirm(server, extended, tmp_path, sealed=True, n=2)
     again = published(target)
     expiries = {rec[9]: int(prev[6]) for prev, rec in itertools.pairwise(again) if rec[0] == "fpr"}
@@ -174,12 +174,12 @@ def test_plain_round_trip_is_accepted_too(server: Server, own_key: str, tmp_path
     target = wkd_file(server, ADDRESS)
     target.unlink(missing_ok=True)
     submit_and_confirm(server, own_key, tmp_path, sealed=False, n=3)
-    assert published(target)[1][9] == resign.read_own(own_key).fingerprint
+    assert published(target)[1][9] == resign.read_own(own_key, datetime.now(UTC)).fingerprint
 
 
 def test_cron_expires_unconfirmed_submissions(server: Server, own_key: str, tmp_path: Path) -> None:
     mail = wks.build_submission(
-        resign.public_armored(own_key),
+        resign.read_own(own_key, datetime.now(UTC)).public,
         ADDRESS,
         SUBMISSION,
         message_id="<c@example.org>",
@@ -196,7 +196,7 @@ def test_cron_expires_unconfirmed_submissions(server: Server, own_key: str, tmp_
 
 
 def test_response_refused_for_another_key_or_address(own_key: str) -> None:
-    facts = resign.read_own(own_key)
+    facts = resign.read_own(own_key, datetime.now(UTC))
     base = {"message_id": "<x@example.org>", "date": datetime.now(UTC), "seal": None}
     other_key = wks.ConfirmationRequest(SUBMISSION, ADDRESS, "AB" * 20, "n" * 32)
     with pytest.raises(wks.WksError, match="not ours"):
@@ -218,7 +218,7 @@ def test_response_refused_for_another_key_or_address(own_key: str) -> None:
 def test_header_injection_is_refused(own_key: str) -> None:
     with pytest.raises(wks.WksError, match="mail header"):
         wks.build_submission(
-            resign.public_armored(own_key),
+            resign.read_own(own_key, datetime.now(UTC)).public,
             "a@example.org\nBcc: x@example.net",
             SUBMISSION,
             message_id="<i@example.org>",
@@ -297,7 +297,7 @@ def open_key() -> str:
 def real_request(server: Server, open_key: str) -> bytes:
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         mail = wks.build_submission(
-            resign.public_armored(open_key),
+            resign.read_own(open_key, datetime.now(UTC)).public,
             ADDRESS,
             SUBMISSION,
             message_id="<h@example.org>",

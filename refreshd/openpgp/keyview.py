@@ -61,6 +61,7 @@ from refreshd.openpgp.packets import (
     SUB_EMBEDDED,
     SUB_KEY_EXPIRES,
     SUB_KEY_FLAGS,
+    SUB_PREF_HASH,
     SUB_PRIMARY_UID,
     SUB_SIG_EXPIRES,
     TAG_USER_ID,
@@ -88,14 +89,20 @@ __all__ = [
     "KEY_REVOCATION",
     "SUBKEY_BINDING",
     "SUBKEY_REVOCATION",
+    "Component",
     "KeyView",
+    "SelfSigned",
     "certifiers",
+    "hash_preferences",
     "normalize_address",
     "parse_one",
     "placed",
     "primary_key",
     "read_key",
     "rejecting",
+    "self_signed",
+    "stated_flags",
+    "states_key_expiry",
     "valid_sigs",
     "view_of",
 ]
@@ -339,12 +346,23 @@ def newest(sigs: Iterable[Signature]) -> Signature | None:
     return best
 
 
-def _flags(sig: Signature | None) -> frozenset[str] | None:
+def stated_flags(sig: Signature | None) -> frozenset[str] | None:
+    """The capabilities a signature's key-flags subpacket states; None when it states none."""
     payload = sig.first(SUB_KEY_FLAGS) if sig else None
     if payload is None:
         return None
     first = payload[0] if payload else 0
     return frozenset(name for bit, name in FLAG_BITS if first & bit)
+
+
+def hash_preferences(sig: Signature) -> tuple[int, ...]:
+    """The hash algorithms a self-signature says the key prefers (subpacket 21), in order."""
+    return tuple(sig.first(SUB_PREF_HASH) or b"")
+
+
+def states_key_expiry(sig: Signature) -> bool:
+    """Whether the signature gives its key an expiry (a key expiration time of 0 gives none)."""
+    return _expiry(sig, 0) is not None
 
 
 def _expiry(sig: Signature, created: int) -> datetime | None:
@@ -462,6 +480,25 @@ def placed(cert: Cert) -> Cert:
 class _UidFacts:
     view: UserID
     binding: Signature
+    revocations: tuple[Signature, ...]
+
+
+@dataclass(frozen=True)
+class _SubkeyFacts:
+    view: Component
+    binding: Signature
+    revocations: tuple[Signature, ...]
+
+
+@dataclass(frozen=True)
+class SelfSigned:
+    """A key's view and the self-signatures that decide it at that time: the ones a re-signer
+    supersedes (openpgp/resign.py copies their subpackets into its new signatures)."""
+
+    view: KeyView
+    direct: Signature | None  # the newest valid, unexpired direct-key signature
+    uids: tuple[tuple[UserID, Signature], ...]  # each listed user id and its newest binding
+    subkeys: tuple[tuple[Component, Signature], ...]  # each listed subkey and its newest binding
 
 
 def _uid_facts(bundle: Bundle, primary: PublicKey, at: int) -> _UidFacts | None:
@@ -486,12 +523,11 @@ def _uid_facts(bundle: Bundle, primary: PublicKey, at: int) -> _UidFacts | None:
             expires=None if until is None else _time(until),
         ),
         binding,
+        tuple(revocations),
     )
 
 
-def _subkey(
-    bundle: Bundle, primary: PublicKey, at: int
-) -> tuple[Component, list[Signature]] | None:
+def _subkey(bundle: Bundle, primary: PublicKey, at: int) -> _SubkeyFacts | None:
     sub = _subkey_or_none(bundle.packet.body)
     if sub is None or sub.created > at or material_refusal(sub):
         return None
@@ -504,13 +540,13 @@ def _subkey(
     revocations = valid_sigs(
         bodies, primary, context, frozenset({SUBKEY_REVOCATION}), sub.created, at
     )
-    flags = _flags(binding)
+    flags = stated_flags(binding)
     if flags is not None and "sign" in flags and not _back_signed(binding, sub, context, at):
         flags = flags - {"sign"}
     component = _component(
         sub, _expiry(binding, sub.created), bool(revocations), flags, primary=False
     )
-    return component, bindings + revocations
+    return _SubkeyFacts(component, binding, tuple(revocations))
 
 
 def _back_signed(binding: Signature, sub: PublicKey, context: bytes, at: int) -> bool:
@@ -535,6 +571,12 @@ def _readable(primary: PublicKey, at: int) -> None:
 def view_of(cert: Cert, now: datetime | None = None) -> KeyView:
     """The KeyView of a parsed certificate at now (the system clock when not given); KeyRejected
     if nothing in it is validly self-signed."""
+    return self_signed(cert, now).view
+
+
+def self_signed(cert: Cert, now: datetime | None = None) -> SelfSigned:
+    """The KeyView of a parsed certificate at now with the self-signatures that decide it
+    (module rules); KeyRejected if nothing in it is validly self-signed."""
     at = int((now if now is not None else datetime.now(UTC)).timestamp())
     primary = parse_public_key(cert.primary.packet.body)
     _readable(primary, at)
@@ -563,24 +605,30 @@ def view_of(cert: Cert, now: datetime | None = None) -> KeyView:
         reverse=True,
     )
     expiry_sig = next((s for s in candidates if _expiry(s, 0) is not None), None)
-    flags = next((f for s in candidates if (f := _flags(s)) is not None), None)
+    flags = next((f for s in candidates if (f := stated_flags(s)) is not None), None)
 
     all_valid = [
         *directs,
         *revocations,
-        *(f.binding for f in uid_facts),
-        *(sig for _, sigs in subkeys for sig in sigs),
+        *(sig for f in uid_facts for sig in (f.binding, *f.revocations)),
+        *(sig for f in subkeys for sig in (f.binding, *f.revocations)),
     ]
     if not all_valid:
         raise KeyRejected(backend_refusal(primary) or "the key has no valid self-signature")
     expires = _expiry(expiry_sig, primary.created) if expiry_sig else None
     bound = direct is not None or bool(uid_facts)
-    return KeyView(
+    view = KeyView(
         fingerprint=primary.fingerprint.hex().upper(),
         primary=_component(primary, expires, bool(revocations), flags, primary=True, bound=bound),
         uids=tuple(f.view for f in uid_facts),
-        subkeys=tuple(component for component, _ in subkeys),
+        subkeys=tuple(f.view for f in subkeys),
         newest_self_signature=_time(max(s.created or 0 for s in all_valid)),
+    )
+    return SelfSigned(
+        view,
+        direct,
+        tuple((f.view, f.binding) for f in uid_facts),
+        tuple((f.view, f.binding) for f in subkeys),
     )
 
 

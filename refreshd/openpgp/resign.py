@@ -11,8 +11,10 @@ Rules:
    its own creation time and key expiry. Signing-capable subkeys get a fresh back-signature.
 3. Signatures use SHA-512, SHA-384 or SHA-256 (the first of the key's preferences among them,
    else SHA-256), never SHA-1, whatever the key prefers.
-4. Expiries are read from the newest cryptographically valid self-signature of each component,
-   checked here (pgpy's own expiry properties and `verify` are wrong for expired keys and subkeys).
+4. Everything about the key is read by openpgp/keyview.py from its public part, at the
+   caller's time, like any other key (pgpy's own expiry properties and `verify` are wrong for
+   expired keys and subkeys); the signatures superseded are the ones that view relies on.
+   pgpy parses the secret key once per call and only signs (and decrypts).
 5. A protected key stays protected with the same passphrase; a wrong or missing passphrase raises
    Locked and nothing is returned.
 """
@@ -25,7 +27,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from cryptography.hazmat.primitives import hashes
 from pgpy import PGPUID, PGPKey, PGPMessage, PGPSignature
 from pgpy.constants import (
     CompressionAlgorithm,
@@ -40,8 +41,18 @@ from pgpy.constants import (
 from pgpy.errors import PGPDecryptionError
 
 from refreshd.core.ownpolicy import OwnComponent
-from refreshd.errors import OwnKeyError
-from refreshd.openpgp.keyview import normalize_address
+from refreshd.errors import KeyRejected, OwnKeyError
+from refreshd.openpgp.keyview import (
+    Component,
+    KeyView,
+    SelfSigned,
+    hash_preferences,
+    parse_one,
+    self_signed,
+    stated_flags,
+    states_key_expiry,
+)
+from refreshd.openpgp.packets import Signature
 
 __all__ = [
     "BadKey",
@@ -51,7 +62,6 @@ __all__ = [
     "decrypt",
     "extend",
     "generate",
-    "public_armored",
     "read_own",
 ]
 
@@ -63,12 +73,6 @@ COMPRESSION = [
     CompressionAlgorithm.ZIP,
     CompressionAlgorithm.Uncompressed,
 ]
-CERTIFICATIONS = {
-    SignatureType.Generic_Cert,
-    SignatureType.Persona_Cert,
-    SignatureType.Casual_Cert,
-    SignatureType.Positive_Cert,
-}
 # Subpackets every new signature sets itself instead of copying from the superseded one.
 RESET = {
     "CreationTime",
@@ -100,6 +104,8 @@ class OwnKey:
     components: tuple[OwnComponent, ...]
     last_signature: datetime
     protected: bool
+    public: str  # the transferable public key, ASCII-armored (VKS, HKP and WKS take it so)
+    view: KeyView  # the public key as keyview reads it
 
 
 def generate(
@@ -142,9 +148,9 @@ def generate(
     return str(primary)
 
 
-def read_own(armored_secret: str | bytes) -> OwnKey:
-    """The facts the expiry policy needs about a secret key (rule 4)."""
-    return _parse(armored_secret)[1]
+def read_own(armored_secret: str | bytes, now: datetime) -> OwnKey:
+    """The facts the expiry policy needs about a secret key at now (rule 4)."""
+    return _parse(armored_secret, now)[1]
 
 
 def extend(
@@ -153,48 +159,43 @@ def extend(
     new_expiries: Mapping[str, datetime],
     *,
     sig_time: datetime,
+    now: datetime,
 ) -> str:
     """The key with new self-signatures giving each named component its new expiry (rule 2)."""
-    primary, facts = _parse(armored_secret)
+    primary, facts, signed = _parse(armored_secret, now)
     signed_at = sig_time.astimezone(UTC)
-    with _quiet():
-        if signed_at <= facts.last_signature:
-            raise ValueError(
-                f"signature time {signed_at:%Y-%m-%dT%H:%M:%SZ} is not after the newest "
-                f"self-signature ({facts.last_signature:%Y-%m-%dT%H:%M:%SZ})"
-            )
-        known = {c.fingerprint: c for c in facts.components}
-        unknown = set(new_expiries) - set(known)
-        if unknown:
-            raise ValueError(f"not components of this key: {', '.join(sorted(unknown))}")
-        revoked = sorted(f for f in new_expiries if known[f].revoked)
-        if revoked:
-            raise ValueError(f"revoked components are never extended: {', '.join(revoked)}")
-        for fpr, expires in new_expiries.items():
-            if expires <= signed_at:
-                raise ValueError(f"new expiry of {fpr} is not after the signature time")
-        with _unlocked(primary, passphrase):
-            halg = _hash_for(primary)
-            primary_expiry = new_expiries.get(facts.fingerprint)
-            if primary_expiry is not None:
-                _resign_primary(primary, primary_expiry, signed_at, halg)
-            for sub in primary.subkeys.values():
-                sub_expiry = new_expiries.get(_fpr(sub))
-                if sub_expiry is not None:
-                    _rebind(primary, sub, sub_expiry, signed_at, halg)
+    if signed_at > now:
+        raise ValueError(f"signature time {signed_at:%Y-%m-%dT%H:%M:%SZ} is in the future")
+    if signed_at <= facts.last_signature:
+        raise ValueError(
+            f"signature time {signed_at:%Y-%m-%dT%H:%M:%SZ} is not after the newest "
+            f"self-signature ({facts.last_signature:%Y-%m-%dT%H:%M:%SZ})"
+        )
+    known = {c.fingerprint: c for c in facts.components}
+    unknown = set(new_expiries) - set(known)
+    if unknown:
+        raise ValueError(f"not components of this key: {', '.join(sorted(unknown))}")
+    revoked = sorted(f for f in new_expiries if known[f].revoked)
+    if revoked:
+        raise ValueError(f"revoked components are never extended: {', '.join(revoked)}")
+    for fpr, expires in new_expiries.items():
+        if expires <= signed_at:
+            raise ValueError(f"new expiry of {fpr} is not after the signature time")
+    with _quiet(), _unlocked(primary, passphrase):
+        resigner = _Resigner(primary, signed, signed_at)
+        primary_expiry = new_expiries.get(facts.fingerprint)
+        if primary_expiry is not None:
+            resigner.primary(primary_expiry)
+        for component, binding in signed.subkeys:
+            sub_expiry = new_expiries.get(component.fingerprint)
+            if sub_expiry is not None:
+                resigner.subkey(component, binding, sub_expiry)
         return str(primary)
-
-
-def public_armored(armored_secret: str | bytes) -> str:
-    """The transferable public key, ASCII-armored (VKS, HKP and WKS take it so)."""
-    primary, _ = _parse(armored_secret)
-    with _quiet():
-        return str(primary.pubkey)
 
 
 def decrypt(armored_secret: str | bytes, passphrase: str | None, armored_message: str) -> bytes:
     """The plaintext of a message encrypted to the own key (a WKS confirmation request)."""
-    primary, _ = _parse(armored_secret)
+    primary = _secret(armored_secret)
     with _quiet():
         try:
             message = PGPMessage.from_blob(armored_message)
@@ -210,8 +211,9 @@ def decrypt(armored_secret: str | bytes, passphrase: str | None, armored_message
     return plain.encode() if isinstance(plain, str) else bytes(plain)
 
 
-def _parse(armored_secret: str | bytes) -> tuple[PGPKey, OwnKey]:
-    """The key and its facts; every packet is looked at here, so later steps meet no surprise."""
+def _secret(armored_secret: str | bytes) -> PGPKey:
+    """The secret key as pgpy holds it, for signing and decrypting; every packet is looked at
+    here, so later steps meet no surprise."""
     try:
         with _quiet():
             key, _ = PGPKey.from_blob(armored_secret)
@@ -221,11 +223,50 @@ def _parse(armored_secret: str | bytes) -> tuple[PGPKey, OwnKey]:
                 raise BadKey("a public key was given where the secret key is needed")
             if not key.is_primary:
                 raise BadKey("the key has no primary key")
-            return key, _facts(key)
+            return key
     except BadKey:
         raise
     except Exception as exc:  # pgpy raises anything from ValueError to IndexError on bad input
         raise BadKey(f"not a usable OpenPGP key: {type(exc).__name__}: {exc}") from exc
+
+
+def _parse(armored_secret: str | bytes, now: datetime) -> tuple[PGPKey, OwnKey, SelfSigned]:
+    """The key parsed once: pgpy's object to sign with, and the facts keyview reads from its
+    public part at now (rule 4)."""
+    primary = _secret(armored_secret)
+    try:
+        with _quiet():
+            public = primary.pubkey
+            signed = self_signed(parse_one(bytes(public), keep_all=True), now)
+            armored_public = str(public)
+    except KeyRejected as exc:
+        raise BadKey(exc.reason) from exc
+    except Exception as exc:  # pgpy may fail to write back what it read
+        raise BadKey(f"not a usable OpenPGP key: {type(exc).__name__}: {exc}") from exc
+    view = signed.view
+    if not view.primary.bound:
+        raise BadKey("the key has no valid self-signature")
+    live = sorted(
+        (u for u in view.uids if u.address and not u.revoked), key=lambda u: not u.primary
+    )
+    addresses = tuple(dict.fromkeys(u.address for u in live if u.address))
+    components = [
+        OwnComponent(view.fingerprint, "primary", view.primary.created, view.expires, view.revoked),
+        *(
+            OwnComponent(c.fingerprint, _role(c.flags), c.created, c.expires, c.revoked)
+            for c in view.subkeys
+        ),
+    ]
+    facts = OwnKey(
+        view.fingerprint,
+        addresses,
+        tuple(components),
+        view.newest_self_signature,
+        bool(primary.is_protected),
+        armored_public,
+        view,
+    )
+    return primary, facts, signed
 
 
 @contextmanager
@@ -250,167 +291,95 @@ def _unlocked(primary: PGPKey, passphrase: str | None) -> Iterator[None]:
         raise Locked("the configured passphrase does not unlock the own key") from exc
 
 
-def _fpr(key: PGPKey) -> str:
-    return str(key.fingerprint).replace(" ", "").upper()
-
-
-def _verified(primary: PGPKey, subject: object, sig: PGPSignature) -> bool:
-    if sig.signer != primary.fingerprint.keyid:
-        return False
-    try:
-        digest = getattr(hashes, sig.hash_algorithm.name)()
-        return bool(primary._key.verify(sig.hashdata(subject), sig.__sig__, digest))
-    except Exception:  # a malformed or unsupported signature simply does not count
-        return False
-
-
-def _newest(
-    primary: PGPKey, subject: object, sigs: list[PGPSignature], types: set[SignatureType]
-) -> list[PGPSignature]:
-    valid = [s for s in sigs if s.type in types and _verified(primary, subject, s)]
-    return sorted(valid, key=lambda s: s.created, reverse=True)
-
-
-def _expiry(created: datetime, sig: PGPSignature | None) -> datetime | None:
-    if sig is None or not sig.key_expiration:
-        return None
-    expires: datetime = created.astimezone(UTC) + sig.key_expiration
-    return expires
-
-
-def _facts(primary: PGPKey) -> OwnKey:
-    created = primary.created.astimezone(UTC)
-    times: list[datetime] = []
-    direct = _newest(primary, primary, list(primary._signatures), {SignatureType.DirectlyOnKey})
-    revoked = bool(
-        _newest(primary, primary, list(primary._signatures), {SignatureType.KeyRevocation})
-    )
-    uid_sigs = []
-    addresses = []
-    for uid in primary._uids:
-        newest = _newest(
-            primary, uid, list(uid._signatures), CERTIFICATIONS | {SignatureType.CertRevocation}
-        )
-        if newest and newest[0].type != SignatureType.CertRevocation:
-            uid_sigs.append(newest[0])
-            address = normalize_address(uid.userid) if uid.is_uid else None
-            if address:
-                addresses.append(address)
-        times += [s.created for s in newest[:1]]
-    if not uid_sigs and not direct:
-        raise BadKey("the key has no valid self-signature")
-    times += [s.created for s in direct[:1]]
-    holder = next((s for s in uid_sigs if _marks_primary(s)), uid_sigs[0] if uid_sigs else None)
-    if direct and direct[0].key_expiration:
-        holder = direct[0]
-    components = [
-        OwnComponent(_fpr(primary), "primary", created, _expiry(created, holder), revoked)
-    ]
-    for sub in primary.subkeys.values():
-        newest = _newest(
-            primary,
-            sub,
-            list(sub._signatures),
-            {SignatureType.Subkey_Binding, SignatureType.SubkeyRevocation},
-        )
-        if not newest:
-            continue
-        times.append(newest[0].created)
-        binding = next((s for s in newest if s.type == SignatureType.Subkey_Binding), None)
-        sub_created = sub.created.astimezone(UTC)
-        components.append(
-            OwnComponent(
-                _fpr(sub),
-                _role(binding.key_flags if binding else set()),
-                sub_created,
-                _expiry(sub_created, binding),
-                newest[0].type == SignatureType.SubkeyRevocation,
-            )
-        )
-    return OwnKey(
-        _fpr(primary),
-        tuple(addresses),
-        tuple(components),
-        max(t.astimezone(UTC) for t in times),
-        bool(primary.is_protected),
-    )
-
-
-def _marks_primary(sig: PGPSignature) -> bool:
-    return any(p.primary for p in sig._signature.subpackets["h_PrimaryUserID"])
-
-
-def _role(flags: set[KeyFlags]) -> str:
-    if flags & ENCRYPT:
-        return "encrypt"
-    if KeyFlags.Sign in flags:
-        return "sign"
-    if KeyFlags.Authentication in flags:
-        return "auth"
+def _role(flags: frozenset[str]) -> str:
+    for role in ("encrypt", "sign", "auth"):
+        if role in flags:
+            return role
     return "other"
 
 
-def _hash_for(primary: PGPKey) -> HashAlgorithm:
-    prefs: list[HashAlgorithm] = []
-    for uid in primary._uids:
-        for sig in uid._signatures:
-            if sig.signer == primary.fingerprint.keyid:
-                prefs += list(sig.hashprefs)
-    return next((h for h in prefs if h in STRONG_HASHES), HashAlgorithm.SHA256)
+def _hash_for(signed: SelfSigned) -> HashAlgorithm:
+    """The first strong hash the key's user id bindings prefer, else SHA-256 (rule 3)."""
+    for _, binding in signed.uids:
+        for value in hash_preferences(binding):
+            if value in STRONG_HASHES:
+                return HashAlgorithm(value)
+    return HashAlgorithm.SHA256
 
 
-def _successor(
-    primary: PGPKey, old: PGPSignature, signed_at: datetime, halg: HashAlgorithm
-) -> PGPSignature:
-    """A signature of the same type carrying every hashed subpacket of `old` but the RESET ones."""
-    new = PGPSignature.new(
-        old.type, primary.key_algorithm, halg, primary.fingerprint.keyid, created=signed_at
-    )
-    for (name, _), packet in old._signature.subpackets._hashed_sp.items():
-        if name not in RESET:
-            new._signature.subpackets["h_" + name] = packet
-    return new
+def _identity(sig: PGPSignature) -> tuple[int, int, bytes]:
+    """What ties a signature pgpy holds to the one keyview read: type, creation second and the
+    hash's first two octets (two self-signatures alike in all three would copy alike)."""
+    return int(sig.type), int(sig.created.timestamp()), bytes(sig._signature.hash2)
 
 
-def _resign_primary(
-    primary: PGPKey, expires: datetime, signed_at: datetime, halg: HashAlgorithm
-) -> None:
-    lifetime = expires - primary.created.astimezone(UTC)
-    direct = _newest(primary, primary, list(primary._signatures), {SignatureType.DirectlyOnKey})
-    if direct and direct[0].key_expiration:
-        sig = _successor(primary, direct[0], signed_at, halg)
-        sig._signature.subpackets.addnew("KeyExpirationTime", hashed=True, expires=lifetime)
-        primary |= primary._sign(primary, sig)
-    for uid in list(primary._uids):
-        newest = _newest(
-            primary, uid, list(uid._signatures), CERTIFICATIONS | {SignatureType.CertRevocation}
+class _Resigner:
+    """Writes successors of the self-signatures keyview chose, with pgpy's signing."""
+
+    def __init__(self, primary: PGPKey, signed: SelfSigned, signed_at: datetime) -> None:
+        self.key = primary
+        self.signed = signed
+        self.signed_at = signed_at
+        self.halg = _hash_for(signed)
+        held = [*primary._signatures]
+        held += [sig for uid in primary._uids for sig in uid._signatures]
+        held += [sig for sub in primary.subkeys.values() for sig in sub._signatures]
+        self.held = {_identity(sig): sig for sig in held}
+
+    def _superseded(self, sig: Signature) -> PGPSignature:
+        found = self.held.get((sig.sigtype, sig.created or 0, sig.left16))
+        if found is None:
+            raise BadKey("pgpy does not hold a self-signature the key's reading relies on")
+        return found
+
+    def _successor(self, sig: Signature, lifetime: timedelta) -> PGPSignature:
+        """A signature of the same type carrying every hashed subpacket of `sig` but the RESET
+        ones, with its own creation time and the given key lifetime (rule 2)."""
+        old = self._superseded(sig)
+        key = self.key
+        new = PGPSignature.new(
+            old.type, key.key_algorithm, self.halg, key.fingerprint.keyid, created=self.signed_at
         )
-        if not newest or newest[0].type == SignatureType.CertRevocation:
-            continue
-        sig = _successor(primary, newest[0], signed_at, halg)
-        sig._signature.subpackets.addnew("KeyExpirationTime", hashed=True, expires=lifetime)
-        uid |= primary._sign(uid, sig)
+        for (name, _), packet in old._signature.subpackets._hashed_sp.items():
+            if name not in RESET:
+                new._signature.subpackets["h_" + name] = packet
+        new._signature.subpackets.addnew("KeyExpirationTime", hashed=True, expires=lifetime)
+        return new
+
+    def primary(self, expires: datetime) -> None:
+        key, signed = self.key, self.signed
+        lifetime = expires - signed.view.primary.created
+        if signed.direct is not None and states_key_expiry(signed.direct):
+            key |= key._sign(key, self._successor(signed.direct, lifetime))
+        uids = {uid.userid: uid for uid in key._uids if uid.is_uid}
+        for user_id, binding in signed.uids:
+            subject = uids.get(user_id.uid)
+            if user_id.revoked or subject is None:
+                continue
+            subject |= key._sign(subject, self._successor(binding, lifetime))
+
+    def subkey(self, component: Component, binding: Signature, expires: datetime) -> None:
+        key = self.key
+        sub = next(s for s in key.subkeys.values() if _fpr(s) == component.fingerprint)
+        sig = self._successor(binding, expires - component.created)
+        flags = stated_flags(binding)
+        if flags is None or "sign" in flags:
+            back = PGPSignature.new(
+                SignatureType.PrimaryKey_Binding,
+                sub.key_algorithm,
+                self.halg,
+                sub.fingerprint.keyid,
+                created=self.signed_at,
+            )
+            back = sub._sign(key, back)
+            sig._signature.subpackets.addnew(
+                "EmbeddedSignature", hashed=False, _sig=back._signature
+            )
+        sub |= key._sign(sub, sig)
 
 
-def _rebind(
-    primary: PGPKey, sub: PGPKey, expires: datetime, signed_at: datetime, halg: HashAlgorithm
-) -> None:
-    newest = _newest(primary, sub, list(sub._signatures), {SignatureType.Subkey_Binding})
-    sig = _successor(primary, newest[0], signed_at, halg)
-    sig._signature.subpackets.addnew(
-        "KeyExpirationTime", hashed=True, expires=expires - sub.created.astimezone(UTC)
-    )
-    if KeyFlags.Sign in (newest[0].key_flags or set()) or not newest[0].key_flags:
-        back = PGPSignature.new(
-            SignatureType.PrimaryKey_Binding,
-            sub.key_algorithm,
-            halg,
-            sub.fingerprint.keyid,
-            created=signed_at,
-        )
-        back = sub._sign(primary, back)
-        sig._signature.subpackets.addnew("EmbeddedSignature", hashed=False, _sig=back._signature)
-    sub |= primary._sign(sub, sig)
+def _fpr(key: PGPKey) -> str:
+    return str(key.fingerprint).replace(" ", "").upper()
 
 
 def _drop_signatures(sub: PGPKey) -> None:
