@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from refreshd.audit import DiskFull
+from refreshd.core import history
 from refreshd.core.levels import Level
-from refreshd.core.rules import Decision, DecisionKind, Registration, successfully_used
+from refreshd.core.rules import Decision, Registration, successfully_used
 
 __all__ = ["KeyFacts", "ProviderPin", "Source", "Store", "iso"]
 
@@ -464,13 +465,12 @@ class Store:
     def apply(self, address: str, d: Decision, now: datetime) -> None:
         """Persist one decision: registration, history rows and the decision log."""
         stamp = iso(now)
-        if d.decision is DecisionKind.REPLACED:
-            old = self._one("SELECT fingerprint FROM addresses WHERE address = ?", address)
-            if old is not None:
-                self.db.execute(
-                    "UPDATE seen SET status='retired', reason=? WHERE address=? AND fingerprint=?",
-                    (f"Retired: {d.reason}", address, old["fingerprint"]),
-                )
+        current = self._one("SELECT fingerprint FROM addresses WHERE address = ?", address)
+        registered = None
+        if current is not None:
+            entry = self._entry(address, current["fingerprint"])
+            registered = None if entry is None else (current["fingerprint"], entry)
+        changed = history.after(d, self._entry(address, d.fingerprint), registered)
         if d.registers:
             self.db.execute(
                 "INSERT INTO addresses(address, fingerprint, level, base_level, source, positive, "
@@ -490,18 +490,25 @@ class Store:
                     stamp,
                 ),
             )
-        status = "registered" if d.registers else "rejected"
-        self.db.execute(
-            "INSERT INTO seen(address, fingerprint, status, level, source, first_seen, "
-            "last_seen, reason) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(address, fingerprint) "
-            "DO UPDATE SET last_seen=excluded.last_seen, "
-            "status=CASE WHEN seen.status='retired' AND excluded.status='rejected' "
-            "THEN 'retired' ELSE excluded.status END, "
-            "level=CASE WHEN excluded.status='registered' THEN excluded.level ELSE seen.level END, "
-            "source=CASE WHEN excluded.status='registered' THEN excluded.source "
-            "ELSE seen.source END, reason=excluded.reason",
-            (address, d.fingerprint, status, d.level.value, d.source, stamp, stamp, d.reason),
-        )
+        for fingerprint, e in changed.items():
+            seen_now = fingerprint == d.fingerprint
+            self.db.execute(
+                "INSERT INTO seen(address, fingerprint, status, level, source, first_seen, "
+                "last_seen, reason) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(address, fingerprint) "
+                "DO UPDATE SET status=excluded.status, level=excluded.level, "
+                "source=excluded.source, reason=excluded.reason"
+                + (", last_seen=excluded.last_seen" if seen_now else ""),
+                (
+                    address,
+                    fingerprint,
+                    e.status.value,
+                    e.level.value,
+                    e.source,
+                    stamp,
+                    stamp,
+                    e.reason,
+                ),
+            )
         last = self._one(
             "SELECT id, fingerprint, decision, level, source, rule, reason FROM decisions "
             "WHERE address = ? ORDER BY id DESC LIMIT 1",
@@ -519,6 +526,18 @@ class Store:
             "reason) VALUES (?,?,?,?,?,?,?,?)",
             (stamp, address, *same),
         )
+
+    def _entry(self, address: str, fingerprint: str) -> history.Entry | None:
+        """The key's entry in the address's history, if it has one."""
+        row = self._one(
+            "SELECT status, level, source, reason FROM seen WHERE address = ? AND fingerprint = ?",
+            address,
+            fingerprint,
+        )
+        if row is None:
+            return None
+        status, level = history.Status(row["status"]), Level(row["level"])
+        return history.Entry(status, level, row["source"], row["reason"])
 
     def uncorrected(self) -> list[tuple[str, str, Level, str]]:
         """Registrations written before base_level existed: (address, fingerprint, level,

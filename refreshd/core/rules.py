@@ -18,7 +18,8 @@ Rules, from the transitional key validation rules:
        3.4 the registered key was never successfully used and the new level is higher,
        3.5 the registered key has no expiration date;
        otherwise it is rejected and the registered key stays.
-- 4    A replaced key is retired: kept for old signatures, never used for sending.
+- 4    A replaced key is retired: kept for old signatures, never used for sending
+       (core/history.py says what the history keeps; the store applies it).
 - 5    A key is successfully used once a message was sent encrypted to it AND one was
        received signed by it.
 - 8    Bytes that are no usable key (malformed, hostile, oversized, nothing validly
