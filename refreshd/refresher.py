@@ -420,6 +420,5 @@ class Refresher:
                     last_fetch=epoch_iso(self.clock()),
                     last_status=status,
                     failures=0 if ok else src.failures + 1,
-                    next_retry=None,
                 )
             )

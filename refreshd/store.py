@@ -22,7 +22,7 @@ from refreshd.core.rules import Decision, Registration, successfully_used
 
 __all__ = ["KeyFacts", "ProviderPin", "Source", "Store", "iso"]
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 REJECTED_BYTES = 8 << 20  # rejected keys kept (newest first) for `verify` and fingerprint observes
 
 MIGRATIONS: dict[int, str] = {
@@ -209,6 +209,14 @@ MIGRATIONS: dict[int, str] = {
     7: """
     CREATE INDEX keys_facts ON keys(fingerprint, expires, revoked, encrypt_until, can_encrypt);
     """,
+    # 8: columns nothing ever wrote: a source's retry time (the refresher's host backoff lives
+    # in memory, core/refreshing.py) and the own key's expiry and next extension (read from the
+    # key file and core/ownpolicy.py each time). No index, trigger or view names them.
+    8: """
+    ALTER TABLE sources DROP COLUMN next_retry;
+    ALTER TABLE own_keys DROP COLUMN expires;
+    ALTER TABLE own_keys DROP COLUMN next_extension_at;
+    """,
 }
 
 
@@ -289,7 +297,6 @@ class Source:
     last_fetch: str | None = None
     last_status: str | None = None
     failures: int = 0
-    next_retry: str | None = None
 
 
 class Store:
@@ -671,13 +678,12 @@ class Store:
     def put_source(self, s: Source) -> None:
         self.db.execute(
             "INSERT INTO sources(url, kind, address, fingerprint, etag, last_modified, "
-            "body_sha256, last_fetch, last_status, failures, next_retry) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(url) DO UPDATE SET "
+            "body_sha256, last_fetch, last_status, failures) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(url) DO UPDATE SET "
             "kind=excluded.kind, address=excluded.address, fingerprint=excluded.fingerprint, "
             "etag=excluded.etag, last_modified=excluded.last_modified, "
             "body_sha256=excluded.body_sha256, last_fetch=excluded.last_fetch, "
-            "last_status=excluded.last_status, failures=excluded.failures, "
-            "next_retry=excluded.next_retry",
+            "last_status=excluded.last_status, failures=excluded.failures",
             (
                 s.url,
                 s.kind,
@@ -689,7 +695,6 @@ class Store:
                 s.last_fetch,
                 s.last_status,
                 s.failures,
-                s.next_retry,
             ),
         )
 
