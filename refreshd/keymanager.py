@@ -729,12 +729,21 @@ class KeyManager:
     # -- answers ----------------------------------------------------------------------------
     def describe(self, address: str, *, with_key: bool = False) -> dict[str, Any]:
         """The lookup answer for a registered address (SPEC section 4)."""
-        now = self.clock()
+        answer, _ = self.describe_at(address, self.clock())
+        if with_key and answer["state"] == "registered":
+            data = self.store.get_key(answer["fingerprint"])
+            assert data is not None
+            answer["key"] = armor(data)
+        return answer
+
+    def describe_at(self, address: str, now: datetime) -> tuple[dict[str, Any], datetime | None]:
+        """The lookup answer at `now` without the key's bytes, and the first later instant at
+        which time alone changes it (the key's or its encryption subkey's expiry), or None."""
         seen = self.store.described(address)  # one indexed query
         prefer_encrypt = seen.prefer_encrypt
         facts = seen.facts
         if facts is None or seen.level is None:
-            return {
+            unknown = {
                 "address": address,
                 "state": "unknown",
                 "fingerprint": None,
@@ -747,6 +756,7 @@ class KeyManager:
                 "reason": f"No key is registered for {address}.",
                 "prefer_encrypt": prefer_encrypt,
             }
+            return unknown, None
         reason = seen.reason or "Registered."
         use = rules.use_of(
             revoked=facts.revoked,
@@ -771,11 +781,8 @@ class KeyManager:
             "reason": reason,
             "prefer_encrypt": prefer_encrypt,
         }
-        if with_key:
-            data = self.store.get_key(facts.fingerprint)
-            assert data is not None
-            answer["key"] = armor(data)
-        return answer
+        later = [t for t in (facts.expires, facts.encrypt_until) if t is not None and t > now]
+        return answer, min(later, default=None)
 
     def history(self, address: str) -> dict[str, Any]:
         return {

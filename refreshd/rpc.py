@@ -40,7 +40,16 @@ import trio
 
 from refreshd.privacy import private_socket_dir
 
-__all__ = ["INTERNAL_ERROR", "INVALID_PARAMS", "Param", "RpcError", "RpcServer", "checked"]
+__all__ = [
+    "INTERNAL_ERROR",
+    "INVALID_PARAMS",
+    "Encoded",
+    "Param",
+    "RpcError",
+    "RpcServer",
+    "checked",
+    "encode",
+]
 
 MAX_LINE = 1 << 20
 SMALL_LINE = 64 << 10
@@ -132,28 +141,39 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
+_DECODER = json.JSONDecoder(parse_int=_bounded_int, parse_constant=_no_constant)
+
+
 def _invalid_structure(msg: Any) -> str | None:
     """Why a parsed message cannot be served (too deep, a lone surrogate), or None.
 
     Iterative, so a hostile structure cannot exhaust the stack here either."""
-    stack: list[tuple[Any, int]] = [(msg, 1)]
+    if isinstance(msg, str):
+        return _lone_surrogate(msg)
+    stack: list[tuple[Any, int]] = [(msg, 1)] if isinstance(msg, dict | list) else []
     while stack:
         value, depth = stack.pop()
-        if isinstance(value, str):
-            if not value.isascii() and _SURROGATE.search(value):
-                return "a string holds a lone surrogate (not Unicode text)"
-        elif isinstance(value, dict | list):
-            if depth > MAX_DEPTH:
-                return f"nested deeper than {MAX_DEPTH} levels"
-            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
-            stack.extend((item, depth + 1) for item in items)
+        if depth > MAX_DEPTH:
+            return f"nested deeper than {MAX_DEPTH} levels"
+        for item in (*value.keys(), *value.values()) if isinstance(value, dict) else value:
+            if isinstance(item, str):
+                if (why := _lone_surrogate(item)) is not None:
+                    return why
+            elif isinstance(item, dict | list):
+                stack.append((item, depth + 1))
+    return None
+
+
+def _lone_surrogate(text: str) -> str | None:
+    if not text.isascii() and _SURROGATE.search(text):
+        return "a string holds a lone surrogate (not Unicode text)"
     return None
 
 
 def parse_request(line: bytes) -> Request | dict[str, Any]:
     """The request, or the error response to send."""
     try:
-        msg = json.loads(line.decode("utf-8"), parse_int=_bounded_int, parse_constant=_no_constant)
+        msg = _DECODER.decode(line.decode("utf-8"))
     except RecursionError:
         return error(None, INVALID_REQUEST, f"Invalid request: nested deeper than {MAX_DEPTH}")
     except UnicodeDecodeError as exc:
@@ -227,8 +247,9 @@ class RpcServer:
         self.stats = Stats()
         self._refusals = _Refusals()
         self._big_lines = trio.Semaphore(BIG_LINES)
-        # connections waiting for their next line, oldest first: the ones a newcomer may evict
-        self._waiting: dict[int, trio.CancelScope] = {}
+        # connections waiting for their next line, oldest first (so also by when each is due):
+        # the ones a newcomer may evict and the late ones `_reap` closes
+        self._waiting: dict[int, _Waiting] = {}
 
     async def handle(self, line: bytes) -> dict[str, Any] | None:
         parsed = parse_request(line)
@@ -263,16 +284,17 @@ class RpcServer:
                 error(response.get("id"), INTERNAL_ERROR, "Internal error: unencodable answer")
             )
 
-    async def serve_connection(self, stream: trio.SocketStream) -> None:
+    async def serve_connection(self, sock: socket.socket) -> None:
         """One client: a peer that vanishes or misbehaves only ends its own connection."""
         try:
-            await self._admit_and_converse(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError):
+            await self._admit_and_converse(sock)
+        except (OSError, trio.TooSlowError):  # the peer went, or does not read its answers
             pass
         except Exception:  # never let one connection end the daemon
             log.exception("rpc.connection_failed")
         finally:
-            await stream.aclose()
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
 
     def _refused(self, uid: int) -> None:
         now = trio.current_time()
@@ -296,53 +318,66 @@ class RpcServer:
         if not self._waiting:
             return False
         key = next(iter(self._waiting))
-        self._waiting.pop(key).cancel()
+        self._waiting.pop(key).scope.cancel()
         self.stats.evicted += 1
         return True
 
-    async def _admit_and_converse(self, stream: trio.SocketStream) -> None:
+    async def _reap(self) -> None:
+        """Close each connection whose next line is `idle_timeout` late, at that moment: one
+        task for them all, so a request costs no timer of its own."""
+        while True:
+            now = trio.current_time()
+            while self._waiting:
+                key = next(iter(self._waiting))
+                if self._waiting[key].due > now:
+                    break
+                self._waiting.pop(key).scope.cancel()
+            first = next(iter(self._waiting.values()), None)
+            # a connection that starts waiting meanwhile is due no sooner than idle_timeout on
+            await trio.sleep_until(first.due if first else now + self.idle_timeout)
+
+    async def _admit_and_converse(self, sock: socket.socket) -> None:
         try:
-            uid = self.peer_uid_of(stream.socket)  # type: ignore[arg-type]
+            uid = self.peer_uid_of(sock)
         except OSError:
             uid = -1
         if uid != self.uid:
             self._refused(uid)
             return
         if self.stats.open >= self.max_connections and not self._make_room():
-            with trio.move_on_after(1):
-                await stream.send_all(BUSY)
+            await _send_all(sock, BUSY, 1)
             return
         self.stats.open += 1
         try:
-            await self._converse(stream)
+            await self._converse(sock)
         finally:
             self.stats.open -= 1
 
-    async def _converse(self, stream: trio.SocketStream) -> None:
-        reader = _LineReader(stream, self._big_lines)
-        try:
-            while True:
-                line: bytes | None = None
-                with trio.move_on_after(self.idle_timeout) as waiting:
-                    self._waiting[id(waiting)] = waiting
+    async def _converse(self, sock: socket.socket) -> None:
+        """Lines in, answers out, under one cancel scope for the whole connection: `_reap`
+        cancels it when a line is late, a newcomer when it evicts it; a method runs untimed.
+        An answer the peer does not take within `idle_timeout` ends the connection."""
+        reader = _LineReader(sock, self._big_lines)
+        key = id(reader)
+        with trio.CancelScope() as scope:
+            try:
+                while True:
+                    self._waiting[key] = _Waiting(scope, trio.current_time() + self.idle_timeout)
                     try:
-                        line = await reader.next_line()
+                        lines = await reader.lines()
                     finally:
-                        self._waiting.pop(id(waiting), None)
-                if waiting.cancelled_caught or line is None:
-                    return  # too slow, evicted for a newcomer, or the peer is gone
-                if not line.strip():
-                    continue
-                reply = await self.answer(line)
-                self.stats.served += 1
-                if reply is not None:
-                    with trio.fail_after(self.idle_timeout):
-                        await stream.send_all(reply)
-        except _LineTooLong:
-            with trio.move_on_after(1):
-                await stream.send_all(TOO_LONG)
-        finally:
-            reader.release()
+                        self._waiting.pop(key, None)
+                    if lines is None:
+                        return  # the peer is gone
+                    for line in lines:
+                        reply = await self.answer(line)
+                        self.stats.served += 1
+                        if reply is not None:
+                            await _send_all(sock, reply, self.idle_timeout)
+            except _LineTooLong:
+                await _send_all(sock, TOO_LONG, 1)
+            finally:
+                reader.release()
 
     async def serve(
         self,
@@ -353,24 +388,32 @@ class RpcServer:
     ) -> None:
         """Listen on `path` (creating its 0700 directory) or on a socket systemd passed."""
         if inherited is not None:
-            listener = trio.SocketListener(trio.socket.from_stdlib_socket(inherited))
+            listener = inherited
+            listener.setblocking(False)
         else:
             assert path is not None
-            listener = await _bind(path)
+            listener = _bind(path)
         try:
-            async with listener, trio.open_nursery() as nursery:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._reap)
                 task_status.started(path)
                 await self._accept(listener, nursery)
         finally:
+            trio.lowlevel.notify_closing(listener)
+            listener.close()
             if inherited is None and path is not None:
                 _remove(path)
 
-    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+    async def _accept(self, listener: socket.socket, nursery: trio.Nursery) -> None:
         """Accept for ever; out of fds (or memory) is one warning a second, not a traceback."""
         warned = -1.0
         while True:
+            await trio.lowlevel.checkpoint()
             try:
-                stream = await listener.accept()
+                sock, _ = listener.accept()
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(listener)
+                continue
             except OSError as exc:
                 if exc.errno not in ACCEPT_CAPACITY_ERRORS:
                     raise
@@ -379,7 +422,8 @@ class RpcServer:
                     log.warning("socket.exhausted", error=errno.errorcode[exc.errno])
                 await trio.sleep(0.1)
                 continue
-            nursery.start_soon(self.serve_connection, stream)
+            sock.setblocking(False)
+            nursery.start_soon(self.serve_connection, sock)
 
 
 def _os_failure(method: str, exc: OSError) -> str:
@@ -396,46 +440,91 @@ def _os_failure(method: str, exc: OSError) -> str:
     return f"Internal error: {type(exc).__name__}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Waiting:
+    scope: trio.CancelScope  # the connection's
+    due: float  # trio time by which its next line must be complete
+
+
 class _LineTooLong(Exception):
     """A line grew past MAX_LINE: answered -32600 and the connection closed."""
 
 
 class _LineReader:
     """Splits a stream into lines, buffering at most SMALL_LINE plus one chunk unless it holds
-    one of the server's few big-line slots."""
+    one of the server's few big-line slots. It reads what the peer has sent in one call and
+    hands over every complete line in it at once (a pipelining client costs one read, not one
+    per line)."""
 
-    def __init__(self, stream: trio.SocketStream, big_lines: trio.Semaphore) -> None:
-        self.stream = stream
+    def __init__(self, sock: socket.socket, big_lines: trio.Semaphore) -> None:
+        self.sock = sock
         self.big_lines = big_lines
         self.buf = bytearray()
         self.holds_big = False
+        self.too_long = False  # a line past MAX_LINE follows the lines already handed over
 
-    async def next_line(self) -> bytes | None:
-        """The next line without its newline, or None when the peer closed."""
+    async def lines(self) -> list[bytes] | None:
+        """The next complete lines (none of them blank), without their newlines; None when
+        the peer closed."""
         while True:
-            newline = self.buf.find(b"\n")
-            if newline >= 0:
-                line = bytes(self.buf[:newline])
-                del self.buf[: newline + 1]
-                if len(line) > MAX_LINE:
-                    raise _LineTooLong
-                if self.holds_big and len(self.buf) < SMALL_LINE:
-                    self.release()
-                return line
+            if self.too_long:
+                raise _LineTooLong
+            if b"\n" in self.buf and (lines := self._split()):
+                return lines
             if len(self.buf) > MAX_LINE:
                 raise _LineTooLong
             if len(self.buf) >= SMALL_LINE and not self.holds_big:
                 await self.big_lines.acquire()
                 self.holds_big = True
-            chunk = await self.stream.receive_some(65536 if self.holds_big else 16384)
+            # A client waits for its answer before it asks again: wait first, then read,
+            # rather than a read that finds nothing. The wait is also the yield to the others.
+            await trio.lowlevel.wait_readable(self.sock)
+            try:
+                chunk = self.sock.recv(65536 if self.holds_big else 16384)
+            except BlockingIOError:
+                continue
             if not chunk:
                 return None
             self.buf += chunk
+
+    def _split(self) -> list[bytes]:
+        """Every complete line in the buffer (blank ones dropped), up to one too long."""
+        *complete, rest = self.buf.split(b"\n")
+        self.buf = bytearray(rest)
+        lines = []
+        for line in complete:
+            if len(line) > MAX_LINE:
+                self.too_long = True
+                break
+            if line.strip():
+                lines.append(bytes(line))
+        if self.holds_big and len(self.buf) < SMALL_LINE:
+            self.release()
+        return lines
 
     def release(self) -> None:
         if self.holds_big:
             self.big_lines.release()
             self.holds_big = False
+
+
+async def _send_all(sock: socket.socket, data: bytes, patience: float) -> None:
+    """Write all of `data`; only a full socket buffer waits, and then the rest of the answer
+    has `patience` seconds (TooSlowError: the peer does not read)."""
+    view = memoryview(data)
+    try:
+        sent = sock.send(view)
+    except BlockingIOError:
+        sent = 0
+    if sent < len(view):
+        with trio.fail_after(patience):
+            view = view[sent:]
+            while view:
+                await trio.lowlevel.wait_writable(sock)
+                try:
+                    view = view[sock.send(view) :]
+                except BlockingIOError:
+                    continue
 
 
 def _remove(path: Path) -> None:
@@ -459,26 +548,48 @@ def _prepare(path: Path) -> None:
             probe.close()
 
 
-async def _bind(path: Path) -> trio.SocketListener:
+def _bind(path: Path) -> socket.socket:
     _prepare(path)
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
-        await sock.bind(str(path))
+        sock.bind(str(path))
     finally:
         os.umask(old)
     os.chmod(path, 0o600)
     sock.listen(4096)  # a burst of clients queues instead of failing to connect
-    return trio.SocketListener(sock)
+    sock.setblocking(False)
+    return sock
+
+
+def _json(value: Any) -> bytes:
+    """One JSON value as the socket sends it; text that is not Unicode (a lone surrogate)
+    goes out \\u-escaped."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A method's result already encoded (`encode`): spliced into the answer line as it is,
+    so an answer prepared once is not encoded again for every request."""
+
+    json: bytes
+
+
+def encode(value: Any) -> Encoded:
+    return Encoded(_json(value))
 
 
 def _line(obj: dict[str, Any]) -> bytes:
-    """One answer line; text that is not Unicode (a lone surrogate) goes out \\u-escaped."""
-    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    try:
-        return text.encode() + b"\n"
-    except UnicodeEncodeError:
-        return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+    """One answer line: the same bytes whether the result was prepared or not."""
+    result = obj.get("result")
+    if isinstance(result, Encoded):
+        return b'{"jsonrpc":"2.0","id":' + _json(obj["id"]) + b',"result":' + result.json + b"}\n"
+    return _json(obj) + b"\n"
 
 
 TOO_LONG = _line(

@@ -13,11 +13,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from refreshd import __version__
+from refreshd.answers import PreparedAnswers
 from refreshd.core import autocrypt, levels
 from refreshd.core.rules import DecisionKind
 from refreshd.errors import InvalidRequest, RefreshdError
 from refreshd.keymanager import Found, KeyManager, address_or_none
-from refreshd.rpc import INTERNAL_ERROR, INVALID_PARAMS, Param, RpcError, checked
+from refreshd.rpc import INTERNAL_ERROR, INVALID_PARAMS, Encoded, Param, RpcError, checked
 
 __all__ = ["Service"]
 
@@ -55,6 +56,22 @@ def address_param(value: str) -> str:
     if address is None or "<" in value:
         raise RpcError(INVALID_PARAMS, f"Invalid params: {value[:80]!r} is not an email address")
     return address
+
+
+LOOKUP_PARAMS = {
+    "address": Param(str),
+    "discover": Param(bool, True),
+    "wait": Param((int, float), 0),
+    "armor": Param(bool, False),
+}
+
+
+def _lookup_params(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    p = checked(params, LOOKUP_PARAMS)
+    address = address_param(p["address"])
+    if not 0 <= p["wait"] <= 600:
+        raise RpcError(INVALID_PARAMS, "Invalid params: 'wait' must be 0 to 600 seconds")
+    return address, p
 
 
 def fingerprint_param(value: str) -> str:
@@ -97,6 +114,7 @@ class Service:
         importing: Callable[[], dict[str, Any] | None] = lambda: None,
     ) -> None:
         self.keys = keys
+        self.answers = PreparedAnswers(keys)
         self.discovery = discovery
         self.refresher = refresher
         self.own_keys = own
@@ -106,7 +124,7 @@ class Service:
 
     def methods(self) -> dict[str, Method]:
         table: dict[str, Method] = {
-            "lookup": self.lookup,
+            "lookup": self.socket_lookup,
             "observe": self.observe,
             "used": self.used,
             "verify": self.verify,
@@ -120,19 +138,20 @@ class Service:
         }
         return {name: _answering(method) for name, method in table.items()}
 
+    async def socket_lookup(self, params: dict[str, Any]) -> dict[str, Any] | Encoded:
+        """`lookup` on the socket: a registered address's answer goes out prepared
+        (refreshd.answers), the same bytes `lookup` would encode."""
+        address, p = _lookup_params(params)
+        if not p["armor"]:
+            prepared = self.answers.registered(address)
+            if prepared is not None:
+                return prepared
+        return await self._lookup(address, p)
+
     async def lookup(self, params: dict[str, Any]) -> dict[str, Any]:
-        p = checked(
-            params,
-            {
-                "address": Param(str),
-                "discover": Param(bool, True),
-                "wait": Param((int, float), 0),
-                "armor": Param(bool, False),
-            },
-        )
-        address = address_param(p["address"])
-        if not 0 <= p["wait"] <= 600:
-            raise RpcError(INVALID_PARAMS, "Invalid params: 'wait' must be 0 to 600 seconds")
+        return await self._lookup(*_lookup_params(params))
+
+    async def _lookup(self, address: str, p: dict[str, Any]) -> dict[str, Any]:
         answer = self.keys.describe(address, with_key=p["armor"])
         if answer["state"] == "registered" or not p["discover"]:
             return answer

@@ -361,6 +361,17 @@ class Store:
     def _one(self, sql: str, *args: Any) -> sqlite3.Row | None:
         return self.db.execute(sql, args).fetchone()
 
+    def generation(self) -> tuple[int, int] | None:
+        """A value that changes with every write to the store, or None inside a transaction
+        (whose writes may still be rolled back): what a memo of read answers is keyed on.
+
+        The rows this connection inserted, changed or deleted (SQLite counts those of
+        triggers too, and of rolled-back statements, which only invalidates more), and the
+        database's data_version, which moves when another connection commits."""
+        if self.db.in_transaction:
+            return None
+        return self.db.total_changes, self.db.execute("PRAGMA data_version").fetchone()[0]
+
     # keys -------------------------------------------------------------------------------
     def get_key(self, fingerprint: str) -> bytes | None:
         row = self._one("SELECT data FROM keys WHERE fingerprint = ?", fingerprint)

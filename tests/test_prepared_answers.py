@@ -1,0 +1,131 @@
+"""The socket's prepared `lookup` answers (refreshd.answers) are exactly the fresh answer after
+any change to what a lookup shows: registrations, keys, decisions, uses, Autocrypt
+preferences, a write by another connection, a rolled-back transaction, and time crossing an
+expiry. The same real keys as the key manager's own properties (gpg-made expiry versions)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from refreshd.answers import PreparedAnswers
+from refreshd.keymanager import KeyManager
+from refreshd.openpgp.keyview import read_key
+from refreshd.rpc import encode
+from tests.test_keymanager_properties import BOB, FOUND, manager, pool  # noqa: F401 (fixture)
+
+CAROL = "carol@example.org"
+KEYS = ["v1", "v2", "v3", "transition", "never", "pgpy", "other"]
+
+op = st.one_of(
+    st.tuples(
+        st.just("observe"),
+        st.sampled_from([BOB, CAROL]),
+        st.sampled_from(KEYS),
+        st.integers(0, len(FOUND) - 1),
+    ),
+    st.tuples(st.just("use"), st.sampled_from(["sent-encrypted", "received-signed"])),
+    st.tuples(st.just("verify"), st.sampled_from(["v1", "pgpy", "transition"])),
+    st.tuples(
+        st.just("autocrypt"),
+        st.sampled_from([BOB, CAROL]),
+        st.sampled_from(["mutual", "nopreference"]),
+    ),
+    st.tuples(st.just("time"), st.integers(1, 500)),
+    st.tuples(st.just("elsewhere"), st.sampled_from(["positive", "level", "reason"])),
+    st.tuples(st.just("rolled_back"), st.sampled_from(KEYS)),
+)
+
+
+def check(km: KeyManager, answers: PreparedAnswers) -> None:
+    """Prepared and fresh agree, byte for byte, for every address; asked twice, so the
+    second answer comes from what was kept."""
+    for address in (BOB, CAROL):
+        fresh = km.describe(address)
+        for _ in range(2):
+            prepared = answers.registered(address)
+            if fresh["state"] != "registered":
+                assert prepared is None
+            else:
+                assert prepared is not None
+                assert prepared.json == encode(fresh).json
+                assert json.loads(prepared.json) == fresh
+
+
+def step(km: KeyManager, keys: dict[str, bytes], answers: PreparedAnswers, s: tuple) -> None:
+    if s[0] == "observe":
+        km.consider(s[1], keys[s[2]], FOUND[s[3]])
+    elif s[0] == "use" and (reg := km.store.registration(BOB)) is not None:
+        km.used(BOB, reg.fingerprint, s[1])
+    elif s[0] == "verify":
+        km.verify(BOB, read_key(keys[s[1]]).fingerprint)
+    elif s[0] == "autocrypt":
+        km.store.put_autocrypt(s[1], s[2], km.clock())
+    elif s[0] == "time":
+        km.clock.now += timedelta(days=s[1])  # type: ignore[attr-defined]
+    elif s[0] == "elsewhere":
+        # another process or connection writes the same database
+        db = sqlite3.connect(km.store.path, isolation_level=None)
+        try:
+            sql = {
+                "positive": "UPDATE addresses SET positive = 1 - positive",
+                "level": "UPDATE addresses SET level = 'weak-chain'",
+                "reason": "UPDATE decisions SET reason = reason || ' (edited)'",
+            }[s[1]]
+            db.execute(sql)
+        finally:
+            db.close()
+    elif s[0] == "rolled_back":
+        try:
+            with km.store.transaction():
+                km.consider(CAROL, keys[s[1]], FOUND[0])
+                check(km, answers)  # inside: served fresh, nothing kept
+                raise RuntimeError("roll back")
+        except RuntimeError:
+            pass
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(st.lists(op, min_size=1, max_size=12))
+def test_prepared_answers_follow_every_change(pool, ops):  # noqa: F811
+    with tempfile.TemporaryDirectory(prefix="answers-prop-") as root:
+        km = manager(Path(root))
+        answers = PreparedAnswers(km)
+        try:
+            check(km, answers)
+            for s in ops:
+                step(km, pool, answers, s)
+                check(km, answers)
+        finally:
+            km.store.close()
+            km.audit.close()
+
+
+def test_an_answer_is_kept_until_the_key_expires(tmp_path, pool):  # noqa: F811
+    """Between writes the answer is the kept one (same object); the expiry ends it."""
+    km = manager(tmp_path)
+    answers = PreparedAnswers(km)
+    try:
+        km.consider(BOB, pool["v3"], FOUND[0])
+        first = answers.registered(BOB)
+        assert first is not None and answers.registered(BOB) is first
+        expires = km.store.described(BOB).facts.expires
+        km.clock.now = expires - timedelta(seconds=1)
+        assert answers.registered(BOB) is first
+        km.clock.now = expires
+        later = answers.registered(BOB)
+        assert later is not first and json.loads(later.json)["usable"] is False
+        assert json.loads(first.json)["usable"] is True
+    finally:
+        km.store.close()
+        km.audit.close()
