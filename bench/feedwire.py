@@ -49,8 +49,8 @@ class Clock:
     def __init__(self) -> None:
         self.t = T0
 
-    def __call__(self) -> float:
-        return self.t
+    def __call__(self) -> datetime:
+        return datetime.fromtimestamp(self.t, UTC)
 
 
 def run(keys: list[keyset.BenchKey]) -> dict[str, Any]:
@@ -63,7 +63,7 @@ def run(keys: list[keyset.BenchKey]) -> dict[str, Any]:
 
 async def _week(root: Path, keys: list[keyset.BenchKey], scenario: str) -> dict[str, Any]:
     clock = Clock()
-    served = FeedKeys(clock)
+    served = FeedKeys(lambda: clock.t)
     changed = keys[5 * len(keys) // DAYS].fingerprint if scenario == "one-changed" else None
     for k in keys:
         mtime = T0 + 2.5 * DAY if k.fingerprint == changed else T0 - 30 * DAY

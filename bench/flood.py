@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from refreshd.errors import KeyRejected
@@ -50,7 +51,7 @@ def _child_strip(path: str) -> dict[str, object]:
             filt.feed(chunk)
     (key,) = filt.finish()
     stripped = time.perf_counter()
-    view = read_key(key)
+    view = read_key(key, datetime.now(UTC))
     return {
         "seconds": time.perf_counter() - start,
         "strip_seconds": stripped - start,

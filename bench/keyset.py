@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from refreshd.openpgp.keyview import parse_one, read_key
 from tests import keyfactory as kf
@@ -62,7 +63,7 @@ def make_key(addr: str, algorithm: str = "ed25519", certifications: int = 0) -> 
     data = kf.pgpy_key(f"Bench {addr.split('@')[0]} <{addr}>", rsa=algorithm == "rsa")
     if certifications:
         data = kf.flood(data, certifications)
-    return BenchKey(addr, read_key(data).fingerprint, data)
+    return BenchKey(addr, read_key(data, datetime.now(UTC)).fingerprint, data)
 
 
 def spread_keys(tiers: tuple[Tier, ...], prefix: str = "user") -> list[BenchKey]:

@@ -41,7 +41,7 @@ def build(state_dir: Path, n: int) -> Population:
     try:
         with store.transaction():
             for address, raw in keyset.minimal_keys(n):
-                view = read_key(raw)
+                view = read_key(raw, datetime.now(UTC))
                 reason = (
                     f"First key found for {address}, at level provider-trust from wkd (rule 1)."
                 )

@@ -65,7 +65,7 @@ CALLS = 30
 def build(state_dir: Path, n: int) -> list[tuple[str, str]]:
     """A store with n registered keys; returns (address, fingerprint) of each."""
     raw = keyset.minimal_key("scale@example.org", int(time.time()) - 86400)
-    facts = facts_of(read_key(raw))
+    facts = facts_of(read_key(raw, datetime.now(UTC)))
     rng = random.Random(n)
     now = datetime.now(UTC)
     out = []

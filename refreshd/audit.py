@@ -35,11 +35,13 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import structlog
+
+from refreshd.clock import utcnow
 
 __all__ = ["AuditLog", "DiskFull", "verify"]
 
@@ -146,7 +148,7 @@ class AuditLog:
         self,
         path: Path,
         *,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = utcnow,
         rotate_bytes: int = ROTATE_BYTES,
         rotate_age: int = ROTATE_AGE,
         keep: int = KEEP,

@@ -218,11 +218,12 @@ class KeyserverDoor:
             return data
         if query.op is door.Op.GET:
             return door.key(armor(data))
+        now = self.clock()
         try:
-            view = await trio.to_thread.run_sync(read_key, data)
+            view = await trio.to_thread.run_sync(read_key, data, now)
         except KeyRejected as exc:
             return door.text(500, f"The stored key cannot be listed: {exc.reason}")
-        return door.index(view, self.clock(), machine_readable=query.machine_readable)
+        return door.index(view, now, machine_readable=query.machine_readable)
 
     async def _key_bytes(self, query: door.Query) -> bytes | door.Response:
         store = self.keys.store

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import trio
 
 from refreshd.audit import AuditLog
+from refreshd.clock import utcnow
 from refreshd.config import Config
 from refreshd.core import feeds
 from refreshd.core.feeds import FeedKind, Window
@@ -47,7 +47,7 @@ class Feeds:
         cfg: Config,
         audit: AuditLog,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
     ) -> None:
         self.store, self.fetcher, self.cfg, self.audit = store, fetcher, cfg, audit
@@ -60,6 +60,10 @@ class Feeds:
         self._state = {s: self._load(s) for s in self.servers}
         self._wake = trio.Event()
 
+    def _now(self) -> float:
+        """The injected clock in POSIX seconds, the unit the core's schedule arithmetic uses."""
+        return self.clock().timestamp()
+
     # -- what the refresh loop asks ---------------------------------------------------------
     def known_current_until(
         self, kind: str, url: str, fingerprint: str, since: float
@@ -69,7 +73,7 @@ class Feeds:
         server = self._server_of(kind, url)
         if server is None:
             return None
-        windows = feeds.fresh(self._windows(server), self.clock())
+        windows = feeds.fresh(self._windows(server), self._now())
         return feeds.known_current_until(fingerprint, since, windows)
 
     def _server_of(self, kind: str, url: str) -> tuple[FeedKind, str] | None:
@@ -91,14 +95,14 @@ class Feeds:
             server, at = min(
                 ((s, self._state[s]["next_at"]) for s in self.servers), key=lambda x: x[1]
             )
-            await trio.sleep(max(0.0, at - self.clock()))
+            await trio.sleep(max(0.0, at - self._now()))
             await self.fetch(server)
 
     async def fetch(self, server: tuple[FeedKind, str]) -> Window | None:
         """Ask one server's feed for the period due; the window learned, or None."""
         kind, base = server
         state = self._state[server]
-        now = self.clock()
+        now = self._now()
         req, read = self._request(kind, base, state, now)
         window: Window | None = None
         try:
@@ -160,7 +164,7 @@ class Feeds:
         if not isinstance(data, dict) or set(data) != set(blank) or not _windows_ok(data):
             data = blank
         if data is blank:  # first start: the first request at a random moment of today
-            first = feeds.fetch_at(kind, now=self.clock(), rng=self.rng, first=True)
+            first = feeds.fetch_at(kind, now=self._now(), rng=self.rng, first=True)
             data = {**blank, "next_at": first}
         return data
 

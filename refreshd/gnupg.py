@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -310,14 +309,18 @@ class GnupgBridge:
         views = []
         for cert in certs:
             try:
-                parsed = read_cert(cert)
+                parsed = read_cert(cert, self.keys.clock())
                 views.append((parsed.view, Intake((parsed,), ())))
             except KeyRejected as exc:
                 fpr = key_fingerprint(cert.primary.packet.body).hex().upper()
                 skipped.append({"fingerprint": fpr, "reason": f"Unreadable: {exc.reason}"})
             await trio.lowlevel.checkpoint()
         views.sort(key=lambda vd: (vd[0].primary.created, vd[0].fingerprint))
-        self.importing = {"done": 0, "total": len(views), "started_at": time.time()}
+        self.importing = {
+            "done": 0,
+            "total": len(views),
+            "started_at": self.keys.clock().timestamp(),
+        }
         try:
             addresses = await self._decide_all(views, trusted, counts, skipped)
         finally:

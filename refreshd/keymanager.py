@@ -290,7 +290,7 @@ class KeyManager:
         if data is None:
             return None
         try:
-            return read_stored(data)
+            return read_stored(data, self.clock())
         except KeyRejected:
             return None
 
@@ -347,7 +347,7 @@ class KeyManager:
             if pin.kind != "endorsement":
                 continue
             try:
-                key = read_stored(pin.data)
+                key = read_stored(pin.data, now)
             except KeyRejected:
                 continue
             if key.view.usable(now):
@@ -379,7 +379,9 @@ class KeyManager:
         pinned = {p.fingerprint: p for p in pins if p.kind == "endorsement"}
         configured = self.provider_config.get(domain, frozenset())
         trusted_keys = [
-            (primary_key(k.cert), k.view) for p in pinned.values() for k in [read_stored(p.data)]
+            (primary_key(k.cert), k.view)
+            for p in pinned.values()
+            for k in [read_stored(p.data, now)]
         ]
         offered: dict[str, ParsedKey] = {}
         for armored in capability.endorsement_keys:
@@ -388,6 +390,7 @@ class KeyManager:
                     armored.encode(),
                     frozenset(k for f in [*pinned, *configured] for k in key_ids(f)),
                     self.limits,
+                    now,
                 )
             except KeyRejected as exc:
                 self.audit.emit("provider.key_refused", domain=domain, reason=exc.reason)
@@ -424,7 +427,7 @@ class KeyManager:
                 continue
             data = key.data
             if verdict.rule is providerkeys.Rule.PINNED:
-                data = merge(pinned[verdict.fingerprint].data, key.cert, key.view).key
+                data = merge(pinned[verdict.fingerprint].data, key.cert, key.view, now=now).key
                 pin = replace(pinned[verdict.fingerprint], data=data)
             else:
                 pin = ProviderPin(
@@ -540,7 +543,7 @@ class KeyManager:
         stored = self.store.get_key(parsed.fingerprint)
         if stored is None:
             return _Held(parsed.data, parsed.cert, parsed.view, True, False, parsed.cert)
-        result = merge(stored, parsed.cert, parsed.view, self.clock())
+        result = merge(stored, parsed.cert, parsed.view, now=self.clock())
         if result.dropped:  # SPEC 8: forged or damaged parts end in a rejection with a reason
             # the key itself may still be accepted: its own event, not key.rejected
             self.audit.emit(

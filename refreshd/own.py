@@ -576,7 +576,7 @@ class OwnAudit:
             if pin.kind != "endorsement":
                 continue
             try:
-                held = read_stored(pin.data)
+                held = read_stored(pin.data, now)
             except KeyRejected:
                 continue
             if held.view.usable(now):

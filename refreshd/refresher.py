@@ -17,7 +17,6 @@ body hash) updates only the bookkeeping; anything else goes through the key mana
 from __future__ import annotations
 
 import random
-import time
 from array import array
 from collections.abc import Callable
 from dataclasses import replace
@@ -28,6 +27,7 @@ from urllib.parse import urlsplit
 import trio
 
 from refreshd.audit import AuditLog
+from refreshd.clock import utcnow
 from refreshd.config import Config
 from refreshd.core import levels, refreshing, schedule
 from refreshd.discovery import audit_fetch
@@ -74,7 +74,7 @@ class Refresher:
         cfg: Config,
         audit: AuditLog,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
         feeds: Feeds | None = None,
     ) -> None:
@@ -95,6 +95,10 @@ class Refresher:
         self._hosts: dict[str, refreshing.HostState] = {}
         self._wake = trio.Event()
 
+    def _now(self) -> float:
+        """The injected clock in POSIX seconds, the unit the core's schedule arithmetic uses."""
+        return self.clock().timestamp()
+
     def _load(self) -> schedule.CycleState:
         """The saved state, or a first cycle of every registered key (before the socket
         serves: once, after an upgrade or with a new store)."""
@@ -113,7 +117,7 @@ class Refresher:
                 self._saved = (state.cycle, order)
                 return state
         self._seq = self.store.last_refresh_change()
-        first = schedule.update(None, self.store.refresh_ids(), (), self.rng, self.clock())
+        first = schedule.update(None, self.store.refresh_ids(), (), self.rng, self._now())
         self.state = replace(first, order=array("q", first.order))  # 8 bytes a key from now on
         self._save()  # now, before the socket serves: its first save is O(N)
         return self.state
@@ -122,7 +126,7 @@ class Refresher:
         """Apply the keys registered or dropped since the last call (rule 4)."""
         seq, added, removed = self.store.refresh_changes(self._seq)
         if added or removed:
-            state = schedule.update(self.state, added, removed, self.rng, self.clock())
+            state = schedule.update(self.state, added, removed, self.rng, self._now())
             if not isinstance(state.order, array):  # the first keys of an empty schedule
                 state = replace(state, order=array("q", state.order))
             self.state = state
@@ -138,7 +142,7 @@ class Refresher:
         due, self.state = schedule.request(
             self.state,
             key,
-            now=self.clock(),
+            now=self._now(),
             minimum_lapse=self.cfg.refresh.minimum_lapse,
             rng=self.rng,
         )
@@ -168,7 +172,7 @@ class Refresher:
             "hosts_backing_off": {
                 host: epoch_iso(state.not_before)
                 for host, state in self._hosts.items()
-                if state.left_alone(self.clock())
+                if state.left_alone(self._now())
             },
         }
 
@@ -195,7 +199,7 @@ class Refresher:
         def draw() -> schedule.CycleState:
             new = schedule.next_cycle(
                 base,
-                now=self.clock(),
+                now=self._now(),
                 period=cfg.period,
                 minimum_lapse=cfg.minimum_lapse,
                 rng=self.rng,
@@ -231,14 +235,14 @@ class Refresher:
             await self._new_cycle()
         step = schedule.next_refresh(
             self.state,
-            now=self.clock(),
+            now=self._now(),
             period=self.cfg.refresh.period,
             minimum_lapse=self.cfg.refresh.minimum_lapse,
             rng=self.rng,
         )
         self.state = step.state
         self._save()
-        self.next_at = None if step.key is None else self.clock() + step.lapse
+        self.next_at = None if step.key is None else self._now() + step.lapse
         with trio.move_on_after(step.lapse if step.key is not None else IDLE_RECHECK):
             await self._wake.wait()
             return  # woken: something changed, draw again
@@ -253,7 +257,7 @@ class Refresher:
             self.state = schedule.mark_failed(
                 self.state,
                 step.key,
-                now=self.clock(),
+                now=self._now(),
                 base=min(max(self.cfg.refresh.minimum_lapse, BACKOFF_BASE), period),
                 cap=period,
                 rng=self.rng,
@@ -311,7 +315,7 @@ class Refresher:
             return True
         host = urlsplit(src.url).hostname or src.url
         backing_off = self._hosts.get(host)
-        if backing_off is not None and backing_off.left_alone(self.clock()):
+        if backing_off is not None and backing_off.left_alone(self._now()):
             self.audit.emit(
                 "refresh.failed",
                 fingerprint=fingerprint,
@@ -341,7 +345,7 @@ class Refresher:
             "fingerprint": fingerprint,
             "source": src.kind,
             "outcome": str(got.outcome),
-            "at": epoch_iso(self.clock()),
+            "at": epoch_iso(self._now()),
         }
         if data is not None:
             self._decide(fingerprint, src, addresses, data)
@@ -369,7 +373,7 @@ class Refresher:
             "fingerprint": fingerprint,
             "source": src.kind,
             "outcome": "unchanged-by-feed",
-            "at": epoch_iso(self.clock()),
+            "at": epoch_iso(self._now()),
         }
         with self.store.transaction():
             self.store.put_source(replace(src, last_fetch=epoch_iso(until), last_status="feed"))
@@ -382,7 +386,7 @@ class Refresher:
             fingerprint,
             failed=got.outcome in (Outcome.ERROR, Outcome.RETRY_LATER),
             no_tor=got.no_tor,
-            now=self.clock(),
+            now=self._now(),
             period=self.cfg.refresh.period,
             rng=self.rng,
         )
@@ -417,7 +421,7 @@ class Refresher:
                     etag=v.etag if ok else src.etag,
                     last_modified=v.last_modified if ok else src.last_modified,
                     body_sha256=v.body_sha256 if ok else src.body_sha256,
-                    last_fetch=epoch_iso(self.clock()),
+                    last_fetch=epoch_iso(self._now()),
                     last_status=status,
                     failures=0 if ok else src.failures + 1,
                 )

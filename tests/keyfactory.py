@@ -496,10 +496,10 @@ def certifies_uid(new_key: bytes, old_key: bytes, address: str) -> bool:
     """Whether old_key made a valid, unrevoked certification of new_key's user id for address
     (keyview.certifiers over the two keys as bytes)."""
     old_cert = parse_one(old_key)
-    view_of(old_cert)
+    view_of(old_cert, datetime.now(UTC))
     old = primary_key(old_cert)
     cert = parse_one(new_key, frozenset({old.fingerprint.hex().upper()}))
-    return bool(certifiers(cert, address, [old], None))
+    return bool(certifiers(cert, address, [old], datetime.now(UTC)))
 
 
 def many_subkeys(public: bytes, count: int) -> bytes:

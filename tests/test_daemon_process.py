@@ -64,7 +64,7 @@ def test_every_method_over_the_socket(daemon, keys):
     assert found["address"] == BOB and found["state"] == "registered"
     assert found["usable"] and found["encrypt"] and not found["revoked"]
     assert found["source"] == "autocrypt" and found["expires"] is not None
-    assert read_key(found["key"].encode()).fingerprint == keys["a_fpr"]
+    assert read_key(found["key"].encode(), datetime.now(UTC)).fingerprint == keys["a_fpr"]
 
     other = daemon.call("observe", address=BOB, key=keys["p"], origin="attachment")
     assert other["decision"] == "rejected" and "rules 3.1-3.5" in other["reason"]

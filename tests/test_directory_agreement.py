@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,7 @@ async def test_wkd_and_vks_agreeing_then_a_new_key_on_wkd(nursery, tmp_path, key
     try:
         assert rig.cfg.discovery.order == DEFAULT_ORDER  # nicknym, wkd, vks, hkp
         d = await rig.discovery.discover(BOB)
-        old = read_key(keys["old"]).fingerprint
+        old = read_key(keys["old"], datetime.now(UTC)).fingerprint
         assert d is not None and (d.decision, d.fingerprint) == ("registered", old)
         assert rig.keys.describe(BOB)["validation"] == "provider-trust"
         asked = {r.target.split("?")[0] for r in https.requests}
@@ -97,9 +98,12 @@ async def test_wkd_and_vks_agreeing_then_a_new_key_on_wkd(nursery, tmp_path, key
         assert await refresher.refresh(old) is True
         replaced = rig.events("key.replaced")
         assert [(e["fingerprint"], e["rule"]) for e in replaced] == [
-            (read_key(keys["new"]).fingerprint, "3.3")
+            (read_key(keys["new"], datetime.now(UTC)).fingerprint, "3.3")
         ]
-        assert rig.keys.describe(BOB)["fingerprint"] == read_key(keys["new"]).fingerprint
+        assert (
+            rig.keys.describe(BOB)["fingerprint"]
+            == read_key(keys["new"], datetime.now(UTC)).fingerprint
+        )
     finally:
         rig.close()
 

@@ -97,11 +97,16 @@ async def world(nursery, tmp_path, keys):
 async def test_first_contact_registers_the_highest_level(world, keys):
     d = await world.discovery.discover(BOB)
     assert d is not None and d.decision == "registered"
-    assert d.fingerprint == read_key(keys["p"]).fingerprint and d.level is Level.PROVIDER_TRUST
+    assert (
+        d.fingerprint == read_key(keys["p"], datetime.now(UTC)).fingerprint
+        and d.level is Level.PROVIDER_TRUST
+    )
     answer = world.keys.describe(BOB)
     assert answer["encrypt"] is True and answer["source"] == "wkd"
     hist = {k["fingerprint"]: k["status"] for k in world.keys.history(BOB)["keys"]}
-    assert hist[read_key(keys["a"]).fingerprint] == "rejected"  # the HKP key, lower level
+    assert (
+        hist[read_key(keys["a"], datetime.now(UTC)).fingerprint] == "rejected"
+    )  # the HKP key, lower level
     sources = world.store.sources_of(d.fingerprint)
     assert sources[0].kind == "wkd" and sources[0].etag == '"v1"'
     assert any(s.kind == "hkp" and "search=0x" + d.fingerprint in s.url for s in sources)
@@ -143,14 +148,18 @@ async def test_off_domain_header_url_is_not_fetched(world, keys):
 
 
 async def test_by_fingerprint_asks_hkp_and_checks_the_fingerprint(world, keys):
-    wanted = read_key(keys["p"]).fingerprint  # HKP serves key A whatever is asked
+    wanted = read_key(
+        keys["p"], datetime.now(UTC)
+    ).fingerprint  # HKP serves key A whatever is asked
     d = await world.discovery.by_fingerprint(
         BOB, wanted, Found("signature", Level.WEAK_CHAIN, True)
     )
     assert d.decision == "rejected" and "not the fingerprint" in d.reason
     with trio.fail_after(5):
         good = await world.discovery.by_fingerprint(
-            BOB, read_key(keys["a"]).fingerprint, Found("signature", Level.WEAK_CHAIN, True)
+            BOB,
+            read_key(keys["a"], datetime.now(UTC)).fingerprint,
+            Found("signature", Level.WEAK_CHAIN, True),
         )
     assert good.decision == "registered"
 
@@ -159,7 +168,10 @@ async def test_nicknym_capability_then_address_query(world, keys):
     got = await world.retriever.by_address("nicknym", BOB)
     assert [g.outcome for g in got] == ["key"]
     assert got[-1].url.startswith("https://nicknym.example.org/?address=")
-    assert read_key(got[-1].data).fingerprint == read_key(keys["p"]).fingerprint
+    assert (
+        read_key(got[-1].data, datetime.now(UTC)).fingerprint
+        == read_key(keys["p"], datetime.now(UTC)).fingerprint
+    )
     # a domain without nicknym is remembered: the second attempt sends nothing
     world.https.handlers.pop("/provider.json")
     world.https.handlers.pop("/.well-known/key-discovery")

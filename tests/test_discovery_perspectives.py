@@ -109,7 +109,10 @@ async def test_paths_that_see_different_keys_register_nothing(world, keys) -> No
 
     answer = await service.lookup({"address": BOB, "wait": 20})
 
-    fa, fb = read_key(keys["a"]).fingerprint, read_key(keys["b"]).fingerprint
+    fa, fb = (
+        read_key(keys["a"], datetime.now(UTC)).fingerprint,
+        read_key(keys["b"], datetime.now(UTC)).fingerprint,
+    )
     assert answer["state"] == "conflict", answer
     assert fa in answer["reason"] and fb in answer["reason"]
     assert store.registration(BOB) is None
@@ -141,7 +144,7 @@ async def test_paths_that_agree_register_the_key_once_at_its_own_level(world, ke
     answer = await service.lookup({"address": BOB, "wait": 20})
 
     assert answer["state"] == "registered", answer
-    assert answer["fingerprint"] == read_key(keys["a"]).fingerprint
+    assert answer["fingerprint"] == read_key(keys["a"], datetime.now(UTC)).fingerprint
     assert answer["validation"] == "provider-trust"  # agreement raises no level
     assert split.count == 2  # one request per path
     [seen] = events(audit, "discovery.perspectives")

@@ -74,7 +74,7 @@ def test_the_machine_readable_index_as_gpg_reads_it() -> None:
     ws = Workshop()  # in /tmp: the agent's socket path must stay short
     try:
         fpr = ws.gpg.generate("Bob: the 100% <bob@example.org>", expire="1y")
-        view = read_key(ws.gpg.export(fpr))
+        view = read_key(ws.gpg.export(fpr), datetime.now(UTC))
     finally:
         ws.close()
     now = datetime.now(UTC)

@@ -5,6 +5,7 @@ from there, and then its certifications count."""
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime
 
 import trio
 
@@ -47,6 +48,6 @@ async def test_endorser_key_is_fetched_then_counts(nursery, tmp_path):
         assert f"search=0x{endorser}" in hkp.requests[-1].target
         d = keys.consider(BOB, bob_key, Found("hkp", Level.WEAK_CHAIN, False))
         assert (d.decision, d.level) == ("merged", Level.THIRD_PARTY_ENDORSEMENT), d.reason
-        assert read_key(bob_key).fingerprint == keys.describe(BOB)["fingerprint"]
+        assert read_key(bob_key, datetime.now(UTC)).fingerprint == keys.describe(BOB)["fingerprint"]
     finally:
         w.close()

@@ -49,8 +49,8 @@ class Clock:
     def __init__(self, t: float) -> None:
         self.t = t
 
-    def __call__(self) -> float:
-        return self.t
+    def __call__(self) -> datetime:
+        return datetime.fromtimestamp(self.t, UTC)
 
 
 class World:
@@ -80,10 +80,10 @@ class World:
                                    clock=clock, rng=random.Random(2), feeds=self.feeds)  # fmt: skip
 
     def register(self, kind: str, key: bytes) -> str:
-        fpr = read_key(key).fingerprint
+        fpr = read_key(key, datetime.now(UTC)).fingerprint
         url = (hkp.lookup(HKP, fpr) if kind == "hkp" else vks.by_fingerprint(VKS, fpr)).url
         level, positive = for_source(kind)
-        address = read_key(key).uids[0].address
+        address = read_key(key, datetime.now(UTC)).uids[0].address
         assert address is not None
         d = self.keys.consider(address, key, Found(kind, level, positive, fpr, url))
         assert d.registers
@@ -104,7 +104,7 @@ class World:
 @pytest.fixture
 async def world(nursery, tmp_path, keyring):
     clock = Clock(FETCHED)
-    served = {"hkp": FeedKeys(clock), "vks": FeedKeys(clock)}
+    served = {"hkp": FeedKeys(lambda: clock.t), "vks": FeedKeys(lambda: clock.t)}
     tls = make_tls(str(tmp_path), "keys.example.org")
     hkp_server = await HttpServer(hockeypuck_handlers(served["hkp"])).start(nursery)
     vks_server = await HttpServer(hagrid_handlers(served["vks"]), tls=tls.server).start(nursery)

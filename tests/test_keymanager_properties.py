@@ -63,7 +63,7 @@ def pool(tmp_path_factory) -> dict[str, bytes]:
 def test_replayed_older_copy_is_refused_and_newer_shorter_is_taken(tmp_path, pool):
     km = manager(tmp_path)
     km.consider(BOB, pool["v2"], FOUND[0])
-    fpr = read_key(pool["v2"]).fingerprint
+    fpr = read_key(pool["v2"], datetime.now(UTC)).fingerprint
     assert km.store.described(BOB).facts.fingerprint == fpr
     long_expiry = km.store.described(BOB).facts.expires
     km.consider(BOB, pool["v1"], FOUND[0])  # replay: older self-signature, earlier expiry
@@ -72,7 +72,10 @@ def test_replayed_older_copy_is_refused_and_newer_shorter_is_taken(tmp_path, poo
     assert "key.expiry_refused" in [x["event"] for x in lines]
     km.consider(BOB, pool["v3"], FOUND[0])  # newer self-signature with a shorter expiry
     assert km.store.described(BOB).facts.expires < long_expiry
-    assert km.store.described(BOB).facts.expires == read_key(pool["v3"]).primary.expires
+    assert (
+        km.store.described(BOB).facts.expires
+        == read_key(pool["v3"], datetime.now(UTC)).primary.expires
+    )
     km.store.close()
     km.audit.close()
 
@@ -119,7 +122,9 @@ def run_sequence(pool: dict[str, bytes], ops: list[tuple], root: Path) -> None:
     try:
         newest_sig: dict[str, datetime] = {}
         for name, data in pool.items():
-            newest_sig[read_key(data).fingerprint + name] = read_key(data).newest_self_signature
+            newest_sig[read_key(data, datetime.now(UTC)).fingerprint + name] = read_key(
+                data, datetime.now(UTC)
+            ).newest_self_signature
         before = km.store.registration(BOB)
         for step in ops:
             if step[0] == "observe":
@@ -127,7 +132,7 @@ def run_sequence(pool: dict[str, bytes], ops: list[tuple], root: Path) -> None:
             elif step[0] == "use" and before is not None:
                 km.used(BOB, before.fingerprint, step[1])
             elif step[0] == "verify":
-                km.verify(BOB, read_key(pool[step[1]]).fingerprint)
+                km.verify(BOB, read_key(pool[step[1]], datetime.now(UTC)).fingerprint)
             elif step[0] == "time":
                 km.clock.now += timedelta(days=step[1])
             after = km.store.registration(BOB)
@@ -149,8 +154,11 @@ def run_sequence(pool: dict[str, bytes], ops: list[tuple], root: Path) -> None:
             never = datetime.max.replace(tzinfo=UTC)
             if same and before.expires is not None and (after.expires or never) < before.expires:
                 # only a strictly newer self-signature may shorten it: v3 is the only such copy
-                stored = read_key(km.store.get_key(after.fingerprint))
-                assert stored.newest_self_signature >= read_key(pool["v3"]).newest_self_signature
+                stored = read_key(km.store.get_key(after.fingerprint), datetime.now(UTC))
+                assert (
+                    stored.newest_self_signature
+                    >= read_key(pool["v3"], datetime.now(UTC)).newest_self_signature
+                )
             # retired keys are never returned for sending
             answer = km.describe(BOB)
             retired = {k["fingerprint"] for k in history if k["status"] == "retired"}

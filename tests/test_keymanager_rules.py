@@ -49,7 +49,7 @@ def keys(tmp_path_factory) -> Keys:
         def certified(secret: bytes, signer: str, uid: str) -> bytes:
             public = s.cert(secret)
             g.run("--import", data=public)
-            fpr = read_key(public).fingerprint
+            fpr = read_key(public, datetime.now(UTC)).fingerprint
             g.certify(signer, fpr, uid)
             return g.export(fpr)
 
@@ -66,7 +66,7 @@ def keys(tmp_path_factory) -> Keys:
             b_other_uid=certified(b2, a_fpr, "<robert@example.org>"),
             b_other_signer=certified(b3, c_fpr, f"<{BOB}>"),
             p=p,
-            p_fpr=read_key(p).fingerprint,
+            p_fpr=read_key(p, datetime.now(UTC)).fingerprint,
             rsa=g.export(rsa_fpr),
             r=s.cert(r_secret),
             r_revoked=s.revoke_certificate(r_secret),

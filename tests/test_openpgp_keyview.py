@@ -129,7 +129,7 @@ def ours(view: KeyView) -> Oracle:
 @pytest.mark.parametrize("name", NAMES)
 def test_view_agrees_with_gpg(name: str, zoo: kf.Zoo, tmp_path: Path) -> None:
     key = zoo.keys[name]
-    view = read_key(key)
+    view = read_key(key, datetime.now(UTC))
     now = datetime.now(UTC)
     gpg = gpg_oracle(key, tmp_path / "gnupg")
     mine = ours(view)
@@ -147,7 +147,7 @@ def test_view_agrees_with_gpg(name: str, zoo: kf.Zoo, tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_view_agrees_with_sq(name: str, zoo: kf.Zoo, tmp_path: Path) -> None:
     key = zoo.keys[name]
-    view = read_key(key)
+    view = read_key(key, datetime.now(UTC))
     now = datetime.now(UTC)
     sq = sq_oracle(key, tmp_path / "key.pgp", now)
     mine = ours(view)
@@ -158,7 +158,7 @@ def test_view_agrees_with_sq(name: str, zoo: kf.Zoo, tmp_path: Path) -> None:
 
 def test_zoo_covers_the_required_kinds(zoo: kf.Zoo) -> None:
     now = datetime.now(UTC)
-    views = {name: read_key(zoo.keys[name]) for name in NAMES}
+    views = {name: read_key(zoo.keys[name], datetime.now(UTC)) for name in NAMES}
     algorithms = {v.primary.algorithm for v in views.values()}
     assert {"RSA", "EdDSA"} <= algorithms
     assert any(not v.usable(now) and not v.revoked for v in views.values())  # expired
@@ -170,11 +170,11 @@ def test_zoo_covers_the_required_kinds(zoo: kf.Zoo) -> None:
 
 def test_armored_and_binary_read_the_same(zoo: kf.Zoo) -> None:
     key = zoo.keys["gpg-multi"]
-    assert read_key(armor(key).encode()) == read_key(key)
+    assert read_key(armor(key).encode(), datetime.now(UTC)) == read_key(key, datetime.now(UTC))
 
 
 def test_renewal_by_newer_self_signature_counts(zoo: kf.Zoo) -> None:
-    view = read_key(zoo.keys["gpg-renewed"])
+    view = read_key(zoo.keys["gpg-renewed"], datetime.now(UTC))
     assert view.usable(datetime.now(UTC))
     assert view.newest_self_signature > view.primary.created
 
@@ -193,7 +193,7 @@ def test_bad_uid_self_signature_does_not_count(zoo: kf.Zoo) -> None:
     cert = parse_one(zoo.keys["gpg-multi"])
     uids = [Bundle(u.packet, tuple(_corrupt_value(s) for s in u.sigs)) for u in cert.uids]
     broken = Cert(cert.primary, (uids[0], *cert.uids[1:]), cert.subkeys).serialize()
-    view = read_key(broken)
+    view = read_key(broken, datetime.now(UTC))
     assert "Multi <multi@example.org>" not in {u.uid for u in view.uids}
     assert "multi@work.example" in view.addresses()
 
@@ -202,7 +202,7 @@ def test_bad_subkey_binding_drops_the_subkey(zoo: kf.Zoo) -> None:
     cert = parse_one(zoo.keys["gpg-ed25519-1y"])
     (sub,) = cert.subkeys
     broken = Bundle(sub.packet, tuple(_corrupt_value(s) for s in sub.sigs))
-    view = read_key(Cert(cert.primary, cert.uids, (broken,)).serialize())
+    view = read_key(Cert(cert.primary, cert.uids, (broken,)).serialize(), datetime.now(UTC))
     assert view.subkeys == ()
     assert not view.can_encrypt(datetime.now(UTC))
 
@@ -211,14 +211,14 @@ def test_key_without_valid_self_signature_is_rejected(zoo: kf.Zoo) -> None:
     cert = parse_one(zoo.keys["gpg-ed25519-1y"])
     bare = Cert(cert.primary, tuple(Bundle(u.packet) for u in cert.uids), ()).serialize()
     with pytest.raises(KeyRejected, match="no valid self-signature"):
-        read_key(bare)
+        read_key(bare, datetime.now(UTC))
     forged = Cert(
         cert.primary,
         tuple(Bundle(u.packet, tuple(_corrupt_value(s) for s in u.sigs)) for u in cert.uids),
         (),
     ).serialize()
     with pytest.raises(KeyRejected, match="no valid self-signature"):
-        read_key(forged)
+        read_key(forged, datetime.now(UTC))
 
 
 def test_uid_self_signed_by_another_key_does_not_count(zoo: kf.Zoo) -> None:
@@ -226,12 +226,12 @@ def test_uid_self_signed_by_another_key_does_not_count(zoo: kf.Zoo) -> None:
     victim = parse_one(zoo.keys["gpg-ed25519-1y"])
     thief = parse_one(zoo.keys["pgpy-ed25519-30d"])
     graft = Cert(thief.primary, (*thief.uids, victim.uids[0]), thief.subkeys).serialize()
-    view = read_key(graft)
+    view = read_key(graft, datetime.now(UTC))
     assert view.addresses() == frozenset({"pat@example.org"})
 
 
 def test_key_without_uids_is_read(zoo: kf.Zoo) -> None:
-    view = read_key(kf.without_uids(zoo.keys["sq-cv25519-3y"]))
+    view = read_key(kf.without_uids(zoo.keys["sq-cv25519-3y"]), datetime.now(UTC))
     assert view.uids == () and view.addresses() == frozenset()
     assert view.expires is not None  # sq states it on a direct-key signature
 
@@ -267,7 +267,7 @@ def test_certification_survives_flood_and_forgery_does_not(zoo: kf.Zoo) -> None:
     t = zoo.transition
     flooded = kf.flood(t["new-certified"], 300)
     assert kf.certifies_uid(flooded, t["old"], "tess@example.org")
-    old_fpr = read_key(t["old"]).fingerprint
+    old_fpr = read_key(t["old"], datetime.now(UTC)).fingerprint
     cert = parse_one(t["new-certified"], frozenset({old_fpr}))
 
     def forge(sig: Packet) -> Packet:
@@ -277,7 +277,10 @@ def test_certification_survives_flood_and_forgery_does_not(zoo: kf.Zoo) -> None:
     uids = tuple(Bundle(u.packet, tuple(forge(s) for s in u.sigs)) for u in cert.uids)
     forged = Cert(cert.primary, uids, cert.subkeys).serialize()
     assert forged != cert.serialize()
-    assert read_key(forged).addresses() == read_key(t["new"]).addresses()
+    assert (
+        read_key(forged, datetime.now(UTC)).addresses()
+        == read_key(t["new"], datetime.now(UTC)).addresses()
+    )
     assert not kf.certifies_uid(forged, t["old"], "tess@example.org")
 
 

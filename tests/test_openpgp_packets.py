@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import binascii
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,7 @@ def crc24_reference(data: bytes) -> int:
 
 def test_flood_is_stripped_to_the_original_key(zoo: kf.Zoo, flooded: bytes) -> None:
     original = zoo.transition["new-certified"]
-    old = read_key(zoo.transition["old"])
+    old = read_key(zoo.transition["old"], datetime.now(UTC))
     before = stream(original, 65536)
     before.finish()
     assert before.certifications_dropped == 2  # the old key certified both user ids
@@ -68,7 +69,9 @@ def test_flood_is_stripped_to_the_original_key(zoo: kf.Zoo, flooded: bytes) -> N
     assert filt.certifications_dropped == 3000 + before.certifications_dropped
     assert filt.bytes_in == len(flooded)
     assert len(key) < len(original)
-    assert read_key(key) == read_key(original)  # every self-signature kept
+    assert read_key(key, datetime.now(UTC)) == read_key(
+        original, datetime.now(UTC)
+    )  # every self-signature kept
     kept = kf.strip_keys(
         flooded, max_response_bytes=BIG, max_key_bytes=BIG, keep_issuers=frozenset({old.key_id})
     )
@@ -154,7 +157,7 @@ def test_secret_keys_are_refused(secret_key: bytes) -> None:
         with pytest.raises(KeyRejected, match="secret key material"):
             kf.strip_keys(data, max_response_bytes=BIG, max_key_bytes=BIG)
         with pytest.raises(KeyRejected, match="secret key material"):
-            read_key(data)
+            read_key(data, datetime.now(UTC))
 
 
 def _checksum_line(text: bytes) -> bytes:
@@ -169,7 +172,7 @@ def test_wrong_armor_checksum(zoo: kf.Zoo) -> None:
         newline=False,
     )
     with pytest.raises(KeyRejected, match="CRC24"):
-        read_key(text.replace(line, wrong))
+        read_key(text.replace(line, wrong), datetime.now(UTC))
     # a flipped body character is caught by the checksum even where the packets still parse
     lines = text.splitlines()
     target = len(lines) // 2
@@ -177,9 +180,11 @@ def test_wrong_armor_checksum(zoo: kf.Zoo) -> None:
     body[10] = ord("A") if body[10] != ord("A") else ord("B")
     lines[target] = bytes(body)
     with pytest.raises(KeyRejected):
-        read_key(b"\n".join(lines))
+        read_key(b"\n".join(lines), datetime.now(UTC))
     # armor without a checksum is allowed (RFC 9580)
-    assert read_key(text.replace(line + b"\n", b"")) == read_key(text)
+    assert read_key(text.replace(line + b"\n", b""), datetime.now(UTC)) == read_key(
+        text, datetime.now(UTC)
+    )
 
 
 @pytest.mark.parametrize(
@@ -204,7 +209,7 @@ def test_garbage_is_rejected_with_a_reason(data: bytes, reason: str) -> None:
     with pytest.raises(KeyRejected, match=reason):
         kf.strip_keys(data, max_response_bytes=BIG, max_key_bytes=1 << 20)
     with pytest.raises(KeyRejected):
-        read_key(data)
+        read_key(data, datetime.now(UTC))
 
 
 def test_truncation_inside_a_packet(zoo: kf.Zoo) -> None:
@@ -222,7 +227,7 @@ def test_length_running_past_the_data(zoo: kf.Zoo) -> None:
         kf.strip_keys(bytes(key), max_response_bytes=BIG, max_key_bytes=BIG)
     key[1] = 3  # too short for a key packet, the rest is then out of step
     with pytest.raises(KeyRejected):
-        read_key(bytes(key))
+        read_key(bytes(key), datetime.now(UTC))
 
 
 def test_only_key_rejected_escapes_for_arbitrary_bytes_quick() -> None:

@@ -45,7 +45,7 @@ class Directories:
         self.uploads += 1
         text = json.loads(req.body)["keytext"]
         self.vks = text.encode()
-        fpr = read_key(text.encode()).fingerprint
+        fpr = read_key(text.encode(), datetime.now(UTC)).fingerprint
         body = json.dumps({"key_fpr": fpr, "status": {ADDRESS: "published"}, "token": "t"})
         await stream.send_all(response(200, body.encode()))
 
@@ -136,7 +136,7 @@ async def test_another_key_at_the_provider_is_a_mismatch_and_the_hook_hears_once
     dirs.vks = public(own.path.read_text())
     intruder = other_key()
     dirs.wkd = intruder
-    intruder_fpr = read_key(intruder).fingerprint
+    intruder_fpr = read_key(intruder, datetime.now(UTC)).fingerprint
 
     await auditor.audit_address(ADDRESS)
     await auditor.audit_address(ADDRESS)  # the same mismatch again: no second notification
@@ -189,8 +189,8 @@ async def test_a_stale_expiry_at_vks_gets_the_key_uploaded_again(world, nursery)
     [reupload] = events(audit, "own.reupload")
     assert reupload["mechanisms"] == ["vks"]
     assert {f.source: f.result for f in second.findings}["vks"] == "ok"
-    served = read_key(dirs.vks or b"").expires
-    assert served == read_key(public(own.path.read_text())).expires
+    served = read_key(dirs.vks or b"", datetime.now(UTC)).expires
+    assert served == read_key(public(own.path.read_text()), datetime.now(UTC)).expires
 
 
 async def test_an_unreachable_directory_is_no_evidence(world) -> None:

@@ -36,7 +36,7 @@ class Vks:
             and set(body) == {"keytext"}
             and body["keytext"].startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
         )
-        view = read_key(body["keytext"].encode())
+        view = read_key(body["keytext"].encode(), datetime.now(UTC))
         answer = (
             {
                 "key_fpr": view.fingerprint,
@@ -85,7 +85,10 @@ async def test_vks_upload_matches_the_api(setup):
     mine = await own.generate("me@example.net", "Me")
     ok, reason = await own.upload("vks")
     assert ok, reason
-    assert read_key(vks.seen[-1]["keytext"].encode()).fingerprint == mine["fingerprint"]
+    assert (
+        read_key(vks.seen[-1]["keytext"].encode(), datetime.now(UTC)).fingerprint
+        == mine["fingerprint"]
+    )
     assert "PRIVATE" not in vks.seen[-1]["keytext"]
     last = events(audit)[-1]
     assert (last["event"], last["ok"], last["status"]) == ("own.uploaded", True, 200)

@@ -16,7 +16,7 @@ import threading
 import time
 from array import array
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ class Key:
     def __init__(self, i: int) -> None:
         self.address = f"k{i}@example.org"
         self.armored = armor(pgpy_key(f"K{i} <{self.address}>"))
-        self.fpr = read_key(self.armored.encode()).fingerprint
+        self.fpr = read_key(self.armored.encode(), datetime.now(UTC)).fingerprint
 
 
 @pytest.fixture(scope="module")

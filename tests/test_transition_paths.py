@@ -7,6 +7,7 @@ packet filter, the only place key bytes are parsed."""
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 
 import pytest
 
@@ -35,7 +36,7 @@ def transition(tmp_path_factory) -> dict[str, bytes | str]:
         a = g.generate(f"Bob <{BOB}>", expire="1y")
         public = s.cert(s.generate(f"<{BOB}>", expires_in="2y"))
         g.run("--import", data=public)
-        b = read_key(public).fingerprint
+        b = read_key(public, datetime.now(UTC)).fingerprint
         g.certify(a, b, f"<{BOB}>")
         served = armor(g.export(b)).encode()  # armored as served; stored copies are binary
         return {"a": g.export(a), "a_fpr": a, "b": served, "b_fpr": b}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -57,7 +57,7 @@ def keys(tmp_path_factory) -> Keys:
         e3 = g.generate("Endorser Three <ca@three.example>", expire="2y", at=start)
         e2_secret = s.generate("<ca@two.example>", expires_in="2y")
         e2_public = s.cert(e2_secret)
-        e2 = read_key(e2_public).fingerprint
+        e2 = read_key(e2_public, datetime.now(UTC)).fingerprint
 
         def bob(*uids: str) -> str:
             fpr = g.generate(uids[0], expire="1y", at=start)
@@ -125,7 +125,7 @@ def with_endorsers(km: KeyManager, keys: Keys) -> None:
     for fpr, key in keys.endorsers.items():
         if fpr not in km.endorsers:
             continue
-        address = sorted(read_key(key).addresses())[0]
+        address = sorted(read_key(key, datetime.now(UTC)).addresses())[0]
         d = km.consider(address, key, VKS)
         assert (d.decision, d.level) == ("registered", Level.KNOWN_KEY), d.reason
         assert f"endorser 0x{fpr}" in d.reason
@@ -162,7 +162,7 @@ def test_wkd_and_vks_agreeing_is_provider_trust_and_a_new_wkd_key_replaces(ladde
     assert km.consider(BOB, keys.old_revoked, WKD).decision == "merged"
     d = km.consider(BOB, keys.new, WKD)
     assert (d.decision, d.rule) == ("replaced", "3.3"), d.reason
-    assert km.describe(BOB)["fingerprint"] == read_key(keys.new).fingerprint
+    assert km.describe(BOB)["fingerprint"] == read_key(keys.new, datetime.now(UTC)).fingerprint
 
 
 def test_two_hkp_servers_with_the_same_key_stay_weak_chain(ladder, keys):
@@ -210,7 +210,7 @@ def test_a_consensus_registration_of_the_old_rules_is_corrected_at_start(tmp_pat
 
 
 def test_a_pinned_address_registers_its_key_at_known_key_and_takes_no_other(ladder, keys):
-    pinned = read_key(keys.old).fingerprint
+    pinned = read_key(keys.old, datetime.now(UTC)).fingerprint
     km = ladder(known_keys={BOB: pinned})
     assert km.consider(BOB, keys.new, WKD).decision == "rejected"  # not the pinned key
     d = km.consider(BOB, keys.old, HKP)
@@ -219,7 +219,7 @@ def test_a_pinned_address_registers_its_key_at_known_key_and_takes_no_other(ladd
     km.consider(BOB, keys.old_revoked, HKP)  # even revoked, rule 3.3 does not apply to a pin
     d = km.consider(BOB, keys.new, WKD)
     assert (d.decision, d.rule) == ("rejected", "3") and "pinned to" in d.reason
-    assert km.verify(BOB, read_key(keys.new).fingerprint).rule == "3.2"
+    assert km.verify(BOB, read_key(keys.new, datetime.now(UTC)).fingerprint).rule == "3.2"
 
 
 # -- endorsers ----------------------------------------------------------------------------------

@@ -218,7 +218,7 @@ class MailPublisher:
             await trio.sleep(delay)
             delay *= 2
             try:
-                served = keyview.read_key(await self._key(address, "published key"))
+                served = keyview.read_key(await self._key(address, "published key"), self.clock())
             except _StageFailed as exc:
                 reason = exc.reason
                 continue

@@ -68,21 +68,19 @@ class Intake:
 
 
 @rejecting
-def read_cert(cert: Cert, now: datetime | None = None) -> ParsedKey:
+def read_cert(cert: Cert, now: datetime) -> ParsedKey:
     """A certificate already through the filter (a keyring export streamed through it) read
     into its view at now (keyview.view_of)."""
     return ParsedKey(cert.serialize(), cert, view_of(cert, now))
 
 
 @rejecting
-def read_stored(data: bytes) -> ParsedKey:
-    """A key read back from our store, with every certification it was stored with."""
-    return read_cert(parse_one(data, keep_all=True))
+def read_stored(data: bytes, now: datetime) -> ParsedKey:
+    """A key read back from our store, with every certification it was stored with, at now."""
+    return read_cert(parse_one(data, keep_all=True), now)
 
 
-def intake(
-    data: bytes, keep: frozenset[str], limits: Limits, now: datetime | None = None
-) -> Intake:
+def intake(data: bytes, keep: frozenset[str], limits: Limits, now: datetime) -> Intake:
     """Strip and parse every key in data (see module rules)."""
     flt = StreamingKeyFilter(
         max_response_bytes=limits.max_response_bytes,

@@ -568,16 +568,16 @@ def _readable(primary: PublicKey, at: int) -> None:
         raise KeyRejected(f"the key was created in the future ({when})")
 
 
-def view_of(cert: Cert, now: datetime | None = None) -> KeyView:
-    """The KeyView of a parsed certificate at now (the system clock when not given); KeyRejected
-    if nothing in it is validly self-signed."""
+def view_of(cert: Cert, now: datetime) -> KeyView:
+    """The KeyView of a parsed certificate at now (the caller's clock); KeyRejected if nothing
+    in it is validly self-signed."""
     return self_signed(cert, now).view
 
 
-def self_signed(cert: Cert, now: datetime | None = None) -> SelfSigned:
+def self_signed(cert: Cert, now: datetime) -> SelfSigned:
     """The KeyView of a parsed certificate at now with the self-signatures that decide it
     (module rules); KeyRejected if nothing in it is validly self-signed."""
-    at = int((now if now is not None else datetime.now(UTC)).timestamp())
+    at = int(now.timestamp())
     primary = parse_public_key(cert.primary.packet.body)
     _readable(primary, at)
     cert = placed(cert)
@@ -650,19 +650,19 @@ def parse_one(
 
 
 @rejecting
-def read_key(data: bytes, now: datetime | None = None) -> KeyView:
+def read_key(data: bytes, now: datetime) -> KeyView:
     """The view of one public key at now, binary or armored (KeyRejected with a reason
     otherwise)."""
     return view_of(parse_one(data), now)
 
 
 def certifiers(
-    cert: Cert, address: str, signers: Iterable[PublicKey], now: datetime | None
+    cert: Cert, address: str, signers: Iterable[PublicKey], now: datetime
 ) -> frozenset[str]:
     """The fingerprints of those signers (other keys) that made a valid certification of
-    cert's valid, unrevoked user id for address: verifying, not expired at now (None: expiry
-    not asked about), and not withdrawn by a later certification revocation of the same
-    signer. Whether a signer itself is still valid is the caller's question."""
+    cert's valid, unrevoked user id for address: verifying, not expired at now, and not
+    withdrawn by a later certification revocation of the same signer. Whether a signer itself
+    is still valid is the caller's question."""
     target = normalize_address(address)
     subject = parse_public_key(cert.primary.packet.body)
     view = view_of(cert, now)
@@ -690,10 +690,8 @@ def certifiers(
     return frozenset(found)
 
 
-def _current(sig: Signature, now: datetime | None) -> bool:
+def _current(sig: Signature, now: datetime) -> bool:
     """A signature is current until its own expiration time (subpacket 3), if it has one."""
-    if now is None:
-        return True
     at = int(now.timestamp())
     return (sig.created or 0) <= at and _alive(sig, at)
 

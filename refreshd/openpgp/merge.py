@@ -233,7 +233,8 @@ def merge(
     stored: bytes,
     fresh: bytes | Cert,
     fresh_view: KeyView | None = None,
-    now: datetime | None = None,
+    *,
+    now: datetime,
 ) -> MergeResult:
     """Merge fresh into stored (see module rules). The key manager hands the fresh copy in
     parsed, with its view (openpgp/intake.py), so it is not parsed again; bytes are read here,

@@ -16,6 +16,7 @@ import json
 import socket
 import ssl
 import threading
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
@@ -54,7 +55,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         try:
             text = json.loads(self.rfile.read(length))["keytext"]
-            view = read_key(text.encode())
+            view = read_key(text.encode(), datetime.now(UTC))
         except Exception:  # a bad upload is a 400, as Hagrid answers
             self._send(400, b'{"error": "bad request"}')
             return
