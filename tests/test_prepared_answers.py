@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import tempfile
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -64,7 +64,7 @@ def step(km: KeyManager, keys: dict[str, bytes], answers: PreparedAnswers, s: tu
     elif s[0] == "use" and (reg := km.store.registration(BOB)) is not None:
         km.used(BOB, reg.fingerprint, s[1])
     elif s[0] == "verify":
-        km.verify(BOB, read_key(keys[s[1]]).fingerprint)
+        km.verify(BOB, read_key(keys[s[1]], datetime.now(UTC)).fingerprint)
     elif s[0] == "autocrypt":
         km.store.put_autocrypt(s[1], s[2], km.clock())
     elif s[0] == "time":
