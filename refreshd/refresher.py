@@ -117,8 +117,8 @@ class Refresher:
                 self._saved = (state.cycle, order)
                 return state
         self._seq = self.store.last_refresh_change()
-        first = schedule.update(None, self.store.refresh_ids(), (), self.rng, self._now())
-        self.state = replace(first, order=array("q", first.order))  # 8 bytes a key from now on
+        # the store's ids come packed, so the order is an array (8 bytes a key) from the start
+        self.state = schedule.update(None, self.store.refresh_ids(), (), self.rng, self._now())
         self._save()  # now, before the socket serves: its first save is O(N)
         return self.state
 

@@ -210,7 +210,10 @@ def update(
         # the first keys start a cycle of their own: an empty cycle's clock (begun when the
         # daemon started) must not squeeze them into what is left of it
         cycle = 1 if state is None else state.cycle
-        order = _shuffled(tuple(sorted(set(added))), rng)
+        # an array is the store's ids, ascending and unique already (Store.refresh_ids), and
+        # is shuffled as it is: a first cycle of 100,000 keys makes no object per key
+        keys = added if isinstance(added, array) else tuple(sorted(set(added)))
+        order = _shuffled(keys, rng)
         return CycleState(cycle=cycle, order=order, position=0, started_at=now)
     if len(added) + len(removed) > FEW_CHANGES:  # one index of the order beats many scans
         index = {k: i for i, k in enumerate(state.order)}
