@@ -28,6 +28,7 @@ from bench import keyset
 from bench.engine import engine
 from bench.report import Row, spread
 from refreshd.core import levels
+from refreshd.core.levels import Way
 from refreshd.keymanager import Found
 
 KEYRING = 200
@@ -52,7 +53,7 @@ def _gpg_import(home: Path, path: Path) -> float:
 
 def _refreshd(root: Path, ring: list[keyset.BenchKey], typical: list[keyset.BenchKey]) -> dict:
     eng = engine(root / "refreshd", {"tor": {"mode": "off", "allow_clearnet": True}})
-    found = Found("wkd", *levels.for_source("wkd"))
+    found = Found(Way.WKD, *levels.for_source(Way.WKD))
     try:
         for key in ring:
             eng.keys.consider(key.address, key.data, found)

@@ -30,6 +30,7 @@ from bench import keyset
 from bench.engine import engine
 from refreshd.core import levels
 from refreshd.core.feeds import DAY, FeedKind
+from refreshd.core.levels import Way
 from refreshd.feeds import Feeds
 from refreshd.keymanager import Found
 from refreshd.net import hkp
@@ -114,13 +115,13 @@ async def _week(root: Path, keys: list[keyset.BenchKey], scenario: str) -> dict[
 
 def _register(eng: Any, keys: list[keyset.BenchKey]) -> None:
     """Every key registered from the server and fetched there at T0 (first contact's rows)."""
-    level, positive = levels.for_source("hkp")
+    level, positive = levels.for_source(Way.HKP)
     for k in keys:
         url = hkp.lookup(BASE, k.fingerprint).url
-        decision = eng.keys.consider(k.address, k.data, Found("hkp", level, positive,
+        decision = eng.keys.consider(k.address, k.data, Found(Way.HKP, level, positive,
                                                               k.fingerprint, url))  # fmt: skip
         if not decision.registers:
             raise RuntimeError(f"{k.fingerprint} was not registered: {decision.reason}")
         with eng.store.transaction():
-            eng.store.put_source(Source(url, "hkp", None, k.fingerprint,
+            eng.store.put_source(Source(url, Way.HKP, None, k.fingerprint,
                                         last_fetch=epoch_iso(T0), last_status="200"))  # fmt: skip

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import keyset
-from refreshd.core.levels import Level
+from refreshd.core.levels import Level, Way
 from refreshd.core.rules import Decision, DecisionKind, Rule
 from refreshd.keymanager import facts_of
 from refreshd.net import wkd
@@ -50,7 +50,7 @@ def build(state_dir: Path, n: int) -> Population:
                     DecisionKind.REGISTERED,
                     view.fingerprint,
                     Level.PROVIDER_TRUST,
-                    "wkd",
+                    Way.WKD,
                     True,
                     Rule.FIRST_CONTACT,
                     reason,
@@ -59,7 +59,7 @@ def build(state_dir: Path, n: int) -> Population:
                 store.put_source(
                     Source(
                         url=wkd.requests_for(address)[0].url,
-                        kind="wkd",
+                        kind=Way.WKD,
                         address=address,
                         fingerprint=view.fingerprint,
                         last_fetch=iso(now),

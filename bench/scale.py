@@ -49,7 +49,7 @@ import trio.testing
 from bench import keyset
 from bench.engine import engine
 from bench.report import Row, spread
-from refreshd.core.levels import Level
+from refreshd.core.levels import Level, Way
 from refreshd.core.rules import Decision, DecisionKind, Rule
 from refreshd.keymanager import facts_of
 from refreshd.net import wkd
@@ -83,7 +83,7 @@ def build(state_dir: Path, n: int) -> list[tuple[str, str]]:
                         DecisionKind.REGISTERED,
                         fpr,
                         Level.PROVIDER_TRUST,
-                        "wkd",
+                        Way.WKD,
                         True,
                         Rule.FIRST_CONTACT,
                         reason,
@@ -93,7 +93,7 @@ def build(state_dir: Path, n: int) -> list[tuple[str, str]]:
                 store.put_source(
                     Source(
                         url=wkd.requests_for(address)[0].url,
-                        kind="wkd",
+                        kind=Way.WKD,
                         address=address,
                         fingerprint=fpr,
                         last_fetch=iso(now),

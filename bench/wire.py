@@ -43,6 +43,7 @@ from bench import feedwire, keyset
 from bench.engine import Engine, engine
 from bench.report import Row, spread
 from refreshd.core import levels
+from refreshd.core.levels import Way
 from refreshd.keymanager import Found
 from refreshd.net.hkp import lookup as hkp_lookup
 from refreshd.openpgp.packets import armor
@@ -199,9 +200,9 @@ async def _first_contact_wkd(eng: Engine, keys: list[keyset.BenchKey]) -> None:
 
 
 async def _first_contact_hkp(eng: Engine, keys: list[keyset.BenchKey]) -> None:
-    level, positive = levels.for_source("hkp")
+    level, positive = levels.for_source(Way.HKP)
     for key in keys:
-        found = Found("hkp", level, positive)
+        found = Found(Way.HKP, level, positive)
         decision = await eng.discovery.by_fingerprint(key.address, key.fingerprint, found)
         if not decision.registers:
             raise RuntimeError(f"first contact with {key.fingerprint} failed: {decision.reason}")

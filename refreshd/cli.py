@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from refreshd import audit, config
+from refreshd.core.levels import MAIL_ORIGINS
 from refreshd.openpgp.packets import armor
 
 __all__ = ["main"]
@@ -43,7 +44,7 @@ PROGRESS_EVERY = 0.5  # seconds between two progress lines of import-gnupg
 ANSWER_TIMEOUT = 120.0  # own generate and import-gnupg may take a while on a slow machine
 LOOKUP_MARGIN = 60.0  # on top of --wait: the daemon answers once its wait is over
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
-ORIGINS = ("autocrypt", "gossip", "openpgp-header", "attachment", "signature")
+ORIGINS = tuple(origin.value for origin in MAIL_ORIGINS)
 USE_EVENTS = {"sent": "sent-encrypted", "received": "received-signed"}
 _FINGERPRINT = re.compile(r"^(?:[0-9A-F]{40}|[0-9A-F]{64})$")
 

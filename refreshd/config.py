@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from refreshd.core.levels import LEVELS, Level
+from refreshd.core.levels import LEVELS, Level, Way
+from refreshd.core.ownaudit import Upload
 
 __all__ = ["Config", "ConfigError", "RefreshConfig", "expand_path", "from_mapping", "load"]
-SOURCES = ("nicknym", "wkd", "vks", "hkp", "smtp")
-DEFAULT_ORDER = ("nicknym", "wkd", "vks", "hkp")
-UPLOADS = ("vks", "hkp", "wks", "kpp", "nicknym")
+# the sources discovery.order may list (its words are the values of levels.Way)
+SOURCES = (Way.NICKNYM, Way.WKD, Way.VKS, Way.HKP, Way.SMTP)
+DEFAULT_ORDER = (Way.NICKNYM, Way.WKD, Way.VKS, Way.HKP)
+UPLOADS = tuple(Upload)
 
 _UNITS = {
     "s": 1,
@@ -104,7 +106,7 @@ class RefreshConfig:
 
 @dataclass(frozen=True)
 class DiscoveryConfig:
-    order: tuple[str, ...] = DEFAULT_ORDER
+    order: tuple[Way, ...] = DEFAULT_ORDER
     vks: tuple[str, ...] = ("https://keys.openpgp.org",)
     hkp: tuple[str, ...] = ()
     minimum_validation: Level = Level.WEAK_CHAIN
@@ -117,7 +119,7 @@ class OwnConfig:
     new_key_expiry: int = 180 * 86400
     extend_by: int = 90 * 86400
     extend_when_left: int = 60 * 86400
-    upload: tuple[str, ...] = ("vks",)
+    upload: tuple[Upload, ...] = (Upload.VKS,)
     audit: bool = True
     audit_period: int = 86400
     audit_command: tuple[str, ...] = ()
@@ -196,7 +198,8 @@ class Config:
         return self.daemon.state_dir / "audit.jsonl"
 
 
-# key -> (kind, extra check). Kinds: path, str, bool, duration, size, list, choice, choice-list.
+# key -> (kind, extra check). Kinds: path, str, bool, duration, size, list, choice, choice-list,
+# member-list (a choice-list whose choices are enum members, read as those members).
 _SCHEMA: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
     "daemon": {"state_dir": ("path", ()), "socket": ("path", ())},
     "tor": {
@@ -214,7 +217,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
     },
     "refresh": {"period": ("duration", ()), "minimum_lapse": ("duration", ())},
     "discovery": {
-        "order": ("choice-list", SOURCES),
+        "order": ("member-list", SOURCES),
         "vks": ("url-list", ()),
         "hkp": ("url-list", ()),
         "minimum_validation": ("level", LEVELS),
@@ -225,7 +228,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "new_key_expiry": ("duration", ()),
         "extend_by": ("duration", ()),
         "extend_when_left": ("duration", ()),
-        "upload": ("choice-list", UPLOADS),
+        "upload": ("member-list", UPLOADS),
         "audit": ("bool", ()),
         "audit_period": ("duration", ()),
         "audit_command": ("argv", ()),
@@ -366,6 +369,9 @@ def _value(section: str, key: str, kind: str, allowed: tuple[str, ...], raw: Any
             if raw and (not m or m.group("scheme") not in allowed):
                 raise want('"" or a URL with scheme ' + " or ".join(allowed))
             return raw
+        case "member-list":  # a choice-list of an enum's words, read as its members
+            words = _value(section, key, "choice-list", allowed, raw)
+            return tuple(next(m for m in allowed if m == w) for w in words)
         case "choice-list" | "url-list" | "connect-list":
             if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
                 raise want("a list of strings")

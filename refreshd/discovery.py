@@ -39,6 +39,7 @@ import trio
 from refreshd.audit import AuditLog
 from refreshd.config import Config
 from refreshd.core import levels, perspectives, refreshing
+from refreshd.core.levels import Way
 from refreshd.core.rules import Decision
 from refreshd.errors import KeyRejected
 from refreshd.keymanager import Found, KeyManager
@@ -59,7 +60,8 @@ SOURCE_BUDGET = 30.0  # seconds one source may take at first contact (all are as
 QUEUE = 1000  # addresses handed to the discovery loop
 WAITING_FOR_ROOM = 10_000  # addresses beyond QUEUE, sent on as discoveries end
 ENDORSER_RETRY = 600.0  # seconds between attempts to fetch an endorser's key we do not hold
-PROVIDER_DIRECTORIES = ("wkd", "nicknym")  # asked over several network paths at first contact
+# asked over several network paths at first contact
+PROVIDER_DIRECTORIES = frozenset({Way.WKD, Way.NICKNYM})
 CONFLICT_HOLD = 600.0  # seconds before an address whose paths disagreed is asked again
 SEEN = {
     Outcome.KEY: perspectives.Seen.KEYS,
@@ -70,10 +72,10 @@ SEEN = {
 
 def refresh_url(got: Got, fingerprint: str) -> str:
     """Where a key found by `got` is refreshed from (SPEC 6)."""
-    if got.source == "vks":
+    if got.source is Way.VKS:
         base = got.url.split("/vks/")[0]
         return vks.by_fingerprint(base, fingerprint).url
-    if got.source == "hkp":
+    if got.source is Way.HKP:
         base = got.url.split("/pks/")[0]
         return hkp.lookup(base, fingerprint).url
     return got.url
@@ -83,7 +85,7 @@ def audit_fetch(audit: AuditLog, event: str, got: Got, **extra: object) -> None:
     answer = got.answer
     audit.emit(
         event,
-        source=got.source,
+        source=got.source.value,
         url=got.url,
         outcome=str(got.outcome),
         status=answer.status if answer else None,
@@ -239,19 +241,19 @@ class Discovery:
                 return last
         return last
 
-    def _sources(self) -> list[str]:
+    def _sources(self) -> list[Way]:
         configured = {
-            "vks": bool(self.cfg.discovery.vks),
-            "hkp": bool(self.cfg.discovery.hkp),
-            "smtp": False,  # asked last and alone: see _by_mail
+            Way.VKS: bool(self.cfg.discovery.vks),
+            Way.HKP: bool(self.cfg.discovery.hkp),
+            Way.SMTP: False,  # asked last and alone: see _by_mail
         }
         return [s for s in self.cfg.discovery.order if configured.get(s, True)]
 
     async def discover(self, address: str) -> Decision | None:
         sources = self._sources()
-        answers: dict[str, list[Got] | None] = {}
+        answers: dict[Way, list[Got] | None] = {}
 
-        async def ask(source: str) -> None:
+        async def ask(source: Way) -> None:
             with trio.move_on_after(SOURCE_BUDGET) as budget:
                 answers[source] = await self._ask(source, address)
             if budget.cancelled_caught:
@@ -293,7 +295,7 @@ class Discovery:
         nothing to register, since its answer takes a mail round trip (`lookup` says pending
         meanwhile) and its request tells both providers whom the user asks about. It is not
         remembered as a refresh source: refreshes go where the web sources are."""
-        if self.krp is None or "smtp" not in self.cfg.discovery.order:
+        if self.krp is None or Way.SMTP not in self.cfg.discovery.order:
             return None
         got = await self.krp(address)
         ok = got.outcome is Outcome.KEY
@@ -306,13 +308,13 @@ class Discovery:
             self._mail_failures[address] = got.reason
             return None
         self._mail_failures.pop(address, None)
-        level, positive = levels.for_source("smtp")
+        level, positive = levels.for_source(Way.SMTP)
         taken = await self.keys.taken_in(address, got.data)
         return self.keys.first_contact(
-            address, [(taken, Found("smtp", level, positive, url=got.url))]
+            address, [(taken, Found(Way.SMTP, level, positive, url=got.url))]
         )
 
-    async def _ask(self, source: str, address: str) -> list[Got] | None:
+    async def _ask(self, source: Way, address: str) -> list[Got] | None:
         """One source's answers for the address: over several paths for a provider directory
         (None when they disagree), else one request after another as before."""
         paths = self.cfg.validation.perspectives
@@ -332,7 +334,7 @@ class Discovery:
         self.audit.emit(
             "discovery.perspectives",
             address=address,
-            source=source,
+            source=source.value,
             verdict=str(comparison.verdict),
             shared_exit=comparison.shared_exit,
             exits=list(comparison.exits),
@@ -347,7 +349,7 @@ class Discovery:
             self.audit.emit(
                 "discovery.conflict",
                 address=address,
-                source=source,
+                source=source.value,
                 paths=seen,
                 exits=list(comparison.exits),
                 reason=comparison.reason,
@@ -404,14 +406,14 @@ class Discovery:
         """An OpenPGP header URL in standard form on the From domain, fetched over
         authenticated TLS through Tor, is provider-trust (SPEC 5.1); None if it gave no key."""
         req = Request(url, redirects=Redirects.SAME_DOMAIN_HTTPS)
-        got = await self.retriever.key_request("openpgp-header", req)
+        got = await self.retriever.key_request(Way.OPENPGP_HEADER, req)
         ok = got.outcome is Outcome.KEY
         audit_fetch(
             self.audit, "discovery.fetched" if ok else "discovery.failed", got, address=address
         )
         if not ok:
             return None
-        found = Found("openpgp-header", *levels.for_source("openpgp-header"), url=got.url)
+        found = Found(Way.OPENPGP_HEADER, *levels.for_source(Way.OPENPGP_HEADER), url=got.url)
         return self.keys.consider(address, await self.keys.taken_in(address, got.data), found)
 
     async def by_fingerprint(self, address: str, fingerprint: str, found: Found) -> Decision:

@@ -22,6 +22,7 @@ import structlog
 import trio
 
 from refreshd.core import door, tcptable
+from refreshd.core.rules import LookupState
 from refreshd.errors import KeyRejected
 from refreshd.keymanager import KeyManager
 from refreshd.openpgp.keyview import read_key
@@ -234,7 +235,7 @@ class KeyserverDoor:
             return data
         result = await self.lookup({"address": query.value, "wait": self.patience})
         fingerprint = result.get("fingerprint")
-        if result.get("state") != "registered" or not fingerprint:
+        if result.get("state") is not LookupState.REGISTERED or not fingerprint:
             return door.refused_because(result["state"], query.value, result["reason"])
         if not result.get("usable"):
             return door.text(404, f"The key registered for {query.value} is not usable.")

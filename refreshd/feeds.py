@@ -26,6 +26,7 @@ from refreshd.clock import utcnow
 from refreshd.config import Config
 from refreshd.core import feeds
 from refreshd.core.feeds import FeedKind, Window
+from refreshd.core.levels import Way
 from refreshd.errors import FetchFailed
 from refreshd.net import feeds as wire
 from refreshd.net import hkp
@@ -37,6 +38,7 @@ __all__ = ["Feeds"]
 ABSENT_RECHECK = 7 * feeds.DAY
 STATE_PREFIX = "feed "
 URL_MARK = {FeedKind.PREFIX_LOG: "/pks/", FeedKind.UPDATE_MANIFEST: "/vks/"}
+FEED_OF = {Way.HKP: FeedKind.PREFIX_LOG, Way.VKS: FeedKind.UPDATE_MANIFEST}  # a source's feed
 
 
 class Feeds:
@@ -66,7 +68,7 @@ class Feeds:
 
     # -- what the refresh loop asks ---------------------------------------------------------
     def known_current_until(
-        self, kind: str, url: str, fingerprint: str, since: float
+        self, kind: Way, url: str, fingerprint: str, since: float
     ) -> float | None:
         """Until when the feed of the server behind `url` vouches that the key did not change
         since `since`; None when it must be fetched (no feed, a gap, its prefix listed)."""
@@ -76,8 +78,8 @@ class Feeds:
         windows = feeds.fresh(self._windows(server), self._now())
         return feeds.known_current_until(fingerprint, since, windows)
 
-    def _server_of(self, kind: str, url: str) -> tuple[FeedKind, str] | None:
-        feed = {"hkp": FeedKind.PREFIX_LOG, "vks": FeedKind.UPDATE_MANIFEST}.get(kind)
+    def _server_of(self, kind: Way, url: str) -> tuple[FeedKind, str] | None:
+        feed = FEED_OF.get(kind)
         for server in self.servers:
             if server[0] is feed and url.startswith(server[1] + URL_MARK[feed]):
                 return server

@@ -36,6 +36,7 @@ import trio
 from refreshd.audit import AuditLog
 from refreshd.config import Config, expand_path
 from refreshd.core import levels
+from refreshd.core.levels import Way
 from refreshd.core.rules import DecisionKind
 from refreshd.core.schedule import backoff
 from refreshd.errors import GpgFailed, InvalidRequest, KeyRejected
@@ -339,7 +340,7 @@ class GnupgBridge:
         for view, data in views:
             assert self.importing is not None
             self.importing["done"] += 1
-            source = "gnupg-trusted" if view.fingerprint in trusted else "gnupg"
+            source = Way.GNUPG_TRUSTED if view.fingerprint in trusted else Way.GNUPG
             found = Found(source, *levels.for_source(source))
             if not view.addresses():
                 skipped.append({"fingerprint": view.fingerprint, "reason": NO_ADDRESS})

@@ -21,8 +21,8 @@ from refreshd.audit import AuditLog
 from refreshd.clock import utcnow
 from refreshd.config import Config
 from refreshd.core import autocrypt, levels, providerkeys, rules
-from refreshd.core.levels import Level
-from refreshd.core.rules import Candidate, Decision, DecisionKind, Rule, Vouch
+from refreshd.core.levels import Level, Vouched, Way
+from refreshd.core.rules import Candidate, Decision, DecisionKind, LookupState, Rule, Vouch
 from refreshd.errors import KeyRejected
 from refreshd.net.nicknym import Capability
 from refreshd.openpgp.intake import Intake, Limits, ParsedKey, intake, read_stored
@@ -66,11 +66,15 @@ def key_ids(fingerprint: str) -> set[str]:
 class Found:
     """How a key reached us: the source and what it is worth."""
 
-    source: str
+    source: Way
     level: Level
     positive: bool
     asked_fingerprint: str | None = None
     url: str | None = None
+
+    def __post_init__(self) -> None:
+        if type(self.source) is not Way:  # a plain string would pass every comparison
+            raise TypeError(f"a Found's source is a levels.Way: {self!r}")
 
     def rejected(self, fingerprint: str, reason: str) -> Decision:
         """A rejection of something from this source that never reached the rules."""
@@ -167,7 +171,7 @@ class KeyManager:
         addresses: Iterable[str] | None,
         *,
         fingerprint: str,
-        source: str,
+        source: Way,
         url: str,
     ) -> Intake | None:
         """`take_in_apart` for a key fetched by fingerprint, or None with the refusal audited
@@ -178,7 +182,7 @@ class KeyManager:
             self.audit.emit(
                 "key.rejected",
                 fingerprint=fingerprint,
-                source=source,
+                source=source.value,
                 url=url,
                 rule=Rule.UNUSABLE.value,
                 reason=f"The key could not be used: {exc.reason}",
@@ -300,15 +304,19 @@ class KeyManager:
         return [k for k, view in self._held_keys(self.endorsers - {but}) if view.usable(now)]
 
     def _vouches(
-        self, address: str, held: _Held, now: datetime, source: str = ""
+        self, address: str, held: _Held, now: datetime, source: Way | None = None
     ) -> tuple[Vouch, ...]:
         """What raises this key's level for this address now, besides how it was found."""
         fpr = held.view.fingerprint
         out: list[Vouch] = []
         if self.pins.get(address) == fpr:
-            out.append(Vouch("pinned", f"pinned by the user for {address} (validation.known_keys)"))
+            out.append(
+                Vouch(Vouched.PINNED, f"pinned by the user for {address} (validation.known_keys)")
+            )
         if fpr in self.endorsers:
-            out.append(Vouch("endorser-key", f"the key of endorser 0x{fpr} (validation.endorsers)"))
+            out.append(
+                Vouch(Vouched.ENDORSER_KEY, f"the key of endorser 0x{fpr} (validation.endorsers)")
+            )
         provider = self._provider_endorsement(address, held, now, source)
         if provider is not None:
             out.append(provider)
@@ -317,13 +325,13 @@ class KeyManager:
             by = sorted(certifiers(held.cert, address, endorsers, now))
             if by:
                 named = ", ".join(f"0x{f}" for f in by)
-                out.append(Vouch("endorser", f"certified by endorser {named}"))
+                out.append(Vouch(Vouched.ENDORSER, f"certified by endorser {named}"))
                 if len(by) >= self.cfg.validation.consensus:
                     dissent = self._endorsed_elsewhere(address, fpr, endorsers, now)
                     if not dissent:
                         out.append(
                             Vouch(
-                                "endorser-consensus",
+                                Vouched.ENDORSER_CONSENSUS,
                                 f"certified by {len(by)} endorsers ({named}), at least "
                                 f"validation.consensus = {self.cfg.validation.consensus}, and "
                                 "no endorser certifies another key for the address",
@@ -332,7 +340,7 @@ class KeyManager:
         return tuple(out)
 
     def _provider_endorsement(
-        self, address: str, held: _Held, now: datetime, source: str
+        self, address: str, held: _Held, now: datetime, source: Way | None
     ) -> Vouch | None:
         """provider-endorsement: the uid for the address is certified by an endorsement key
         pinned for its domain, and that provider signs its answers (a pinned response key).
@@ -354,13 +362,13 @@ class KeyManager:
                 signers[key.fingerprint] = (primary_key(key.cert), pin.pinned_at)
         keys = [k for k, _ in signers.values()]
         by = sorted(certifiers(held.cert, address, keys, now))
-        if by and source == "nicknym" and held.fresh is not None:
+        if by and source is Way.NICKNYM and held.fresh is not None:
             by = sorted(set(by) & certifiers(held.fresh, address, keys, now))
         if not by:
             return None
         pinned = iso(signers[by[0]][1]) or ""
         return Vouch(
-            "provider-endorsed",
+            Vouched.PROVIDER_ENDORSED,
             f"endorsed by {domain}'s key 0x{by[0]}, pinned {pinned[:10]}",
         )
 
@@ -550,7 +558,7 @@ class KeyManager:
                 "key.signatures_rejected",
                 address=address,
                 fingerprint=parsed.fingerprint,
-                source=found.source,
+                source=found.source.value,
                 dropped=result.dropped,
                 reason=f"{result.dropped} signature(s) in this copy do not verify (forged or "
                 "damaged); they were dropped and the rest of the copy was considered.",
@@ -560,7 +568,7 @@ class KeyManager:
                 "key.expiry_refused",
                 address=address,
                 fingerprint=parsed.fingerprint,
-                source=found.source,
+                source=found.source.value,
                 reason="The copy states an earlier expiry without a newer self-signature; "
                 "the stored expiry stays (rule 2).",
             )
@@ -589,7 +597,7 @@ class KeyManager:
             address=address,
             fingerprint=decision.fingerprint,
             level=decision.level.value,
-            source=found.source,
+            source=found.source.value,
             rule=decision.rule.value,
             reason=decision.reason,
             **({"basis": decision.basis} if decision.basis else {}),
@@ -619,7 +627,7 @@ class KeyManager:
             address=address,
             fingerprint=fingerprint,
             level=found.level.value,
-            source=found.source,
+            source=found.source.value,
             rule=Rule.UNUSABLE.value,
             reason=decision.reason,
             **({"url": found.url} if found.url else {}),
@@ -633,7 +641,7 @@ class KeyManager:
         mail client holds it (SPEC 4): a void header or one from a message older than the
         newest seen changes nothing; otherwise its key goes through the rules, and when that
         key is the one used for the address its prefer-encrypt is remembered."""
-        gossip = found.source == "gossip"
+        gossip = found.source is Way.GOSSIP
         header = autocrypt.parse(value, address, gossip=gossip)
         if isinstance(header, autocrypt.Void):
             return self._reject_unparsed(address, found, header.reason)
@@ -690,7 +698,7 @@ class KeyManager:
                 fingerprint=fpr,
                 old_level=old.value,
                 new_level=level.value,
-                source=source,
+                source=source.value,
                 basis=basis,
                 reason=f"The level of {fpr} for {address} was recomputed from the ways it "
                 f"was found: {level.value} ({basis}), not {old.value}. Agreement of "
@@ -706,7 +714,7 @@ class KeyManager:
     def verify(self, address: str, fingerprint: str) -> Decision:
         """Rule 3.2: the user checked this fingerprint for this address."""
         data = self.store.held_key(fingerprint)
-        found = Found("user", Level.FINGERPRINT, True)
+        found = Found(Way.USER, *levels.for_source(Way.USER))
         if data is None:
             return self._reject_unparsed(
                 address,
@@ -748,7 +756,7 @@ class KeyManager:
         if facts is None or seen.level is None:
             unknown = {
                 "address": address,
-                "state": "unknown",
+                "state": LookupState.UNKNOWN,
                 "fingerprint": None,
                 "validation": None,
                 "usable": False,
@@ -773,7 +781,7 @@ class KeyManager:
             reason += " " + use.why_not
         answer: dict[str, Any] = {
             "address": address,
-            "state": "registered",
+            "state": LookupState.REGISTERED,
             "fingerprint": facts.fingerprint,
             "validation": seen.level.value,
             "usable": use.usable,

@@ -31,6 +31,8 @@ import trio
 from refreshd.audit import AuditLog
 from refreshd.config import Config
 from refreshd.core import ownaudit, ownpolicy, schedule
+from refreshd.core.levels import Way
+from refreshd.core.ownaudit import Upload
 from refreshd.errors import FetchFailed, InvalidRequest, KeyRejected, SourceError
 from refreshd.net import hkp, nicknym, vks
 from refreshd.net.answers import Outcome
@@ -53,7 +55,7 @@ AUDIT_STATE = "own_audit"
 UPLOAD_RETRY_BASE = 300.0
 UPLOAD_RETRY_CAP = 86400.0
 UPLOAD_ATTEMPTS = 8
-MAIL_MECHANISMS = ("wks", "kpp")
+MAIL_MECHANISMS = (Upload.WKS, Upload.KPP)
 
 
 def write_private(path: Path, text: str) -> None:
@@ -103,7 +105,7 @@ class OwnKeys:
         self.problem: str | None = None  # e.g. "own key locked: cannot extend"
         self._session_passphrase: str | None = None
         self._uploads: trio.MemorySendChannel[str] | None = None
-        self._queued: set[str] = set()
+        self._queued: set[Upload] = set()
 
     # -- reading ----------------------------------------------------------------------------
     def passphrase(self) -> str | None:
@@ -309,7 +311,7 @@ class OwnKeys:
         self.queue_upload()
 
     # -- uploading --------------------------------------------------------------------------
-    def queue_upload(self, mechanisms: tuple[str, ...] | None = None) -> None:
+    def queue_upload(self, mechanisms: tuple[Upload, ...] | None = None) -> None:
         """An upload per mechanism; one already waiting to start is enough, since an upload
         reads the key file when it starts (a mail exchange must not run twice at once)."""
         if self._uploads is not None:
@@ -321,7 +323,7 @@ class OwnKeys:
                     self._queued.add(mechanism)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        send, receive = trio.open_memory_channel[str](16)
+        send, receive = trio.open_memory_channel[Upload](16)
         self._uploads = send
         task_status.started()
         await self.check()
@@ -330,7 +332,7 @@ class OwnKeys:
                 self._queued.discard(mechanism)
                 nursery.start_soon(self._upload_with_retries, mechanism)
 
-    async def _upload_with_retries(self, mechanism: str) -> None:
+    async def _upload_with_retries(self, mechanism: Upload) -> None:
         for attempt in range(1, UPLOAD_ATTEMPTS + 1):
             ok, reason = await self.upload(mechanism)
             if ok:
@@ -340,21 +342,21 @@ class OwnKeys:
             )
             self.audit.emit(
                 "own.upload_retry",
-                mechanism=mechanism,
+                mechanism=mechanism.value,
                 attempt=attempt,
                 retry_in_seconds=round(delay),
                 reason=reason,
             )
             await trio.sleep(delay)
 
-    def _upload_requests(self, mechanism: str, armored_public: str) -> list[Request]:
-        if mechanism == "vks":
+    def _upload_requests(self, mechanism: Upload, armored_public: str) -> list[Request]:
+        if mechanism is Upload.VKS:
             return [vks.upload(base, armored_public) for base in self.cfg.discovery.vks]
-        if mechanism == "hkp":
+        if mechanism is Upload.HKP:
             return [hkp.upload(base, armored_public) for base in self.cfg.discovery.hkp]
         return []
 
-    async def upload(self, mechanism: str) -> tuple[bool, str]:
+    async def upload(self, mechanism: Upload) -> tuple[bool, str]:
         """One upload of the current public key; audited as own.uploaded either way."""
         if mechanism in MAIL_MECHANISMS:
             return await self._upload_by_mail(mechanism)
@@ -367,13 +369,13 @@ class OwnKeys:
         if not requests:
             reason = (
                 f"no {mechanism} server configured"
-                if mechanism in ("vks", "hkp")
+                if mechanism in (Upload.VKS, Upload.HKP)
                 else f"{mechanism} upload needs a submission channel that is not configured"
             )
             self.audit.emit(
                 "own.uploaded",
                 fingerprint=fingerprint,
-                mechanism=mechanism,
+                mechanism=mechanism.value,
                 ok=False,
                 reason=reason,
             )
@@ -382,7 +384,7 @@ class OwnKeys:
         for req in requests:
             try:
                 answer = await self.fetcher.fetch(req)
-                read = vks.read_upload if mechanism == "vks" else hkp.read_upload
+                read = vks.read_upload if mechanism is Upload.VKS else hkp.read_upload
                 read(answer.status, answer.body)
             except (FetchFailed, SourceError) as exc:
                 all_ok, outcome = False, {"ok": False, "reason": exc.reason}
@@ -392,7 +394,7 @@ class OwnKeys:
             self.audit.emit(
                 "own.uploaded",
                 fingerprint=fingerprint,
-                mechanism=mechanism,
+                mechanism=mechanism.value,
                 url=req.url,
                 **outcome,
             )
@@ -403,7 +405,7 @@ class OwnKeys:
     def _uploaded(self, fingerprint: str) -> None:
         self.store.own_key_uploaded(fingerprint, self.clock())
 
-    async def _upload_by_mail(self, mechanism: str) -> tuple[bool, str]:
+    async def _upload_by_mail(self, mechanism: Upload) -> tuple[bool, str]:
         """WKS or KPP through the mail channel (refreshd/mail/publish.py)."""
         armored = self._armored()
         if armored is None:
@@ -414,12 +416,12 @@ class OwnKeys:
             self.audit.emit(
                 "own.uploaded",
                 fingerprint=own.fingerprint,
-                mechanism=mechanism,
+                mechanism=mechanism.value,
                 ok=False,
                 reason=reason,
             )
             return True, reason  # nothing to retry
-        if mechanism == "wks":
+        if mechanism is Upload.WKS:
             ok, reason = await self.mail.wks(
                 armored, self.passphrase(), own.public, own.view, own.addresses
             )
@@ -464,7 +466,7 @@ def _served(
 
 
 def _observation(
-    source: str,
+    source: Way,
     gots: list[Got],
     *,
     expected: bool,
@@ -565,9 +567,9 @@ class OwnAudit:
                     "own.audit_error", address=address, error=f"{type(exc).__name__}: {exc}"[:300]
                 )
 
-    def _sources(self) -> list[str]:
-        configured = {"vks": bool(self.cfg.discovery.vks), "hkp": bool(self.cfg.discovery.hkp)}
-        return [s for s in self.cfg.discovery.order if configured.get(s, s != "smtp")]
+    def _sources(self) -> list[Way]:
+        configured = {Way.VKS: bool(self.cfg.discovery.vks), Way.HKP: bool(self.cfg.discovery.hkp)}
+        return [s for s in self.cfg.discovery.order if configured.get(s, s is not Way.SMTP)]
 
     def _endorsement_keys(self, domain: str, now: datetime) -> list[PublicKey]:
         """The provider's pinned endorsement keys that are usable now (SPEC 5.1)."""
@@ -583,11 +585,11 @@ class OwnAudit:
                 keys.append(primary_key(held.cert))
         return keys
 
-    async def _ask(self, source: str, address: str, key: OwnKey) -> ownaudit.Observation:
+    async def _ask(self, source: Way, address: str, key: OwnKey) -> ownaudit.Observation:
         now = self.own.clock()
         endorsers = (
             self._endorsement_keys(address.rpartition("@")[2], now)
-            if source in ("wkd", "nicknym")
+            if source in (Way.WKD, Way.NICKNYM)
             else []
         )
         keep = frozenset(
@@ -596,12 +598,12 @@ class OwnAudit:
             | {k.fingerprint.hex().upper()[-16:] for k in endorsers}
         )
         uploaded = ownaudit.UPLOAD_FOR_SOURCE.get(source) in self.cfg.own.upload
-        if source == "hkp":
+        if source is Way.HKP:
             gots = [
-                await self.retriever.key_request("hkp", hkp.lookup(base, key.fingerprint))
+                await self.retriever.key_request(Way.HKP, hkp.lookup(base, key.fingerprint))
                 for base in self.cfg.discovery.hkp
             ]
-        elif source == "nicknym":
+        elif source is Way.NICKNYM:
             uri = await self.retriever.nicknym_uri(address.rpartition("@")[2])
             if isinstance(uri, Got):  # the provider runs no nicknym: nothing to expect
                 return _observation(source, [uri], expected=False)
@@ -658,7 +660,7 @@ class OwnAudit:
                 "own.reupload",
                 address=address,
                 fingerprint=key.fingerprint,
-                mechanisms=list(result.reupload),
+                mechanisms=[m.value for m in result.reupload],
                 reason="a directory still serves an older expiry after the grace period",
             )
             self.own.queue_upload(result.reupload)
@@ -700,12 +702,10 @@ def _findings(entry: dict[str, Any]) -> list[ownaudit.Finding]:
     out = []
     for f in entry.get("findings", []):
         try:
-            result = ownaudit.Result(f["result"])
+            result, source = ownaudit.Result(f["result"]), Way(f["source"])
         except (KeyError, ValueError):
             continue
         out.append(
-            ownaudit.Finding(
-                f.get("source", ""), result, f.get("detail", ""), served=tuple(f.get("served", ()))
-            )
+            ownaudit.Finding(source, result, f.get("detail", ""), served=tuple(f.get("served", ())))
         )
     return out

@@ -30,6 +30,7 @@ from refreshd.audit import AuditLog
 from refreshd.clock import utcnow
 from refreshd.config import Config
 from refreshd.core import levels, refreshing, schedule
+from refreshd.core.levels import Way
 from refreshd.discovery import audit_fetch
 from refreshd.feeds import Feeds
 from refreshd.keymanager import Found, KeyManager
@@ -283,16 +284,16 @@ class Refresher:
         fallback: list[Source] = []
         if refreshing.offers_fallback(len(stored), registered_from):
             by_kind = {
-                "vks": [
-                    Source(vks.by_fingerprint(b, fingerprint).url, "vks", None, fingerprint)
+                Way.VKS: [
+                    Source(vks.by_fingerprint(b, fingerprint).url, Way.VKS, None, fingerprint)
                     for b in self.cfg.discovery.vks
                 ],
-                "hkp": [
-                    Source(hkp.lookup(b, fingerprint).url, "hkp", None, fingerprint)
+                Way.HKP: [
+                    Source(hkp.lookup(b, fingerprint).url, Way.HKP, None, fingerprint)
                     for b in self.cfg.discovery.hkp
                 ],
-                "wkd": [
-                    Source(wkd.requests_for(a)[0].url, "wkd", a, fingerprint) for a in addresses
+                Way.WKD: [
+                    Source(wkd.requests_for(a)[0].url, Way.WKD, a, fingerprint) for a in addresses
                 ],
             }
             kinds = refreshing.fallback_kinds(self.cfg.discovery.order)
@@ -319,7 +320,7 @@ class Refresher:
             self.audit.emit(
                 "refresh.failed",
                 fingerprint=fingerprint,
-                source=src.kind,
+                source=src.kind.value,
                 url=src.url,
                 reason=f"{host} failed for {len(backing_off.failing)} different keys in a row; "
                 f"left alone until {epoch_iso(backing_off.not_before)}",
@@ -343,7 +344,7 @@ class Refresher:
         )
         self.last = {
             "fingerprint": fingerprint,
-            "source": src.kind,
+            "source": src.kind.value,
             "outcome": str(got.outcome),
             "at": epoch_iso(self._now()),
         }
@@ -365,13 +366,13 @@ class Refresher:
         self.audit.emit(
             "refresh.unchanged_by_feed",
             fingerprint=fingerprint,
-            source=src.kind,
+            source=src.kind.value,
             url=src.url,
             known_current_until=epoch_iso(until),
         )
         self.last = {
             "fingerprint": fingerprint,
-            "source": src.kind,
+            "source": src.kind.value,
             "outcome": "unchanged-by-feed",
             "at": epoch_iso(self._now()),
         }

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from refreshd.clock import utcnow
 from refreshd.config import Config
+from refreshd.core.levels import Way
 from refreshd.errors import FetchFailed, SourceError, TorUnavailable
 from refreshd.net import hkp, nicknym, vks, wkd
 from refreshd.net.answers import Outcome, lookup_outcome
@@ -33,7 +34,7 @@ __all__ = ["Got", "Retriever"]
 class Got:
     """What one request to one source produced."""
 
-    source: str  # wkd | nicknym | vks | hkp
+    source: Way  # a directory, or smtp (mail/retrieval.py), or openpgp-header
     url: str
     outcome: Outcome
     reason: str
@@ -45,7 +46,7 @@ class Got:
 
 
 def _failed(
-    source: str,
+    source: Way,
     url: str,
     outcome: Outcome,
     reason: str,
@@ -80,7 +81,7 @@ class Retriever:
         self.clock = clock
         self._no_nicknym = nicknym.NegativeCache()
 
-    async def key_request(self, source: str, req: Request) -> Got:
+    async def key_request(self, source: Way, req: Request) -> Got:
         """A request whose body is a key (WKD, VKS, HKP)."""
         body = bytearray()
         try:
@@ -108,9 +109,9 @@ class Retriever:
         try:
             answer = await self.fetcher.fetch(req)
         except TorUnavailable as exc:
-            return _failed("nicknym", req.url, Outcome.ERROR, exc.reason, no_tor=True)
+            return _failed(Way.NICKNYM, req.url, Outcome.ERROR, exc.reason, no_tor=True)
         except FetchFailed as exc:
-            return _failed("nicknym", req.url, Outcome.ERROR, exc.reason)
+            return _failed(Way.NICKNYM, req.url, Outcome.ERROR, exc.reason)
         domain = address.rpartition("@")[2] if address else urlsplit(req.url).hostname or ""
         key = self.pins.response_key(domain) if self.pins is not None else None
         if key is not None:
@@ -119,28 +120,28 @@ class Retriever:
             )
             if unsigned is not None:
                 return _failed(
-                    "nicknym",
+                    Way.NICKNYM,
                     answer.url,
                     Outcome.REJECTED,
                     f"nicknym answered {answer.status} but {unsigned}; the answer is refused",
                     answer,
                 )
         if answer.unchanged:
-            return _failed("nicknym", answer.url, Outcome.UNCHANGED, "unchanged", answer)
+            return _failed(Way.NICKNYM, answer.url, Outcome.UNCHANGED, "unchanged", answer)
         try:
             read = nicknym.read_answer(answer.status, answer.body, address)
         except SourceError as exc:
-            return _failed("nicknym", answer.url, Outcome.REJECTED, exc.reason, answer)
+            return _failed(Way.NICKNYM, answer.url, Outcome.REJECTED, exc.reason, answer)
         if read.outcome is not Outcome.KEY or not read.key:
             return _failed(
-                "nicknym",
+                Way.NICKNYM,
                 answer.url,
                 read.outcome,
                 f"nicknym answered {answer.status} ({read.outcome})",
                 answer,
             )
         return Got(
-            "nicknym",
+            Way.NICKNYM,
             answer.url,
             Outcome.KEY,
             "key received",
@@ -153,7 +154,7 @@ class Retriever:
         """The domain's nicknym endpoint, or why there is none (remembered for a while)."""
         if self._no_nicknym.knows(domain, self.clock().timestamp()):
             return _failed(
-                "nicknym", domain, Outcome.NOT_FOUND, f"no nicknym at {domain} (checked recently)"
+                Way.NICKNYM, domain, Outcome.NOT_FOUND, f"no nicknym at {domain} (checked recently)"
             )
         probes = nicknym.capability_requests(domain)
         answers: list[tuple[int, bytes] | None] = []
@@ -161,7 +162,7 @@ class Retriever:
             try:
                 answer = await self.fetcher.fetch(req)
             except TorUnavailable as exc:
-                return _failed("nicknym", req.url, Outcome.ERROR, exc.reason, no_tor=True)
+                return _failed(Way.NICKNYM, req.url, Outcome.ERROR, exc.reason, no_tor=True)
             except FetchFailed:
                 answers.append(None)
             else:
@@ -171,49 +172,49 @@ class Retriever:
             self.pins.learn_provider(domain, capability)
         if capability.nicknym_uri is None:
             self._no_nicknym = self._no_nicknym.remember(domain, self.clock().timestamp())
-            return _failed("nicknym", probes[0].url, Outcome.NOT_FOUND, capability.reason)
+            return _failed(Way.NICKNYM, probes[0].url, Outcome.NOT_FOUND, capability.reason)
         return capability.nicknym_uri
 
-    async def by_address(self, source: str, address: str) -> list[Got]:
+    async def by_address(self, source: Way, address: str) -> list[Got]:
         """First contact: ask one source for the address; WKD tries advanced then direct."""
-        if source == "wkd":
+        if source is Way.WKD:
             results = []
             for req in wkd.requests_for(address):
-                got = await self.key_request("wkd", req)
+                got = await self.key_request(Way.WKD, req)
                 results.append(got)
                 if got.outcome is Outcome.KEY:
                     break
             return results
-        if source == "nicknym":
+        if source is Way.NICKNYM:
             uri = await self.nicknym_uri(address.rpartition("@")[2])
             if isinstance(uri, Got):
                 return [uri]
             return [await self.nicknym_request(nicknym.by_address(uri, address), address)]
-        if source == "vks":
+        if source is Way.VKS:
             return [
-                await self.key_request("vks", vks.by_email(base, address))
+                await self.key_request(Way.VKS, vks.by_email(base, address))
                 for base in self.cfg.discovery.vks
             ]
-        if source == "hkp":
+        if source is Way.HKP:
             return [
-                await self.key_request("hkp", hkp.lookup_address(base, address))
+                await self.key_request(Way.HKP, hkp.lookup_address(base, address))
                 for base in self.cfg.discovery.hkp
             ]
         raise ValueError(source)
 
     async def again(
         self,
-        source: str,
+        source: Way,
         url: str,
         validators: Validators | None,
         address: str | None,
     ) -> Got:
         """Refresh: the same URL that gave the key, with the stored validators."""
-        if source == "nicknym":
+        if source is Way.NICKNYM:
             return await self.nicknym_request(
                 Request(url, validators=validators, kind=Kind.JSON), address
             )
-        redirects = Redirects.SAME_DOMAIN_HTTPS if source == "wkd" else Redirects.NONE
+        redirects = Redirects.SAME_DOMAIN_HTTPS if source is Way.WKD else Redirects.NONE
         return await self.key_request(
             source, Request(url, validators=validators, redirects=redirects)
         )
@@ -221,10 +222,11 @@ class Retriever:
     async def by_fingerprint(self, fpr: str) -> list[Got]:
         """A key named by a signature: VKS then HKP by fingerprint."""
         out = [
-            await self.key_request("vks", vks.by_fingerprint(base, fpr))
+            await self.key_request(Way.VKS, vks.by_fingerprint(base, fpr))
             for base in self.cfg.discovery.vks
         ]
         out += [
-            await self.key_request("hkp", hkp.lookup(base, fpr)) for base in self.cfg.discovery.hkp
+            await self.key_request(Way.HKP, hkp.lookup(base, fpr))
+            for base in self.cfg.discovery.hkp
         ]
         return out

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 from refreshd import __version__
 from refreshd.answers import PreparedAnswers
 from refreshd.core import autocrypt, levels
-from refreshd.core.rules import DecisionKind
+from refreshd.core.levels import Way
+from refreshd.core.rules import DecisionKind, LookupState
 from refreshd.errors import InvalidRequest, RefreshdError
 from refreshd.keymanager import Found, KeyManager, address_or_none
 from refreshd.rpc import INTERNAL_ERROR, INVALID_PARAMS, Encoded, Param, RpcError, checked
@@ -153,19 +154,23 @@ class Service:
 
     async def _lookup(self, address: str, p: dict[str, Any]) -> dict[str, Any]:
         answer = self.keys.describe(address, with_key=p["armor"])
-        if answer["state"] == "registered" or not p["discover"]:
+        if answer["state"] is LookupState.REGISTERED or not p["discover"]:
             return answer
         if not self.discovery.pending(address) and not self.discovery.request(address):
-            answer.update(state="pending", reason=QUEUE_FULL.format(address=address, when=ASK))
+            answer.update(
+                state=LookupState.PENDING, reason=QUEUE_FULL.format(address=address, when=ASK)
+            )
             return answer
         if p["wait"]:
             await self.discovery.wait(address, p["wait"])
             answer = self.keys.describe(address, with_key=p["armor"])
-            if answer["state"] == "registered" or not self.discovery.pending(address):
+            if answer["state"] is LookupState.REGISTERED or not self.discovery.pending(address):
                 conflict = self.discovery.conflict(address)
-                if answer["state"] == "unknown" and conflict is not None:
-                    answer.update(state="conflict", reason=f"Nothing registered: {conflict}")
-                elif answer["state"] == "unknown":
+                if answer["state"] is LookupState.UNKNOWN and conflict is not None:
+                    answer.update(
+                        state=LookupState.CONFLICT, reason=f"Nothing registered: {conflict}"
+                    )
+                elif answer["state"] is LookupState.UNKNOWN:
                     answer["reason"] = (
                         f"Discovery found no key for {address} that could be registered; see "
                         "`refreshd history` for what was seen."
@@ -176,12 +181,16 @@ class Service:
                 return answer
         conflict = self.discovery.conflict(address)
         if conflict is not None and not self.discovery.pending(address):
-            answer.update(state="conflict", reason=f"Nothing registered: {conflict}")
+            answer.update(state=LookupState.CONFLICT, reason=f"Nothing registered: {conflict}")
             return answer
         if self.discovery.waiting_for_room(address):
-            answer.update(state="pending", reason=QUEUE_FULL.format(address=address, when=TURN))
+            answer.update(
+                state=LookupState.PENDING, reason=QUEUE_FULL.format(address=address, when=TURN)
+            )
         else:
-            answer.update(state="pending", reason=f"Discovery for {address} is under way.")
+            answer.update(
+                state=LookupState.PENDING, reason=f"Discovery for {address} is under way."
+            )
         return answer
 
     async def observe(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -199,7 +208,8 @@ class Service:
             },
         )
         address = address_param(p["address"])
-        header_url = p["origin"] == "openpgp-header" and p["url"] is not None
+        origin = Way(p["origin"])  # one of levels.MAIL_ORIGINS, checked above
+        header_url = origin is Way.OPENPGP_HEADER and p["url"] is not None
         given = sum(p[name] is not None for name in ("key", "fingerprint", "autocrypt"))
         if given > 1 or (given == 0 and not header_url):
             raise RpcError(
@@ -214,10 +224,10 @@ class Service:
                 raise RpcError(
                     INVALID_PARAMS, "Invalid params: 'date' must be ISO 8601 or RFC 5322"
                 )
-        level, positive = levels.for_mail(p["origin"], p["dkim"])
-        found = Found(p["origin"], level, positive, url=p["url"])
+        level, positive = levels.for_mail(origin, p["dkim"])
+        found = Found(origin, level, positive, url=p["url"])
         if p["autocrypt"] is not None:
-            if p["origin"] not in ("autocrypt", "gossip"):
+            if origin not in (Way.AUTOCRYPT, Way.GOSSIP):
                 raise RpcError(
                     INVALID_PARAMS,
                     "Invalid params: 'autocrypt' goes with origin autocrypt or gossip",
@@ -239,7 +249,7 @@ class Service:
             }
         if p["fingerprint"] is not None:
             fpr = fingerprint_param(p["fingerprint"])
-            found = Found(p["origin"], level, positive, asked_fingerprint=fpr, url=p["url"])
+            found = Found(origin, level, positive, asked_fingerprint=fpr, url=p["url"])
             stored = self.keys.store.held_key(fpr)
             decision = (
                 self.keys.consider(address, await self.keys.taken_in(address, stored), found)

@@ -18,7 +18,7 @@ from typing import Any
 
 from refreshd.audit import DiskFull
 from refreshd.core import history
-from refreshd.core.levels import Level
+from refreshd.core.levels import Level, Way, recorded_way
 from refreshd.core.rules import Decision, Registration, successfully_used
 
 __all__ = ["KeyFacts", "ProviderPin", "Source", "Store", "iso"]
@@ -278,7 +278,7 @@ class Described:
 
     prefer_encrypt: str | None
     level: Level | None = None
-    source: str | None = None
+    source: Way | None = None
     positive: bool = False
     facts: KeyFacts | None = None
     reason: str | None = None
@@ -289,7 +289,7 @@ class Source:
     """Where a key is refreshed from, and what we know of the last answer."""
 
     url: str
-    kind: str
+    kind: Way  # the directory asked there
     address: str | None
     fingerprint: str
     etag: str | None = None
@@ -457,7 +457,7 @@ class Store:
         return Described(
             row["prefer_encrypt"],
             Level(row["level"]),
-            row["source"],
+            recorded_way(row["source"]),
             bool(row["positive"]),
             facts,
             row["reason"],
@@ -479,7 +479,7 @@ class Store:
             fingerprint=row["fingerprint"],
             level=Level(row["level"]),
             base_level=Level(row["base_level"]) if row["base_level"] else None,
-            source=row["source"],
+            source=recorded_way(row["source"]),
             positive=bool(row["positive"]),
             expires=parse_time(row["expires"]),
             revoked=bool(row["revoked"]),
@@ -511,7 +511,7 @@ class Store:
                     d.fingerprint,
                     d.level.value,
                     (d.base_level or d.level).value,
-                    d.source,
+                    d.source.value,
                     int(d.positive),
                     stamp,
                 ),
@@ -529,7 +529,7 @@ class Store:
                     fingerprint,
                     e.status.value,
                     e.level.value,
-                    e.source,
+                    e.source.value,
                     stamp,
                     stamp,
                     e.reason,
@@ -540,7 +540,14 @@ class Store:
             "WHERE address = ? ORDER BY id DESC LIMIT 1",
             address,
         )
-        same = (d.fingerprint, d.decision.value, d.level.value, d.source, d.rule.value, d.reason)
+        same = (
+            d.fingerprint,
+            d.decision.value,
+            d.level.value,
+            d.source.value,
+            d.rule.value,
+            d.reason,
+        )
         if last is not None and tuple(last)[1:] == same:  # seen again, nothing new: one row
             self.db.execute(
                 "UPDATE decisions SET last_ts = ?, times = times + 1 WHERE id = ?",
@@ -563,7 +570,7 @@ class Store:
         if row is None:
             return None
         status, level = history.Status(row["status"]), Level(row["level"])
-        return history.Entry(status, level, row["source"], row["reason"])
+        return history.Entry(status, level, recorded_way(row["source"]), row["reason"])
 
     def uncorrected(self) -> list[tuple[str, str, Level, str]]:
         """Registrations written before base_level existed: (address, fingerprint, level,
@@ -584,17 +591,17 @@ class Store:
         return [(r[0], Level(r[1])) for r in rows]
 
     def correct_level(
-        self, address: str, fingerprint: str, level: Level, base: Level, source: str
+        self, address: str, fingerprint: str, level: Level, base: Level, source: Way
     ) -> None:
         """Set a registration's level (the registered key itself is unchanged)."""
         self.db.execute(
             "UPDATE addresses SET level = ?, base_level = ?, source = ? "
             "WHERE address = ? AND fingerprint = ?",
-            (level.value, base.value, source, address, fingerprint),
+            (level.value, base.value, source.value, address, fingerprint),
         )
         self.db.execute(
             "UPDATE seen SET level = ?, source = ? WHERE address = ? AND fingerprint = ?",
-            (level.value, source, address, fingerprint),
+            (level.value, source.value, address, fingerprint),
         )
 
     def history(self, address: str) -> list[dict[str, Any]]:
@@ -705,7 +712,7 @@ class Store:
             "last_status=excluded.last_status, failures=excluded.failures",
             (
                 s.url,
-                s.kind,
+                s.kind.value,
                 s.address,
                 s.fingerprint,
                 s.etag,
@@ -721,7 +728,7 @@ class Store:
         rows = self.db.execute(
             "SELECT * FROM sources WHERE fingerprint = ? ORDER BY rowid", (fingerprint,)
         ).fetchall()
-        return [Source(**dict(r)) for r in rows]
+        return [Source(**{**dict(r), "kind": Way(r["kind"])}) for r in rows]
 
     def failures_by_host(self) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -13,7 +13,7 @@ import trio
 
 from refreshd.audit import AuditLog
 from refreshd.config import from_mapping
-from refreshd.core.levels import Level
+from refreshd.core.levels import Level, Way
 from refreshd.discovery import Discovery
 from refreshd.keymanager import Found, KeyManager
 from refreshd.net import wkd
@@ -152,20 +152,20 @@ async def test_by_fingerprint_asks_hkp_and_checks_the_fingerprint(world, keys):
         keys["p"], datetime.now(UTC)
     ).fingerprint  # HKP serves key A whatever is asked
     d = await world.discovery.by_fingerprint(
-        BOB, wanted, Found("signature", Level.WEAK_CHAIN, True)
+        BOB, wanted, Found(Way.SIGNATURE, Level.WEAK_CHAIN, True)
     )
     assert d.decision == "rejected" and "not the fingerprint" in d.reason
     with trio.fail_after(5):
         good = await world.discovery.by_fingerprint(
             BOB,
             read_key(keys["a"], datetime.now(UTC)).fingerprint,
-            Found("signature", Level.WEAK_CHAIN, True),
+            Found(Way.SIGNATURE, Level.WEAK_CHAIN, True),
         )
     assert good.decision == "registered"
 
 
 async def test_nicknym_capability_then_address_query(world, keys):
-    got = await world.retriever.by_address("nicknym", BOB)
+    got = await world.retriever.by_address(Way.NICKNYM, BOB)
     assert [g.outcome for g in got] == ["key"]
     assert got[-1].url.startswith("https://nicknym.example.org/?address=")
     assert (
@@ -176,10 +176,10 @@ async def test_nicknym_capability_then_address_query(world, keys):
     world.https.handlers.pop("/provider.json")
     world.https.handlers.pop("/.well-known/key-discovery")
     world.https.handlers.pop("/")
-    first = await world.retriever.by_address("nicknym", "x@example.org")
+    first = await world.retriever.by_address(Way.NICKNYM, "x@example.org")
     assert first[-1].outcome == "not-found"
     accepts = world.https.accepts
-    again = await world.retriever.by_address("nicknym", "y@example.org")
+    again = await world.retriever.by_address(Way.NICKNYM, "y@example.org")
     assert again[-1].outcome == "not-found" and world.https.accepts == accepts
 
 
@@ -203,7 +203,7 @@ async def test_host_backs_off_only_when_different_keys_fail(world, keys):
 
 async def test_key_met_in_mail_is_refreshed_by_fingerprint_first(world, keys):
     fpr = world.keys.consider(
-        BOB, keys["a"], Found("autocrypt", Level.WEAK_CHAIN, True)
+        BOB, keys["a"], Found(Way.AUTOCRYPT, Level.WEAK_CHAIN, True)
     ).fingerprint
     refresher = Refresher(world.keys, world.retriever, world.cfg, world.audit, rng=random.Random(3))
     assert await refresher.refresh(fpr) is True
@@ -213,7 +213,7 @@ async def test_key_met_in_mail_is_refreshed_by_fingerprint_first(world, keys):
 
 async def test_key_met_in_mail_falls_back_to_wkd_when_the_keyserver_fails(world, keys):
     fpr = world.keys.consider(
-        BOB, keys["p"], Found("autocrypt", Level.WEAK_CHAIN, True)
+        BOB, keys["p"], Found(Way.AUTOCRYPT, Level.WEAK_CHAIN, True)
     ).fingerprint
     refresher = Refresher(world.keys, world.retriever, world.cfg, world.audit, rng=random.Random(4))
     world.hkp.handlers["/pks/lookup"] = static(404)

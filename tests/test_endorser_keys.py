@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import trio
 
-from refreshd.core.levels import Level
+from refreshd.core.levels import Level, Way
 from refreshd.discovery import Discovery
 from refreshd.keymanager import Found, KeyManager
 from refreshd.openpgp.keyview import read_key
@@ -37,7 +37,7 @@ async def test_endorser_key_is_fetched_then_counts(nursery, tmp_path):
         cfg = dataclasses.replace(w.cfg, validation=validation)
         keys = KeyManager(w.store, w.audit, cfg)
         discovery = Discovery(keys, w.retriever, cfg, w.audit, keys.clock)
-        assert keys.consider(BOB, bob_key, Found("hkp", Level.WEAK_CHAIN, False)).level is (
+        assert keys.consider(BOB, bob_key, Found(Way.HKP, Level.WEAK_CHAIN, False)).level is (
             Level.WEAK_CHAIN  # the endorser's key is not held yet: its certification is unseen
         )
         with trio.fail_after(30):
@@ -46,7 +46,7 @@ async def test_endorser_key_is_fetched_then_counts(nursery, tmp_path):
         assert (answer["fingerprint"], answer["validation"]) == (endorser, "known-key")
         assert any(s.kind == "hkp" and endorser in s.url for s in w.store.sources_of(endorser))
         assert f"search=0x{endorser}" in hkp.requests[-1].target
-        d = keys.consider(BOB, bob_key, Found("hkp", Level.WEAK_CHAIN, False))
+        d = keys.consider(BOB, bob_key, Found(Way.HKP, Level.WEAK_CHAIN, False))
         assert (d.decision, d.level) == ("merged", Level.THIRD_PARTY_ENDORSEMENT), d.reason
         assert read_key(bob_key, datetime.now(UTC)).fingerprint == keys.describe(BOB)["fingerprint"]
     finally:

@@ -20,7 +20,7 @@ import pytest
 from refreshd.audit import AuditLog
 from refreshd.config import from_mapping
 from refreshd.core.feeds import DAY, FeedKind
-from refreshd.core.levels import for_source
+from refreshd.core.levels import Way, for_source
 from refreshd.feeds import Feeds
 from refreshd.keymanager import Found, KeyManager
 from refreshd.net import hkp, vks
@@ -79,7 +79,8 @@ class World:
         self.refresher = Refresher(self.keys, Retriever(self.cfg, fetcher), self.cfg, self.audit,
                                    clock=clock, rng=random.Random(2), feeds=self.feeds)  # fmt: skip
 
-    def register(self, kind: str, key: bytes) -> str:
+    def register(self, word: str, key: bytes) -> str:
+        kind = Way(word)
         fpr = read_key(key, datetime.now(UTC)).fingerprint
         url = (hkp.lookup(HKP, fpr) if kind == "hkp" else vks.by_fingerprint(VKS, fpr)).url
         level, positive = for_source(kind)

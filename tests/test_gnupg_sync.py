@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from refreshd.core.levels import Level
+from refreshd.core.levels import Level, Way
 from refreshd.keymanager import Found
 from tests.keyfactory import Gpg
 from tests.test_gnupg_import import Rig, listing, stop_agent
 
-WKD = Found("wkd", Level.PROVIDER_TRUST, True)
+WKD = Found(Way.WKD, Level.PROVIDER_TRUST, True)
 # How GnuPG 2.2 itself fails beside any other writer of the same keyring (a plain
 # `gpg --import`, as parcimonie runs, does the same); none damages the keyring, and the failed
 # run changed nothing:
@@ -151,7 +151,7 @@ async def test_extended_key_reaches_the_keyring_and_nothing_else_does(
         assert forged != genuine and len(forged) == len(genuine)
         # (merged with the stored copy it brings nothing: the forged uid is not self-signed)
         assert rig.keys.consider(address, forged, WKD).decision in ("kept", "rejected")
-        wrong = Found("vks", Level.WEAK_CHAIN, True, asked_fingerprint=fpr)
+        wrong = Found(Way.VKS, Level.WEAK_CHAIN, True, asked_fingerprint=fpr)
         assert rig.keys.consider(address, homes.upstream.export(other), wrong).decision == (
             "rejected"
         )

@@ -9,14 +9,14 @@ import pytest
 
 from refreshd.audit import AuditLog
 from refreshd.config import from_mapping
-from refreshd.core.levels import Level
+from refreshd.core.levels import Level, Way
 from refreshd.keymanager import Found, KeyManager
 from refreshd.openpgp.packets import armor
 from refreshd.store import Store
 from tests.keyfactory import flood, pgpy_key
 
 BOB = "bob@example.org"
-WKD = Found("wkd", Level.PROVIDER_TRUST, True)
+WKD = Found(Way.WKD, Level.PROVIDER_TRUST, True)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from refreshd.audit import AuditLog
 from refreshd.config import Config, DaemonConfig
-from refreshd.core.levels import Level
+from refreshd.core.levels import Level, Way
 from refreshd.keymanager import Found, KeyManager
 from refreshd.openpgp.keyview import read_key
 from refreshd.store import Store
@@ -22,10 +22,10 @@ from tests.keyfactory import Workshop, pgpy_key
 
 BOB = "bob@example.org"
 FOUND = [
-    Found("wkd", Level.PROVIDER_TRUST, True),
-    Found("hkp", Level.WEAK_CHAIN, False),
-    Found("autocrypt", Level.WEAK_CHAIN, True),
-    Found("nicknym-endorsed", Level.PROVIDER_ENDORSEMENT, True),
+    Found(Way.WKD, Level.PROVIDER_TRUST, True),
+    Found(Way.HKP, Level.WEAK_CHAIN, False),
+    Found(Way.AUTOCRYPT, Level.WEAK_CHAIN, True),
+    Found(Way.NICKNYM, Level.PROVIDER_ENDORSEMENT, True),
 ]
 NOW = datetime.now(UTC).replace(microsecond=0)
 

@@ -12,15 +12,15 @@ import pytest
 
 from refreshd.audit import AuditLog
 from refreshd.config import Config, DaemonConfig
-from refreshd.core.levels import Level
+from refreshd.core.levels import Level, Way
 from refreshd.keymanager import Found, KeyManager
 from refreshd.openpgp.keyview import read_key
 from refreshd.store import Store
 from tests.keyfactory import Workshop, pgpy_key
 
 BOB = "bob@example.org"
-WKD = Found("wkd", Level.PROVIDER_TRUST, True)
-HKP = Found("hkp", Level.WEAK_CHAIN, False)
+WKD = Found(Way.WKD, Level.PROVIDER_TRUST, True)
+HKP = Found(Way.HKP, Level.WEAK_CHAIN, False)
 
 
 @dataclass
@@ -207,7 +207,7 @@ def test_hkp_alone_is_no_positive_indication(km, keys):
     answer = km.describe(BOB)
     assert answer["usable"] is True and answer["encrypt"] is False
     assert "5.4" in answer["reason"]
-    km.consider(BOB, keys.a, Found("autocrypt", Level.WEAK_CHAIN, True))
+    km.consider(BOB, keys.a, Found(Way.AUTOCRYPT, Level.WEAK_CHAIN, True))
     assert km.describe(BOB)["encrypt"] is True
 
 

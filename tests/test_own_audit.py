@@ -15,6 +15,7 @@ import trio
 
 from refreshd.audit import AuditLog
 from refreshd.config import from_mapping
+from refreshd.core.levels import Way
 from refreshd.net.fetch import Fetcher
 from refreshd.openpgp import resign
 from refreshd.openpgp.keyview import read_key
@@ -216,7 +217,7 @@ async def test_audit_requests_carry_the_header_set_of_a_refresh(world) -> None:
     audit_heads = list(server.requests)
     server.requests.clear()
     url = audit_heads[0].target
-    await auditor.retriever.again("wkd", f"https://openpgpkey.example.org{url}", None, ADDRESS)
+    await auditor.retriever.again(Way.WKD, f"https://openpgpkey.example.org{url}", None, ADDRESS)
     [refresh_head] = server.requests
 
     def header_set(req: Captured) -> list[tuple[str, str]]:

@@ -12,6 +12,7 @@ import trio
 
 from refreshd.audit import AuditLog
 from refreshd.config import from_mapping
+from refreshd.core.ownaudit import Upload
 from refreshd.net.fetch import Fetcher
 from refreshd.openpgp.keyview import read_key
 from refreshd.own import OwnKeys
@@ -83,7 +84,7 @@ def events(audit: AuditLog) -> list[dict]:
 async def test_vks_upload_matches_the_api(setup):
     own, vks, audit = setup
     mine = await own.generate("me@example.net", "Me")
-    ok, reason = await own.upload("vks")
+    ok, reason = await own.upload(Upload.VKS)
     assert ok, reason
     assert (
         read_key(vks.seen[-1]["keytext"].encode(), datetime.now(UTC)).fingerprint
@@ -99,7 +100,7 @@ async def test_refused_upload_is_audited_with_the_reason(setup):
     own, vks, audit = setup
     await own.generate("me@example.net", None)
     vks.status = 503
-    ok, reason = await own.upload("vks")
+    ok, reason = await own.upload(Upload.VKS)
     assert not ok and "503" in reason
     last = events(audit)[-1]
     assert last["event"] == "own.uploaded" and last["ok"] is False and "503" in last["reason"]

@@ -17,7 +17,7 @@ import pytest
 from refreshd.audit import AuditLog
 from refreshd.clock import utcnow
 from refreshd.config import from_mapping
-from refreshd.core.levels import Level
+from refreshd.core.levels import Level, Way
 from refreshd.discovery import Discovery
 from refreshd.keymanager import KeyManager
 from refreshd.net.answers import Outcome
@@ -162,17 +162,17 @@ async def test_a_rotated_key_certified_by_the_pinned_one_is_accepted(provider, k
 async def test_an_unsigned_or_badly_signed_404_is_refused(provider, keys, signature):
     await provider.discovery.discover(BOB)  # the provider is known to sign
     provider.nicknym.set_response(address=DAVE, status=404, signature=signature)
-    (got,) = await provider.retriever.by_address("nicknym", DAVE)
+    (got,) = await provider.retriever.by_address(Way.NICKNYM, DAVE)
     assert got.outcome is Outcome.REJECTED and "refused" in got.reason
     provider.nicknym.set_response(address=DAVE, status=404)  # signed: it means "never existed"
-    (got,) = await provider.retriever.by_address("nicknym", DAVE)
+    (got,) = await provider.retriever.by_address(Way.NICKNYM, DAVE)
     assert got.outcome is Outcome.NOT_FOUND
 
 
 async def test_an_unsigned_key_answer_is_refused_too(provider, keys):
     await provider.discovery.discover(BOB)
     provider.nicknym.set_response(address=BOB, status=200, signature="none")
-    (got,) = await provider.retriever.by_address("nicknym", BOB)
+    (got,) = await provider.retriever.by_address(Way.NICKNYM, BOB)
     assert got.outcome is Outcome.REJECTED
 
 

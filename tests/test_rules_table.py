@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refreshd.core import levels, rules
-from refreshd.core.levels import LEVELS, Level
+from refreshd.core.levels import LEVELS, Level, Vouched, Way
 from refreshd.core.rules import Candidate, Registration
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -18,9 +18,9 @@ LATER = NOW + timedelta(days=200)
 ADDR = "bob@example.org"
 OLD, NEW = "A" * 40, "B" * 40
 
-REG = Registration(OLD, Level.PROVIDER_TRUST, "wkd", True, LATER, False, successfully_used=True)
+REG = Registration(OLD, Level.PROVIDER_TRUST, Way.WKD, True, LATER, False, successfully_used=True)
 CAND = Candidate(
-    NEW, Level.PROVIDER_TRUST, "wkd", True, has_address=True, expires=LATER, revoked=False
+    NEW, Level.PROVIDER_TRUST, Way.WKD, True, has_address=True, expires=LATER, revoked=False
 )
 
 
@@ -32,7 +32,7 @@ def decide(reg: Registration | None, cand: Candidate, minimum: Level = Level.WEA
 REPLACEMENT_CASES = [
     ("3.1 transition certified", {}, {"certified_by_registered": True}, "replaced", "3.1"),
     ("3.1 not certified", {}, {}, "rejected", "3"),
-    ("3.2 user verified", {}, {"source": "user", "level": Level.FINGERPRINT}, "replaced", "3.2"),
+    ("3.2 user verified", {}, {"source": Way.USER, "level": Level.FINGERPRINT}, "replaced", "3.2"),
     ("3.3 expired, equal level", {"expires": NOW - timedelta(days=1)}, {}, "replaced", "3.3"),
     (
         "3.3 expired, higher level",
@@ -110,9 +110,9 @@ def test_same_key_merged_or_kept():
     same = replace(CAND, fingerprint=OLD)
     assert decide(REG, same).decision == "kept"
     assert decide(REG, replace(same, adds_to_stored=True)).decision == "merged"
-    up = decide(REG, replace(same, level=Level.FINGERPRINT, source="user"))
+    up = decide(REG, replace(same, level=Level.FINGERPRINT, source=Way.USER))
     assert (up.decision, up.level) == ("merged", Level.FINGERPRINT)
-    down = decide(REG, replace(same, level=Level.WEAK_CHAIN, source="hkp", positive=False))
+    down = decide(REG, replace(same, level=Level.WEAK_CHAIN, source=Way.HKP, positive=False))
     assert (down.decision, down.level, down.positive) == ("kept", Level.PROVIDER_TRUST, True)
     assert decide(REG, replace(same, has_address=False)).decision == "rejected"
 
@@ -124,17 +124,19 @@ def test_successfully_used_needs_both_directions():
 
 
 def test_first_contact_picks_highest_and_reports_others():
-    hkp = replace(CAND, fingerprint="C" * 40, level=Level.WEAK_CHAIN, source="hkp", positive=False)
-    wkd = replace(CAND, source="wkd")
+    hkp = replace(
+        CAND, fingerprint="C" * 40, level=Level.WEAK_CHAIN, source=Way.HKP, positive=False
+    )
+    wkd = replace(CAND, source=Way.WKD)
     chosen, rejected = rules.first_contact([hkp, wkd], ADDR, now=NOW, minimum=Level.WEAK_CHAIN)
     assert chosen is not None and chosen.fingerprint == NEW and chosen.source == "wkd"
     assert [r.fingerprint for r in rejected] == ["C" * 40]
 
 
 def test_directories_agreeing_is_not_consensus():
-    hkp = replace(CAND, level=Level.WEAK_CHAIN, source="hkp", positive=False)
-    vks = replace(CAND, level=Level.WEAK_CHAIN, source="vks")
-    wkd = replace(CAND, source="wkd")
+    hkp = replace(CAND, level=Level.WEAK_CHAIN, source=Way.HKP, positive=False)
+    vks = replace(CAND, level=Level.WEAK_CHAIN, source=Way.VKS)
+    wkd = replace(CAND, source=Way.WKD)
     chosen, rejected = rules.first_contact([hkp, vks], ADDR, now=NOW, minimum=Level.WEAK_CHAIN)
     assert chosen is not None and chosen.level is Level.WEAK_CHAIN and chosen.positive
     assert rejected == []
@@ -142,7 +144,7 @@ def test_directories_agreeing_is_not_consensus():
     assert chosen is not None and (chosen.level, chosen.source) == (Level.PROVIDER_TRUST, "wkd")
 
 
-DIRECTORY_WAYS = st.sampled_from(["wkd", "nicknym", "vks", "hkp"])
+DIRECTORY_WAYS = st.sampled_from([Way.WKD, Way.NICKNYM, Way.VKS, Way.HKP])
 
 
 @given(st.lists(st.tuples(DIRECTORY_WAYS, st.sampled_from([OLD, NEW])), min_size=1, max_size=8))
@@ -168,7 +170,7 @@ def test_no_sequence_of_directory_answers_rises_above_provider_trust(answers):
 
 
 def test_a_vouch_raises_and_its_loss_lowers():
-    vouch = rules.Vouch("endorser", "certified by endorser 0xE")
+    vouch = rules.Vouch(Vouched.ENDORSER, "certified by endorser 0xE")
     first = decide(None, replace(CAND, vouches=(vouch,)))
     assert (first.level, first.base_level) == (Level.THIRD_PARTY_ENDORSEMENT, Level.PROVIDER_TRUST)
     assert "certified by endorser 0xE" in first.reason and first.basis == vouch.detail
@@ -190,7 +192,7 @@ def test_pinned_address_takes_no_other_key_but_by_3_1_and_3_2():
         assert (d.decision, d.rule) == ("rejected", "3") and "pinned to" in d.reason
         assert decide(open_reg, replace(CAND, **change)).decision == "replaced"
     assert decide(REG, replace(pinned, certified_by_registered=True)).rule == "3.1"
-    user = replace(pinned, source="user", level=Level.FINGERPRINT)
+    user = replace(pinned, source=Way.USER, level=Level.FINGERPRINT)
     assert decide(REG, user).rule == "3.2"
 
 
@@ -218,8 +220,8 @@ def test_the_ladder_is_ordered_and_named_as_the_spec():
 
 
 def test_level_table():
-    assert levels.for_source("hkp") == (Level.WEAK_CHAIN, False)
-    assert levels.for_source("wkd") == (Level.PROVIDER_TRUST, True)
+    assert levels.for_source(Way.HKP) == (Level.WEAK_CHAIN, False)
+    assert levels.for_source(Way.WKD) == (Level.PROVIDER_TRUST, True)
     assert levels.for_mail("autocrypt", "none") == (Level.WEAK_CHAIN, True)
     assert levels.for_mail("attachment", "pass") == (Level.PROVIDER_TRUST, False)
     assert levels.standard_header_url(
@@ -233,7 +235,7 @@ registrations = st.builds(
     Registration,
     fingerprint=st.just(OLD),
     level=st.sampled_from(list(Level)),
-    source=st.sampled_from(["wkd", "hkp", "vks"]),
+    source=st.sampled_from([Way.WKD, Way.HKP, Way.VKS]),
     positive=st.booleans(),
     expires=st.one_of(st.none(), st.sampled_from([NOW - timedelta(days=1), LATER])),
     revoked=st.booleans(),
@@ -243,7 +245,7 @@ candidates = st.builds(
     Candidate,
     fingerprint=st.sampled_from([OLD, NEW]),
     level=st.sampled_from(list(Level)),
-    source=st.sampled_from(["wkd", "hkp", "user", "autocrypt"]),
+    source=st.sampled_from([Way.WKD, Way.HKP, Way.USER, Way.AUTOCRYPT]),
     positive=st.booleans(),
     has_address=st.booleans(),
     expires=st.one_of(st.none(), st.sampled_from([NOW - timedelta(days=1), LATER])),

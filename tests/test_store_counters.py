@@ -16,7 +16,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from refreshd.core.levels import Level
+from refreshd.core.levels import Level, Way
 from refreshd.core.rules import Decision, DecisionKind, Rule
 from refreshd.store import MIGRATIONS, KeyFacts, Store, _statements
 
@@ -44,7 +44,7 @@ def register(store: Store, address: str, fingerprint: str) -> None:
         kind = DecisionKind.REPLACED if store.registration(address) else DecisionKind.REGISTERED
         store.apply(
             address,
-            Decision(kind, fingerprint, Level.WEAK_CHAIN, "vks", False, Rule.FIRST_CONTACT, "r"),
+            Decision(kind, fingerprint, Level.WEAK_CHAIN, Way.VKS, False, Rule.FIRST_CONTACT, "r"),
             NOW,
         )
 

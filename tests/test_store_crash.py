@@ -15,7 +15,7 @@ CHILD = textwrap.dedent("""
     import sys
     from datetime import UTC, datetime
     from pathlib import Path
-    from refreshd.core.levels import Level
+    from refreshd.core.levels import Level, Way
     from refreshd.core.rules import Decision, DecisionKind, Rule
     from refreshd.store import KeyFacts, Store
 
@@ -23,7 +23,7 @@ CHILD = textwrap.dedent("""
     now = datetime.now(UTC)
     for i in range(1000):
         fpr = f"{i:040X}"
-        d = Decision(DecisionKind.REGISTERED, fpr, Level.WEAK_CHAIN, "hkp", False,
+        d = Decision(DecisionKind.REGISTERED, fpr, Level.WEAK_CHAIN, Way.HKP, False,
                      Rule.FIRST_CONTACT, f"decision {i}")
         with store.transaction():
             store.put_key(KeyFacts(fpr, None, False, True, None), b"k" * 2000, now)

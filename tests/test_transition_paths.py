@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from refreshd.core.levels import Level
+from refreshd.core.levels import Level, Way
 from refreshd.keymanager import Found
 from refreshd.net import wkd
 from refreshd.openpgp import packets
@@ -24,7 +24,7 @@ from tests.keyfactory import Workshop
 from tests.net_servers import HttpServer, make_tls, static
 from tests.test_discovery_flow import BOB, World, advanced_path
 
-WKD = Found("wkd", Level.PROVIDER_TRUST, True)
+WKD = Found(Way.WKD, Level.PROVIDER_TRUST, True)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ async def test_through_discovery(world, transition, parses):
 async def test_through_refresh_by_address(world, transition, parses):
     url = wkd.requests_for(BOB)[0].url
     with world.store.transaction():
-        world.store.put_source(Source(url, "wkd", BOB, str(transition["a_fpr"])))
+        world.store.put_source(Source(url, Way.WKD, BOB, str(transition["a_fpr"])))
     refresher = Refresher(world.keys, world.retriever, world.cfg, world.audit, rng=random.Random(5))
     assert await refresher.refresh(str(transition["a_fpr"])) is True
     replaced_by_3_1(world, last_decision(world), transition)
@@ -108,7 +108,7 @@ async def test_through_refresh_by_address(world, transition, parses):
 
 
 async def test_through_a_fetch_by_fingerprint(world, transition, parses):
-    found = Found("signature", Level.WEAK_CHAIN, True)
+    found = Found(Way.SIGNATURE, Level.WEAK_CHAIN, True)
     d = await world.discovery.by_fingerprint(BOB, str(transition["b_fpr"]), found)
     replaced_by_3_1(world, d, transition)  # weak-chain, lower: only rule 3.1 lets it in
     assert len(parses) == 1

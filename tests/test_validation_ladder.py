@@ -14,7 +14,7 @@ import pytest
 
 from refreshd.audit import AuditLog
 from refreshd.config import from_mapping
-from refreshd.core.levels import Level
+from refreshd.core.levels import Level, Way
 from refreshd.keymanager import Found, KeyManager
 from refreshd.openpgp.keyview import read_key
 from refreshd.store import Store
@@ -22,9 +22,9 @@ from tests.keyfactory import Workshop
 
 BOB = "bob@example.org"
 UID = f"Bob <{BOB}>"
-WKD = Found("wkd", Level.PROVIDER_TRUST, True)
-VKS = Found("vks", Level.WEAK_CHAIN, True)
-HKP = Found("hkp", Level.WEAK_CHAIN, False)
+WKD = Found(Way.WKD, Level.PROVIDER_TRUST, True)
+VKS = Found(Way.VKS, Level.WEAK_CHAIN, True)
+HKP = Found(Way.HKP, Level.WEAK_CHAIN, False)
 DATA = Path(__file__).parent / "data"
 
 

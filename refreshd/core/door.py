@@ -21,6 +21,7 @@ from datetime import datetime
 from enum import StrEnum
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from refreshd.core.rules import LookupState
 from refreshd.openpgp.keyview import KeyView, normalize_address
 from refreshd.openpgp.packets import ALGORITHMS
 
@@ -172,9 +173,9 @@ def index(view: KeyView, now: datetime, *, machine_readable: bool) -> Response:
     return Response(200, TEXT_TYPE, ("\n".join(human) + "\n").encode())
 
 
-def refused_because(state: str, address: str, reason: str) -> Response:
+def refused_because(state: LookupState, address: str, reason: str) -> Response:
     """The 404 for an address lookup that has no key to hand out, saying why."""
-    if state == "pending":
+    if state is LookupState.PENDING:
         return text(404, f"refreshd is looking up {address} over Tor; ask again in a minute.")
     return text(404, f"No key for {address}: {reason}")
 

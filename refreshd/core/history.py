@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from refreshd.core.levels import Level
+from refreshd.core.levels import Level, Way
 from refreshd.core.rules import Decision, DecisionKind
 
 __all__ = ["Entry", "Status", "after"]
@@ -40,7 +40,7 @@ class Entry:
 
     status: Status
     level: Level
-    source: str
+    source: Way
     reason: str
 
 

@@ -22,7 +22,7 @@ Rules, from the transitional key validation rules (reference 003):
 from __future__ import annotations
 
 import functools
-from enum import Enum
+from enum import Enum, StrEnum
 from urllib.parse import parse_qs, urlsplit
 
 
@@ -52,75 +52,119 @@ class Level(Enum):
 _RANK = {level: i for i, level in enumerate(Level)}
 LEVELS: tuple[str, ...] = tuple(level.value for level in Level)
 
+
+class Way(StrEnum):
+    """A way a key reaches refreshd: its `source`. `.value` is the word of the SPEC's `source`
+    fields (the socket's answers, the audit log), of discovery.order and of the store's
+    columns; being a str, it serialises as that word, and the shell turns the word back into a
+    member where it reads one (config, store, socket params: `Way(word)`, `recorded_way`)."""
+
+    NICKNYM = "nicknym"
+    WKD = "wkd"
+    VKS = "vks"
+    HKP = "hkp"
+    SMTP = "smtp"  # Key Retrieval Protocol: a key the provider published
+    OPENPGP_HEADER = "openpgp-header"  # the header's standard URL fetched, or its key in mail
+    AUTOCRYPT = "autocrypt"
+    GOSSIP = "gossip"
+    ATTACHMENT = "attachment"
+    SIGNATURE = "signature"
+    GNUPG = "gnupg"
+    GNUPG_TRUSTED = "gnupg-trusted"  # ultimately trusted in the user's GnuPG
+    USER = "user"  # the user verified the fingerprint
+
+
+class Vouched(StrEnum):
+    """What the key manager finds on a key (or in the config) that raises its level."""
+
+    PROVIDER_ENDORSED = "provider-endorsed"
+    ENDORSER = "endorser"
+    ENDORSER_CONSENSUS = "endorser-consensus"
+    PINNED = "pinned"
+    ENDORSER_KEY = "endorser-key"
+
+
 __all__ = [
     "DKIM_VALUES",
     "LEVELS",
     "MAIL_ORIGINS",
     "WAYS",
     "Level",
+    "Vouched",
+    "Way",
     "for_mail",
     "for_source",
     "of_recorded_way",
+    "recorded_way",
     "standard_header_url",
 ]
 
-MAIL_ORIGINS = ("autocrypt", "gossip", "openpgp-header", "attachment", "signature")
+# the sources a message hands the key manager (`observe`'s origin)
+MAIL_ORIGINS = (
+    Way.AUTOCRYPT,
+    Way.GOSSIP,
+    Way.OPENPGP_HEADER,
+    Way.ATTACHMENT,
+    Way.SIGNATURE,
+)
 DKIM_VALUES = ("pass", "fail", "none")
 
-# way of finding a key -> (level, positive indication). Sources a key arrives from are ways;
-# so are the vouches the key manager finds on a key (the last block).
-WAYS: dict[str, tuple[Level, bool]] = {
-    "hkp": (Level.WEAK_CHAIN, False),
-    "vks": (Level.WEAK_CHAIN, True),
-    "gnupg": (Level.WEAK_CHAIN, False),
-    "smtp": (Level.WEAK_CHAIN, True),  # Key Retrieval Protocol: a key the provider published
-    "mail": (Level.WEAK_CHAIN, True),  # positive or not by origin, MAIL_POSITIVE
-    "mail-dkim": (Level.PROVIDER_TRUST, True),
-    "openpgp-header": (Level.PROVIDER_TRUST, True),  # standard URL, fetched over TLS
-    "wkd": (Level.PROVIDER_TRUST, True),
-    "nicknym": (Level.PROVIDER_TRUST, True),
-    "gnupg-trusted": (Level.KNOWN_KEY, False),
-    "user": (Level.FINGERPRINT, True),
+# way of finding a key -> (level, positive indication). Sources a key arrives from through a
+# directory or an import are ways; so are the vouches the key manager finds on a key.
+WAYS: dict[Way | Vouched, tuple[Level, bool]] = {
+    Way.HKP: (Level.WEAK_CHAIN, False),
+    Way.VKS: (Level.WEAK_CHAIN, True),
+    Way.GNUPG: (Level.WEAK_CHAIN, False),
+    Way.SMTP: (Level.WEAK_CHAIN, True),
+    Way.OPENPGP_HEADER: (Level.PROVIDER_TRUST, True),  # standard URL, fetched over TLS
+    Way.WKD: (Level.PROVIDER_TRUST, True),
+    Way.NICKNYM: (Level.PROVIDER_TRUST, True),
+    Way.GNUPG_TRUSTED: (Level.KNOWN_KEY, False),
+    Way.USER: (Level.FINGERPRINT, True),
     # vouches: found on the key, recomputed whenever it is seen (a withdrawn one lowers)
-    "provider-endorsed": (Level.PROVIDER_ENDORSEMENT, True),
-    "endorser": (Level.THIRD_PARTY_ENDORSEMENT, True),
-    "endorser-consensus": (Level.THIRD_PARTY_CONSENSUS, True),
-    "pinned": (Level.KNOWN_KEY, True),
-    "endorser-key": (Level.KNOWN_KEY, False),
+    Vouched.PROVIDER_ENDORSED: (Level.PROVIDER_ENDORSEMENT, True),
+    Vouched.ENDORSER: (Level.THIRD_PARTY_ENDORSEMENT, True),
+    Vouched.ENDORSER_CONSENSUS: (Level.THIRD_PARTY_CONSENSUS, True),
+    Vouched.PINNED: (Level.KNOWN_KEY, True),
+    Vouched.ENDORSER_KEY: (Level.KNOWN_KEY, False),
 }
+# a key in mail: weak-chain, provider-trust with DKIM on From and body for these origins
+MAIL_LEVEL = {False: Level.WEAK_CHAIN, True: Level.PROVIDER_TRUST}
+VOUCHED_BY_DKIM = frozenset({Way.AUTOCRYPT, Way.OPENPGP_HEADER, Way.ATTACHMENT, Way.SIGNATURE})
 # mail origin -> positive indication (SPEC 5.4 lists signed mail, Autocrypt and OpenPGP header)
 MAIL_POSITIVE = {
-    "autocrypt": True,
-    "gossip": False,
-    "openpgp-header": True,
-    "signature": True,
-    "attachment": False,
+    Way.AUTOCRYPT: True,
+    Way.GOSSIP: False,
+    Way.OPENPGP_HEADER: True,
+    Way.SIGNATURE: True,
+    Way.ATTACHMENT: False,
 }
-VOUCHED_BY_DKIM = frozenset({"autocrypt", "openpgp-header", "attachment", "signature"})
 
 
-def for_source(source: str) -> tuple[Level, bool]:
+def for_source(source: Way) -> tuple[Level, bool]:
     """Level and positive indication of a key found through a directory or import."""
     return WAYS[source]
 
 
-def for_mail(origin: str, dkim: str) -> tuple[Level, bool]:
+def for_mail(origin: Way, dkim: str) -> tuple[Level, bool]:
     """Level and positive indication of a key seen in a message."""
-    level, _ = WAYS["mail-dkim" if dkim == "pass" and origin in VOUCHED_BY_DKIM else "mail"]
-    return level, MAIL_POSITIVE[origin]
+    return MAIL_LEVEL[dkim == "pass" and origin in VOUCHED_BY_DKIM], MAIL_POSITIVE[origin]
 
 
-def of_recorded_way(source: str, recorded: Level) -> tuple[str, Level]:
+def of_recorded_way(source: str, recorded: Level) -> tuple[Way, Level]:
     """The honest (source, level) of a way recorded by an older refreshd: a "consensus:a+b"
     source (directory agreement, no longer a way) is worth the best of its parts; any other
     recorded way keeps the level recorded with it."""
     if not source.startswith("consensus:"):
-        return source, recorded
-    parts = source.partition(":")[2].split("+")
-    return max(
-        ((p, WAYS[p][0] if p in WAYS else Level.WEAK_CHAIN) for p in parts),
-        key=lambda way: way[1],
-    )
+        return Way(source), recorded
+    parts = [Way(p) for p in source.partition(":")[2].split("+")]
+    return max(((p, WAYS.get(p, (Level.WEAK_CHAIN,))[0]) for p in parts), key=lambda w: w[1])
+
+
+def recorded_way(source: str) -> Way:
+    """The way a source word in the store stands for (an older refreshd's "consensus:a+b" is
+    the best of its parts until the key manager corrects the row)."""
+    return of_recorded_way(source, Level.WEAK_CHAIN)[0]
 
 
 def standard_header_url(url: str, address: str) -> bool:

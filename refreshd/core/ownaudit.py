@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from refreshd.core.levels import Way
+
 __all__ = [
     "UPLOAD_FOR_SOURCE",
     "Answer",
@@ -40,6 +42,7 @@ __all__ = [
     "Result",
     "Served",
     "State",
+    "Upload",
     "assess",
     "new_mismatches",
     "next_lapse",
@@ -61,6 +64,17 @@ class State(StrEnum):
     OK = "ok"
     MISMATCH = "mismatch"
     UNCHECKED = "unchecked"
+
+
+class Upload(StrEnum):
+    """A way the own key is published (own.upload); `.value` is the config's and the audit's
+    word."""
+
+    VKS = "vks"
+    HKP = "hkp"
+    WKS = "wks"  # Web Key Service, by mail
+    KPP = "kpp"  # Key Publication Protocol, by mail
+    NICKNYM = "nicknym"
 
 
 class Answer(StrEnum):
@@ -85,11 +99,11 @@ FINDINGS: Mapping[Result, bool] = {
 }
 
 # the directory a source names -> the upload mechanism that publishes there
-UPLOAD_FOR_SOURCE: Mapping[str, str] = {
-    "vks": "vks",
-    "hkp": "hkp",
-    "wkd": "wks",
-    "nicknym": "nicknym",
+UPLOAD_FOR_SOURCE: Mapping[Way, Upload] = {
+    Way.VKS: Upload.VKS,
+    Way.HKP: Upload.HKP,
+    Way.WKD: Upload.WKS,
+    Way.NICKNYM: Upload.NICKNYM,
 }
 
 
@@ -106,7 +120,7 @@ class Served:
 class Observation:
     """One directory's answer."""
 
-    source: str  # wkd | nicknym | vks | hkp
+    source: Way  # wkd | nicknym | vks | hkp
     url: str
     answer: Answer
     served: tuple[Served, ...] = ()
@@ -124,7 +138,7 @@ class OwnFacts:
 
 @dataclass(frozen=True)
 class Finding:
-    source: str
+    source: Way
     result: Result
     detail: str
     url: str = ""
@@ -136,7 +150,7 @@ class Finding:
 
     def as_json(self) -> dict[str, object]:
         return {
-            "source": self.source,
+            "source": self.source.value,
             "result": str(self.result),
             "detail": self.detail,
             "url": self.url,
@@ -150,7 +164,7 @@ class Audit:
     fingerprint: str
     state: State
     findings: tuple[Finding, ...]
-    reupload: tuple[str, ...]  # mechanisms to upload again with (rule 6)
+    reupload: tuple[Upload, ...]  # mechanisms to upload again with (rule 6)
 
 
 def next_lapse(mean: float, rng: random.Random) -> float:
@@ -214,15 +228,15 @@ def state_of(findings: Iterable[Finding]) -> State:
 def reuploads(
     findings: Iterable[Finding],
     *,
-    upload: Sequence[str],
+    upload: Sequence[Upload],
     last_upload: datetime | None,
     now: datetime,
     grace: timedelta,
-) -> tuple[str, ...]:
+) -> tuple[Upload, ...]:
     """Rule 6: mechanisms to upload again with, each once."""
     if last_upload is not None and now - last_upload < grace:
         return ()
-    wanted: list[str] = []
+    wanted: list[Upload] = []
     for f in findings:
         mechanism = UPLOAD_FOR_SOURCE.get(f.source)
         if (
@@ -239,7 +253,7 @@ def assess(
     own: OwnFacts,
     observations: Iterable[Observation],
     *,
-    upload: Sequence[str],
+    upload: Sequence[Upload],
     last_upload: datetime | None,
     now: datetime,
     grace: timedelta,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from refreshd.core import schedule
+from refreshd.core.levels import Way
 
 __all__ = [
     "HostState",
@@ -33,33 +34,34 @@ __all__ = [
     "offers_fallback",
 ]
 
-DIRECTORIES = frozenset({"wkd", "nicknym", "vks", "hkp"})
-BY_ADDRESS = frozenset({"wkd", "nicknym"})
-BY_FINGERPRINT_FALLBACK = ("vks", "hkp")  # the directories a fingerprint alone can be asked at
+DIRECTORIES = frozenset({Way.WKD, Way.NICKNYM, Way.VKS, Way.HKP})
+BY_ADDRESS = frozenset({Way.WKD, Way.NICKNYM})
+# the directories a fingerprint alone can be asked at
+BY_FINGERPRINT_FALLBACK = (Way.VKS, Way.HKP)
 HOST_FAILING = 3  # different keys failing in a row on one host before the host backs off
 HOST_BACKOFF_BASE = 60.0
 
 
-def by_address(source: str) -> bool:
+def by_address(source: Way) -> bool:
     """Rule `by`: whether the source is asked by address (else by fingerprint)."""
     return source in BY_ADDRESS
 
 
-def asked_fingerprint(source: str, fingerprint: str) -> str | None:
+def asked_fingerprint(source: Way, fingerprint: str) -> str | None:
     """Rule `by`: the fingerprint a source was asked for, None for one asked by address."""
     return None if by_address(source) else fingerprint
 
 
-def offers_fallback(stored: int, registered_from: Collection[str]) -> bool:
+def offers_fallback(stored: int, registered_from: Collection[Way]) -> bool:
     """Rule `where`: whether a key with `stored` URLs, registered from these sources, is also
     offered the configured servers."""
     return stored == 0 or not DIRECTORIES.intersection(registered_from)
 
 
-def fallback_kinds(order: Sequence[str]) -> tuple[str, ...]:
+def fallback_kinds(order: Sequence[Way]) -> tuple[Way, ...]:
     """Rule `where`: the configured fallback sources in the order they are offered."""
     by_fingerprint = [k for k in order if k in BY_FINGERPRINT_FALLBACK]
-    return (*by_fingerprint, *(["wkd"] if "wkd" in order else []))
+    return (*by_fingerprint, *([Way.WKD] if Way.WKD in order else []))
 
 
 class _Place(Protocol):

@@ -38,7 +38,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from refreshd.core import levels
-from refreshd.core.levels import Level
+from refreshd.core.levels import Level, Vouched, Way
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,12 @@ class Vouch:
     """Something on the key (or in the config) that raises its level: a way of levels.WAYS
     and the words that say which key gave it."""
 
-    way: str
+    way: Vouched
     detail: str  # e.g. "certified by endorser 0x1234..."
+
+    def __post_init__(self) -> None:
+        if type(self.way) is not Vouched:
+            raise TypeError(f"a Vouch's way is a levels.Vouched: {self!r}")
 
     @property
     def level(self) -> Level:
@@ -58,6 +62,7 @@ __all__ = [
     "Candidate",
     "Decision",
     "DecisionKind",
+    "LookupState",
     "Registration",
     "Rule",
     "Vouch",
@@ -79,6 +84,17 @@ class DecisionKind(StrEnum):
 
 
 _REGISTERS = frozenset(DecisionKind) - {DecisionKind.REJECTED}
+
+
+class LookupState(StrEnum):
+    """The `state` of a lookup answer (SPEC 4): what the rules left for the address, or that
+    discovery is still under way or its network paths disagreed. The answer carries the member;
+    the socket writes its word."""
+
+    REGISTERED = "registered"
+    PENDING = "pending"
+    UNKNOWN = "unknown"
+    CONFLICT = "conflict"
 
 
 class Rule(StrEnum):
@@ -105,7 +121,7 @@ class Registration:
 
     fingerprint: str
     level: Level  # what the key is worth now: its ways and its vouches
-    source: str
+    source: Way
     positive: bool
     expires: datetime | None
     revoked: bool
@@ -123,7 +139,7 @@ class Candidate:
 
     fingerprint: str
     level: Level  # the level of the way it was found this time
-    source: str
+    source: Way
     positive: bool
     has_address: bool  # a valid self-signed uid with exactly this address (5.3)
     expires: datetime | None
@@ -149,7 +165,7 @@ class Decision:
     decision: DecisionKind
     fingerprint: str
     level: Level
-    source: str
+    source: Way
     positive: bool
     rule: Rule
     reason: str
@@ -158,15 +174,19 @@ class Decision:
 
     def __post_init__(self) -> None:
         # a plain string equals its member, so nothing else would notice one slipping in
-        if type(self.decision) is not DecisionKind or type(self.rule) is not Rule:
-            raise TypeError(f"a Decision takes a DecisionKind and a Rule: {self!r}")
+        if (
+            type(self.decision) is not DecisionKind
+            or type(self.rule) is not Rule
+            or type(self.source) is not Way
+        ):
+            raise TypeError(f"a Decision takes a DecisionKind, a Rule and a Way: {self!r}")
 
     @property
     def registers(self) -> bool:
         return self.decision in _REGISTERS
 
 
-def basis_of(c: Candidate, base: Level, source: str) -> str:
+def basis_of(c: Candidate, base: Level, source: Way) -> str:
     """What gave the candidate its level, in words."""
     vouch = c.best_vouch
     if vouch is not None and vouch.level > base:
@@ -234,7 +254,7 @@ REPLACEMENT_RULES: tuple[tuple[Rule, _Test, str], ...] = (
     ),
     (
         Rule.USER_VERIFIED,
-        lambda r, c, now: c.source == "user",
+        lambda r, c, now: c.source is Way.USER,
         "the user verified the new key's fingerprint (rule 3.2)",
     ),
     (

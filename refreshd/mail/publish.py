@@ -33,7 +33,7 @@ from refreshd.mail import keyproto
 from refreshd.mail.exchange import MailExchange, Outcome, Verdict
 from refreshd.mail.message import Incoming, domain_of
 from refreshd.net import wkd
-from refreshd.net.fetch import Fetcher, Request
+from refreshd.net.fetch import Fetcher, Kind, Request
 from refreshd.net.tor import TorSupervisor
 from refreshd.openpgp import keyview
 
@@ -48,9 +48,9 @@ def submission_address_requests(domain: str) -> list[Request]:
     return [
         Request(
             f"https://openpgpkey.{domain}/.well-known/openpgpkey/{domain}/submission-address",
-            kind="text",
+            kind=Kind.TEXT,
         ),
-        Request(f"https://{domain}/.well-known/openpgpkey/submission-address", kind="text"),
+        Request(f"https://{domain}/.well-known/openpgpkey/submission-address", kind=Kind.TEXT),
     ]
 
 

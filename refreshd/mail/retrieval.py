@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from refreshd.config import Config
+from refreshd.core.levels import Way
 from refreshd.errors import MailError
 from refreshd.mail import keyproto
 from refreshd.mail.exchange import MailExchange, Outcome, Verdict
@@ -27,7 +28,7 @@ from refreshd.retrieve import Got
 
 __all__ = ["KeyRequests"]
 
-SOURCE = "smtp"
+SOURCE = Way.SMTP
 
 
 class KeyRequests:
