@@ -15,13 +15,14 @@ from hypothesis import strategies as st
 
 from refreshd.audit import AuditLog
 from refreshd.config import Config, DaemonConfig
+from refreshd.core.rules import LookupState
 from refreshd.door import KeyserverDoor, peer_owner
 from refreshd.keymanager import KeyManager
 from refreshd.store import Store
 
 
 async def unknown(params: dict[str, Any]) -> dict[str, Any]:
-    return {"state": "pending", "fingerprint": None, "reason": "", "usable": False}
+    return {"state": LookupState.PENDING, "fingerprint": None, "reason": "", "usable": False}
 
 
 def make_door(tmp: Path, owner_of=peer_owner) -> tuple[KeyserverDoor, AuditLog, Store]:
