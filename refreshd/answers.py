@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from refreshd.core.rules import LookupState
 from refreshd.keymanager import KeyManager
 from refreshd.rpc import Encoded, encode
 
@@ -49,7 +50,7 @@ class PreparedAnswers:
         if kept is not None and (kept.until is None or now < kept.until):
             return kept.answer
         answer, until = self.keys.describe_at(address, now)
-        if answer["state"] != "registered":
+        if answer["state"] is not LookupState.REGISTERED:
             return None
         prepared = encode(answer)
         if generation is not None:

@@ -741,7 +741,7 @@ class KeyManager:
     def describe(self, address: str, *, with_key: bool = False) -> dict[str, Any]:
         """The lookup answer for a registered address (SPEC section 4)."""
         answer, _ = self.describe_at(address, self.clock())
-        if with_key and answer["state"] == "registered":
+        if with_key and answer["state"] is LookupState.REGISTERED:
             data = self.store.get_key(answer["fingerprint"])
             assert data is not None
             answer["key"] = armor(data)

@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+from refreshd.core.levels import Way
 from refreshd.store import MIGRATIONS, Source, Store, _statements
 
 DATA = Path(__file__).parent / "data"
@@ -63,7 +64,7 @@ def test_a_schema_7_store_loses_the_dead_columns_and_keeps_its_rows(tmp_path: Pa
             42,
             "2026-01-02T00:00:00+00:00",
         )
-        store.put_source(Source("https://example.org/k2", "vks", None, FPR))
+        store.put_source(Source("https://example.org/k2", Way.VKS, None, FPR))
         assert len(store.sources_of(FPR)) == 2
         assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert store.db.execute("PRAGMA foreign_key_check").fetchall() == []
