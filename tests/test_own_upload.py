@@ -121,7 +121,7 @@ async def test_an_upload_parses_the_secret_key_once(setup, monkeypatch):
         return real(cls, blob)
 
     monkeypatch.setattr(PGPKey, "from_blob", classmethod(counted))
-    ok, reason = await own.upload("vks")
+    ok, reason = await own.upload(Upload.VKS)
     assert ok, reason
     secret = [b for b in parses if "PRIVATE KEY" in (b if isinstance(b, str) else b.decode())]
     assert len(secret) == 1
