@@ -28,13 +28,14 @@ import trio
 
 from bench import keyset
 from bench.engine import engine
+from refreshd.clock import epoch_iso
 from refreshd.core import levels
 from refreshd.core.feeds import DAY, FeedKind
 from refreshd.core.levels import Way
 from refreshd.feeds import Feeds
 from refreshd.keymanager import Found
 from refreshd.net import hkp
-from refreshd.refresher import Refresher, epoch_iso
+from refreshd.refresher import Refresher
 from refreshd.store import Source
 from tests.feed_servers import FeedKeys, hockeypuck_handlers
 from tests.net_servers import HttpServer

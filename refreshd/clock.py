@@ -6,8 +6,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-__all__ = ["utcnow"]
+__all__ = ["epoch_iso", "utcnow"]
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def epoch_iso(t: float) -> str:
+    """A time in POSIX seconds (the core's schedule and feed arithmetic) as the ISO 8601 text
+    the audit lines, the store and `status` carry."""
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")

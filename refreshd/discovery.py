@@ -216,14 +216,7 @@ class Discovery:
         """One endorser's key, registered for every address it carries."""
         last: Decision | None = None
         for got in await self.retriever.by_fingerprint(fingerprint):
-            ok = got.outcome is Outcome.KEY
-            audit_fetch(
-                self.audit,
-                "discovery.fetched" if ok else "discovery.failed",
-                got,
-                fingerprint=fingerprint,
-            )
-            if not ok:
+            if not self._audited(got, fingerprint=fingerprint):
                 continue
             level, positive = levels.for_source(got.source)
             found = Found(got.source, level, positive, asked_fingerprint=fingerprint, url=got.url)
@@ -240,6 +233,12 @@ class Discovery:
             if last is not None and last.registers:
                 return last
         return last
+
+    def _audited(self, got: Got, **context: str) -> bool:
+        """Audit one answer as discovery.fetched or discovery.failed; True if it brought a key."""
+        ok = got.outcome is Outcome.KEY
+        audit_fetch(self.audit, "discovery.fetched" if ok else "discovery.failed", got, **context)
+        return ok
 
     def _sources(self) -> list[Way]:
         configured = {
@@ -269,14 +268,7 @@ class Discovery:
             if gots is None:  # the network paths disagreed: nothing is registered
                 return None
             for got in gots:
-                ok = got.outcome is Outcome.KEY
-                audit_fetch(
-                    self.audit,
-                    "discovery.fetched" if ok else "discovery.failed",
-                    got,
-                    address=address,
-                )
-                if ok:
+                if self._audited(got, address=address):
                     level, positive = levels.for_source(source)
                     data = got.taken if got.taken is not None else got.data
                     found.append((data, Found(source, level, positive, url=got.url), got))

@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from refreshd.audit import AuditLog
-from refreshd.clock import utcnow
+from refreshd.clock import epoch_iso, utcnow
 from refreshd.config import Config
 from refreshd.core import feeds
 from refreshd.core.feeds import FeedKind, Window
@@ -126,8 +126,8 @@ class Feeds:
             self.audit.emit(
                 "feed.fetched",
                 url=req.url,
-                start=_iso(window.start),
-                end=_iso(window.end),
+                start=epoch_iso(window.start),
+                end=epoch_iso(window.end),
                 prefixes=len(window.prefixes),
             )
         next_at = feeds.fetch_at(kind, now=now, rng=self.rng)
@@ -188,7 +188,3 @@ def _windows_ok(data: dict[str, Any]) -> bool:
         and all(isinstance(p, int) for p in w[2])
         for w in windows
     )
-
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")

@@ -32,7 +32,7 @@ from refreshd.openpgp.packets import Cert, LoneSignatures, PublicKey, armor, sig
 from refreshd.store import KeyFacts, ProviderPin, Store, iso
 from refreshd.worker import Worker
 
-__all__ = ["Found", "KeyManager", "address_or_none", "facts_of"]
+__all__ = ["Found", "KeyManager", "address_or_none", "facts_of", "usable_endorsers"]
 
 AUDIT_EVENT = {
     DecisionKind.REGISTERED: "key.registered",
@@ -60,6 +60,24 @@ def facts_of(view: KeyView) -> KeyFacts:
 def key_ids(fingerprint: str) -> set[str]:
     """What the packet filter matches an issuer on: the fingerprint and its key id."""
     return {fingerprint, fingerprint[-16:]}
+
+
+def usable_endorsers(
+    pins: Iterable[ProviderPin], now: datetime
+) -> list[tuple[ProviderPin, PublicKey]]:
+    """The pinned endorsement keys among pins that can be read and are usable now (SPEC 5.1),
+    each with its pin; the key manager's provider-endorsement and the own-key audit ask it."""
+    found = []
+    for pin in pins:
+        if pin.kind != "endorsement":
+            continue
+        try:
+            key = read_stored(pin.data, now)
+        except KeyRejected:
+            continue
+        if key.view.usable(now):
+            found.append((pin, primary_key(key.cert)))
+    return found
 
 
 @dataclass(frozen=True)
@@ -350,16 +368,10 @@ class KeyManager:
         pins = self.store.provider_pins(domain)
         if not any(p.kind == "response" for p in pins):
             return None
-        signers: dict[str, tuple[PublicKey, datetime]] = {}
-        for pin in pins:
-            if pin.kind != "endorsement":
-                continue
-            try:
-                key = read_stored(pin.data, now)
-            except KeyRejected:
-                continue
-            if key.view.usable(now):
-                signers[key.fingerprint] = (primary_key(key.cert), pin.pinned_at)
+        signers = {
+            key.fingerprint.hex().upper(): (key, pin.pinned_at)
+            for pin, key in usable_endorsers(pins, now)
+        }
         keys = [k for k, _ in signers.values()]
         by = sorted(certifiers(held.cert, address, keys, now))
         if by and source is Way.NICKNYM and held.fresh is not None:

@@ -34,11 +34,12 @@ from refreshd.core import ownaudit, ownpolicy, schedule
 from refreshd.core.levels import Way
 from refreshd.core.ownaudit import Upload
 from refreshd.errors import FetchFailed, InvalidRequest, KeyRejected, SourceError
+from refreshd.keymanager import usable_endorsers
 from refreshd.net import hkp, nicknym, vks
 from refreshd.net.answers import Outcome
 from refreshd.net.fetch import Fetcher, Request
-from refreshd.openpgp.intake import Limits, intake, read_stored
-from refreshd.openpgp.keyview import certifiers, primary_key
+from refreshd.openpgp.intake import Limits, intake
+from refreshd.openpgp.keyview import certifiers
 from refreshd.openpgp.packets import PublicKey
 from refreshd.retrieve import Got, Retriever
 from refreshd.store import Store, iso
@@ -573,17 +574,7 @@ class OwnAudit:
 
     def _endorsement_keys(self, domain: str, now: datetime) -> list[PublicKey]:
         """The provider's pinned endorsement keys that are usable now (SPEC 5.1)."""
-        keys = []
-        for pin in self.own.store.provider_pins(domain):
-            if pin.kind != "endorsement":
-                continue
-            try:
-                held = read_stored(pin.data, now)
-            except KeyRejected:
-                continue
-            if held.view.usable(now):
-                keys.append(primary_key(held.cert))
-        return keys
+        return [key for _, key in usable_endorsers(self.own.store.provider_pins(domain), now)]
 
     async def _ask(self, source: Way, address: str, key: OwnKey) -> ownaudit.Observation:
         now = self.own.clock()

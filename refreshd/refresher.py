@@ -20,14 +20,14 @@ import random
 from array import array
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import trio
 
 from refreshd.audit import AuditLog
-from refreshd.clock import utcnow
+from refreshd.clock import epoch_iso, utcnow
 from refreshd.config import Config
 from refreshd.core import levels, refreshing, schedule
 from refreshd.core.levels import Way
@@ -41,7 +41,7 @@ from refreshd.openpgp.intake import Intake
 from refreshd.retrieve import Got, Retriever
 from refreshd.store import Source
 
-__all__ = ["Refresher", "epoch_iso"]
+__all__ = ["Refresher"]
 
 STATE_NAME = "refresh.cycle"
 ERROR_PAUSE = 60.0  # after an unexpected error in one step
@@ -61,10 +61,6 @@ def unpack(packed: bytes) -> array:
     ids = array("q")
     ids.frombytes(packed)
     return ids
-
-
-def epoch_iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
 class Refresher:

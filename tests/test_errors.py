@@ -20,6 +20,7 @@ from refreshd.errors import (
     SourceError,
     TorUnavailable,
 )
+from refreshd.net import feeds as feed_wire
 from refreshd.openpgp import resign
 from refreshd.rpc import INTERNAL_ERROR, INVALID_PARAMS
 from refreshd.service import rpc_error
@@ -37,6 +38,8 @@ def test_the_tree() -> None:
     failed = SourceError("the answer is not JSON")
     assert failed.reason == str(failed) == "the answer is not JSON"
     assert TorUnavailable().reason == "Tor unavailable"  # what the audit lines have always said
+    assert issubclass(feed_wire.FeedUnreadable, SourceError)
+    assert issubclass(feed_wire.FeedAbsent, feed_wire.FeedUnreadable)
 
 
 @pytest.mark.parametrize(

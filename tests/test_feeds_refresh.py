@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from refreshd.audit import AuditLog
+from refreshd.clock import epoch_iso
 from refreshd.config import from_mapping
 from refreshd.core.feeds import DAY, FeedKind
 from refreshd.core.levels import Way, for_source
@@ -26,7 +27,7 @@ from refreshd.keymanager import Found, KeyManager
 from refreshd.net import hkp, vks
 from refreshd.net.fetch import Fetcher
 from refreshd.openpgp.keyview import read_key
-from refreshd.refresher import Refresher, epoch_iso
+from refreshd.refresher import Refresher
 from refreshd.retrieve import Retriever
 from refreshd.store import Source, Store
 from tests.feed_servers import FeedKeys, hagrid_handlers, hockeypuck_handlers

@@ -23,6 +23,7 @@ import re
 from datetime import UTC, date, datetime, timedelta
 
 from refreshd.core.feeds import EPOCH, Window
+from refreshd.errors import SourceError
 from refreshd.net import hkp
 from refreshd.net.fetch import Kind, Request
 
@@ -41,12 +42,8 @@ ABSENT = frozenset({404, 405, 501})
 _PREFIX_LINE = re.compile(rb"[0-9a-fA-F]{8}")
 
 
-class FeedUnreadable(Exception):
+class FeedUnreadable(SourceError):
     """An answer that says nothing usable about the period; `reason` is one sentence."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class FeedAbsent(FeedUnreadable):
