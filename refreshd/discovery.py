@@ -290,11 +290,7 @@ class Discovery:
         if self.krp is None or Way.SMTP not in self.cfg.discovery.order:
             return None
         got = await self.krp(address)
-        ok = got.outcome is Outcome.KEY
-        audit_fetch(
-            self.audit, "discovery.fetched" if ok else "discovery.failed", got, address=address
-        )
-        if not ok:
+        if not self._audited(got, address=address):
             if len(self._mail_failures) >= MAIL_FAILURES_KEPT:
                 self._mail_failures.pop(next(iter(self._mail_failures)))
             self._mail_failures[address] = got.reason
