@@ -19,7 +19,7 @@ from typing import Any
 from refreshd import config
 from refreshd.audit import AuditLog
 from refreshd.clock import utcnow
-from refreshd.daemon import configure_logging
+from refreshd.daemon import configure_logging, prefer_the_loop
 from refreshd.discovery import Discovery
 from refreshd.keymanager import KeyManager
 from refreshd.net.fetch import Fetcher
@@ -67,6 +67,7 @@ def engine(state_dir: Path, sections: dict[str, dict[str, Any]]) -> Engine:
     for name, values in sections.items():
         mapping[name] = {**mapping.get(name, {}), **values}
     cfg = config.from_mapping(mapping)
+    prefer_the_loop()  # as `refreshd run` does
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     audit = AuditLog(cfg.audit_file)
     store = Store(cfg.database)
