@@ -21,9 +21,6 @@ from typing import Any
 
 import structlog
 import trio
-from apscheduler import AsyncScheduler
-from apscheduler.datastores.memory import MemoryDataStore
-from apscheduler.triggers.interval import IntervalTrigger
 
 from refreshd import __version__, sdnotify
 from refreshd.audit import AuditLog
@@ -241,13 +238,22 @@ class Daemon:
                 return
 
     async def _scheduler(self) -> None:
-        async with AsyncScheduler(data_store=MemoryDataStore()) as scheduler:
-            await scheduler.add_schedule(own_key_check, IntervalTrigger(days=1), id="own-key")
-            await scheduler.add_schedule(
-                database_maintenance, IntervalTrigger(days=1), id="maintenance"
-            )
-            await scheduler.add_schedule(cycle_watchdog, IntervalTrigger(hours=1), id="watchdog")
+        # apscheduler is imported after READY (nothing before it needs the scheduler), in a
+        # worker thread, so the socket keeps answering while its modules load
+        scheduler_type, store_type, interval = await trio.to_thread.run_sync(_scheduler_parts)
+        async with scheduler_type(data_store=store_type()) as scheduler:
+            await scheduler.add_schedule(own_key_check, interval(days=1), id="own-key")
+            await scheduler.add_schedule(database_maintenance, interval(days=1), id="maintenance")
+            await scheduler.add_schedule(cycle_watchdog, interval(hours=1), id="watchdog")
             await scheduler.run_until_stopped()
+
+
+def _scheduler_parts() -> tuple[Any, Any, Any]:
+    from apscheduler import AsyncScheduler
+    from apscheduler.datastores.memory import MemoryDataStore
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    return AsyncScheduler, MemoryDataStore, IntervalTrigger
 
 
 def release_freed_memory() -> None:

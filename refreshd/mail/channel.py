@@ -20,6 +20,7 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import functools
 import imaplib
 import os
 import secrets
@@ -219,10 +220,15 @@ class MailChannel:
         self.tor = tor
         self.submission = parse_door(cfg.mail.submission) if cfg.mail.submission else None
         self.imap = parse_door(cfg.mail.imap) if cfg.mail.imap else None
-        self._ssl = ssl.create_default_context()
-        if cfg.network.ca_file:
+        if cfg.network.ca_file:  # read now: a wrong path stops the start
             self._ssl.load_verify_locations(cafile=cfg.network.ca_file)
         self._direct = not cfg.mail.via_tor or (cfg.tor.mode == "off" and cfg.tor.allow_clearnet)
+
+    @functools.cached_property
+    def _ssl(self) -> ssl.SSLContext:
+        """The system's CA store is loaded at the first TLS connection, not at start (tens of
+        milliseconds before READY otherwise)."""
+        return ssl.create_default_context()
 
     @property
     def configured(self) -> bool:

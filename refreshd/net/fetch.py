@@ -349,11 +349,16 @@ class Fetcher:
     def __init__(self, cfg: Config, tor: TorSupervisor | None) -> None:
         self._cfg = cfg
         self._tor = tor
-        self._ssl = ssl.create_default_context()
-        if cfg.network.ca_file:
+        if cfg.network.ca_file:  # read now: a wrong path stops the start
             self._ssl.load_verify_locations(cafile=cfg.network.ca_file)
         self._connect_to = parse_connect_to(cfg.network.connect_to)
         self._direct = cfg.tor.mode == "off" and cfg.tor.allow_clearnet
+
+    @functools.cached_property
+    def _ssl(self) -> ssl.SSLContext:
+        """The system's CA store is loaded at the first TLS connection, not at start (tens of
+        milliseconds before READY otherwise)."""
+        return ssl.create_default_context()
 
     def _pool(self, username: str, password: str) -> tuple[httpcore.AsyncConnectionPool, _Dialer]:
         """A pool for one fetch: through Tor, or direct when Tor is off by configuration."""
