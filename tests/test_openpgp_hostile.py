@@ -4,6 +4,7 @@ KeyRejected from read_key, StreamingKeyFilter, merge or certifies_uid."""
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -48,6 +49,13 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
     return bytes(buf)
 
 
+NOW = datetime.now(UTC)
+
+
+def merge_now(stored: bytes, fresh: bytes) -> object:
+    return merge(stored, fresh, now=NOW)
+
+
 def survive(call, *args) -> str:  # type: ignore[no-untyped-def]
     """'ok' or 'rejected'; any other exception fails the test."""
     try:
@@ -74,11 +82,11 @@ def test_ten_thousand_mutations_of_real_keys(zoo: kf.Zoo) -> None:
     for n in range(MUTATIONS):
         original = seeds[n % len(seeds)]
         mutated = mutate(original, rng)
-        outcomes[survive(read_key, mutated)] += 1
+        outcomes[survive(read_key, mutated, NOW)] += 1
         survive(filter_all, mutated)
         if n % 5 == 0:
-            survive(merge, original, mutated)
-            survive(merge, mutated, original)
+            survive(merge_now, original, mutated)
+            survive(merge_now, mutated, original)
         if n % 7 == 0:
             survive(certifies_uid, mutated, old, "tess@example.org")
             survive(certifies_uid, zoo.transition["new-certified"], mutated, "tess@example.org")
@@ -89,7 +97,7 @@ def test_ten_thousand_mutations_of_real_keys(zoo: kf.Zoo) -> None:
 @given(st.binary(max_size=600))
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_arbitrary_bytes(data: bytes) -> None:
-    survive(read_key, data)
+    survive(read_key, data, NOW)
     survive(filter_all, data)
 
 
@@ -103,5 +111,5 @@ def test_structured_splices(data: st.DataObject) -> None:
     i = data.draw(st.integers(0, len(a)))
     j = data.draw(st.integers(0, len(b)))
     spliced = a[:i] + b[j:]
-    survive(read_key, spliced)
-    survive(merge, a, spliced)
+    survive(read_key, spliced, NOW)
+    survive(merge_now, a, spliced)
