@@ -119,7 +119,7 @@ def error(id_: Any, code: int, message: str, data: Any = None) -> dict[str, Any]
     return {"jsonrpc": "2.0", "id": id_, "error": err}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Request:
     id: Any
     method: str
@@ -147,27 +147,30 @@ _DECODER = json.JSONDecoder(parse_int=_bounded_int, parse_constant=_no_constant)
 def _invalid_structure(msg: Any) -> str | None:
     """Why a parsed message cannot be served (too deep, a lone surrogate), or None.
 
-    Iterative, so a hostile structure cannot exhaust the stack here either."""
-    if isinstance(msg, str):
+    Iterative, so a hostile structure cannot exhaust the stack here either. The JSON decoder
+    makes exact dicts, lists and strs, so their types are compared, not isinstance'd."""
+    if type(msg) is str:
         return _lone_surrogate(msg)
-    stack: list[tuple[Any, int]] = [(msg, 1)] if isinstance(msg, dict | list) else []
+    stack: list[tuple[Any, int]] = [(msg, 1)] if type(msg) is dict or type(msg) is list else []
     while stack:
         value, depth = stack.pop()
         if depth > MAX_DEPTH:
             return f"nested deeper than {MAX_DEPTH} levels"
-        for item in (*value.keys(), *value.values()) if isinstance(value, dict) else value:
-            if isinstance(item, str):
-                if (why := _lone_surrogate(item)) is not None:
-                    return why
-            elif isinstance(item, dict | list):
+        for item in (*value.keys(), *value.values()) if type(value) is dict else value:
+            kind = type(item)
+            if kind is str:
+                if not item.isascii() and _SURROGATE.search(item):
+                    return SURROGATE
+            elif kind is dict or kind is list:
                 stack.append((item, depth + 1))
     return None
 
 
+SURROGATE = "a string holds a lone surrogate (not Unicode text)"
+
+
 def _lone_surrogate(text: str) -> str | None:
-    if not text.isascii() and _SURROGATE.search(text):
-        return "a string holds a lone surrogate (not Unicode text)"
-    return None
+    return SURROGATE if not text.isascii() and _SURROGATE.search(text) else None
 
 
 def parse_request(line: bytes) -> Request | dict[str, Any]:
@@ -588,7 +591,9 @@ def _line(obj: dict[str, Any]) -> bytes:
     """One answer line: the same bytes whether the result was prepared or not."""
     result = obj.get("result")
     if isinstance(result, Encoded):
-        return b'{"jsonrpc":"2.0","id":' + _json(obj["id"]) + b',"result":' + result.json + b"}\n"
+        id_ = obj["id"]
+        head = b"%d" % id_ if type(id_) is int else _json(id_)
+        return b'{"jsonrpc":"2.0","id":' + head + b',"result":' + result.json + b"}\n"
     return _json(obj) + b"\n"
 
 

@@ -67,8 +67,14 @@ LOOKUP_PARAMS = {
 }
 
 
+LOOKUP_DEFAULTS = {name: p.default for name, p in LOOKUP_PARAMS.items() if name != "address"}
+
+
 def _lookup_params(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    p = checked(params, LOOKUP_PARAMS)
+    if len(params) == 1 and type(params.get("address")) is str:  # the usual call, checked
+        p = {"address": params["address"], **LOOKUP_DEFAULTS}
+    else:
+        p = checked(params, LOOKUP_PARAMS)
     address = address_param(p["address"])
     if not 0 <= p["wait"] <= 600:
         raise RpcError(INVALID_PARAMS, "Invalid params: 'wait' must be 0 to 600 seconds")
