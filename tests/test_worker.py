@@ -7,7 +7,7 @@ import json
 import socket
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import trio
@@ -54,8 +54,9 @@ async def test_a_call_past_its_budget_is_refused_and_the_worker_replaced():
 
 async def test_errors_of_the_work_come_back_as_they_were():
     worker = Worker()
+    now = datetime(2026, 1, 1, tzinfo=UTC)
     with pytest.raises(KeyRejected):
-        await worker.run(intake, b"\x99garbage", frozenset(), Limits(1 << 20, 1 << 20))
+        await worker.run(intake, b"\x99garbage", frozenset(), Limits(1 << 20, 1 << 20), now)
     worker.close()
 
 
