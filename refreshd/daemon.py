@@ -129,6 +129,7 @@ class Daemon:
             self.audit,
             utcnow,
             exit_of=self.tor.exit_of,
+            exit_count=self.tor.exit_count,
             krp=None if self.mail is None else KeyRequests(cfg, self.mail, utcnow).ask,
         )
         self.feeds = Feeds(self.store, self.fetcher, cfg, self.audit)

@@ -21,7 +21,10 @@ and attaching each stream, needs __LeaveStreamsUnattached on the Tor client: eve
 every application using that Tor (a system Tor is shared with Tor Browser and others) would then
 wait for refreshd to attach it, and hang whenever refreshd is not running. Isolation leaves Tor
 in charge of its paths and still lets the audit line say which exits answered, and whether the
-paths shared one (a network with a single exit). Agreeing paths give one answer to the rules;
+paths shared one (a network with a single exit). Isolation does not make Tor pick another exit:
+a path that came back through an exit another path already had is asked again over a fresh
+circuit, a bounded number of rounds, while the consensus lists enough exits (rule 6; the count
+is Tor's, `exit_count`). Agreeing paths give one answer to the rules;
 disagreeing paths register nothing: the conflict is audited as discovery.conflict, `lookup`
 answers `conflict` with what each path saw, and the address is asked again only after
 CONFLICT_HOLD, over fresh circuits.
@@ -107,6 +110,7 @@ class Discovery:
         clock: Callable[[], datetime],
         *,
         exit_of: Callable[[str], Awaitable[str | None]] | None = None,
+        exit_count: Callable[[], Awaitable[int | None]] | None = None,
         krp: Callable[[str], Awaitable[Got]] | None = None,
     ) -> None:
         self.keys = keys
@@ -115,6 +119,7 @@ class Discovery:
         self.audit = audit
         self.clock = clock
         self.exit_of = exit_of  # SOCKS username -> exit relay, from Tor (TorSupervisor.exit_of)
+        self.exit_count = exit_count  # exits in Tor's consensus (TorSupervisor.exit_count)
         self.krp = krp  # the smtp source (mail/retrieval.py), when [mail] is configured
         self._mail_failures: dict[str, str] = {}  # address -> why its last key request failed
         self._conflicts: dict[str, tuple[str, float]] = {}  # address -> (reason, hold until)
@@ -309,14 +314,24 @@ class Discovery:
         if source not in PROVIDER_DIRECTORIES or paths < 2:
             return await self.retriever.by_address(source, address)
         answers: list[list[Got]] = [[] for _ in range(paths)]
+        views: list[perspectives.View] = []
 
         async def one(i: int) -> None:
             answers[i] = await self.retriever.by_address(source, address)
 
-        async with trio.open_nursery() as nursery:
-            for i in range(paths):
-                nursery.start_soon(one, i)
-        views = [await self._view(gots, address) for gots in answers]
+        rounds, asking = 0, list(range(paths))
+        while asking:  # every path at once; then, rule 6, those that repeated an exit
+            async with trio.open_nursery() as nursery:
+                for i in asking:
+                    nursery.start_soon(one, i)
+            views = [
+                await self._view(answers[i], address) if i in asking else views[i]
+                for i in range(paths)
+            ]
+            ask = self.exit_count is not None and perspectives.repeated(views)
+            exits = await self.exit_count() if ask and self.exit_count else None
+            asking = perspectives.ask_again(views, exits, rounds)  # within SOURCE_BUDGET
+            rounds += bool(asking)
         comparison = perspectives.compare(views)
         seen = [v.describe() for v in views]
         self.audit.emit(
@@ -326,6 +341,7 @@ class Discovery:
             verdict=str(comparison.verdict),
             shared_exit=comparison.shared_exit,
             exits=list(comparison.exits),
+            asked_again=rounds,
             paths=seen,
             reason=comparison.reason,
         )

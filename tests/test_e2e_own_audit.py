@@ -154,10 +154,11 @@ def test_with_one_exit_first_contact_works_and_says_the_paths_shared_it(
     assert paths["verdict"] == "agree" and paths["shared_exit"] is True
     assert paths["exits"] == [tor_network.exit_fingerprint] * 2
     assert "shared an exit" in paths["reason"]
+    assert paths["asked_again"] == 0  # Tor lists one exit: fresh circuits could not help
     # Tor's own events: two streams with distinct credentials, both ending at the one exit
     assert len({s.socks_username for s in streams}) >= 2
-    exits = {circuits[s.circ_id].path[-1] for s in streams if s.circ_id in circuits}
-    assert exits <= {tor_network.exit_fingerprint}
+    assert all(s.circ_id in circuits for s in streams)
+    assert {circuits[s.circ_id].path[-1] for s in streams} == {tor_network.exit_fingerprint}
 
 
 def _succeeded(log) -> list:

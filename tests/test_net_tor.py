@@ -19,6 +19,7 @@ from refreshd.net.tor import (
     TorSupervisor,
     advance,
     assess,
+    count_exits,
     launch_config,
     parse_bootstrap,
     parse_endpoint,
@@ -205,3 +206,20 @@ async def test_mode_off(nursery: trio.Nursery, tmp_path: Path) -> None:
     tor = TorSupervisor(make_config(tmp_path, mode="off", allow_clearnet=True), emit)
     await nursery.start(tor.run)
     assert tor.state is TorState.OFF and not tor.ready and emit.states() == ["off"]
+
+
+def test_count_exits_counts_exit_flags_and_leaves_bad_exits_out() -> None:
+    statuses = """\
+r exit0 AAAA BBBB 2038-01-01 00:00:00 127.0.0.2 9001 0
+s Exit Fast Running Valid
+w Bandwidth=0
+r guard CCCC DDDD 2038-01-01 00:00:00 127.0.0.3 9001 0
+s Fast Guard Running Stable Valid
+r bad EEEE FFFF 2038-01-01 00:00:00 127.0.0.4 9001 0
+s BadExit Exit Running Valid
+r exit1 GGGG HHHH 2038-01-01 00:00:00 127.0.0.5 9001 0
+s Exit Running
+p accept 443
+"""
+    assert count_exits(statuses) == 2
+    assert count_exits("") == 0

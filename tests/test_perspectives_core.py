@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from refreshd.core.perspectives import Seen, Verdict, View, compare
+from refreshd.core.perspectives import REASKS, Seen, Verdict, View, ask_again, compare, repeated
 
 A, B = "A" * 40, "B" * 40
 X1, X2 = "E1" * 20, "E2" * 20
@@ -69,3 +69,44 @@ def test_three_paths_one_dissenting_is_a_conflict() -> None:
     same = keys(X1, **{A: "d1"})
     c = compare([same, keys(X2, **{A: "d1"}), keys("E3" * 20, **{B: "d2"})])
     assert c.verdict is Verdict.CONFLICT
+
+
+def failed(exit: str | None) -> View:
+    return View(exit, Seen.FAILED, reason="timeout")
+
+
+def test_a_path_that_repeated_an_exit_is_asked_again_while_tor_has_more_exits() -> None:
+    views = [keys(X1, **{A: "d1"}), keys(X1, **{A: "d1"})]
+    assert repeated(views) == [1]
+    assert ask_again(views, exits_in_network=2, rounds=0) == [1]
+    assert ask_again(views, exits_in_network=2, rounds=REASKS - 1) == [1]
+
+
+def test_distinct_exits_are_not_asked_again() -> None:
+    views = [keys(X1, **{A: "d1"}), keys(X2, **{B: "d2"})]
+    assert repeated(views) == [] and ask_again(views, 5, 0) == []
+
+
+def test_re_asking_stops_after_its_rounds() -> None:
+    views = [keys(X1, **{A: "d1"}), keys(X1, **{A: "d1"})]
+    assert ask_again(views, exits_in_network=2, rounds=REASKS) == []
+
+
+def test_a_network_with_fewer_exits_than_paths_is_asked_once() -> None:
+    views = [keys(X1, **{A: "d1"}), keys(X1, **{A: "d1"}), keys(X2, **{A: "d1"})]
+    assert repeated(views) == [1]
+    assert ask_again(views, exits_in_network=1, rounds=0) == []
+    assert ask_again(views, exits_in_network=2, rounds=0) == []  # 3 paths, 2 exits
+    assert ask_again(views, exits_in_network=3, rounds=0) == [1]
+    assert ask_again(views, exits_in_network=None, rounds=0) == []  # Tor did not say
+
+
+def test_failed_paths_and_unknown_exits_are_never_asked_again() -> None:
+    views = [keys(X1, **{A: "d1"}), failed(X1), keys(None, **{A: "d1"}), keys(None, **{A: "d1"})]
+    assert repeated(views) == []
+    assert ask_again(views, exits_in_network=10, rounds=0) == []
+
+
+def test_a_later_repeat_of_any_earlier_exit_counts() -> None:
+    views = [keys(X1, **{A: "d1"}), keys(X2, **{A: "d1"}), keys(X1, **{A: "d1"}), keys(X2)]
+    assert repeated(views) == [2, 3]

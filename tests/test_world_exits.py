@@ -1,51 +1,68 @@
-"""The private Tor network with two exits on distinct addresses, and a server that serves each
-path its own key.
+"""The network namespace that lets the private Tor network's exits be told apart: each exit's
+source address reaches our server and nothing else, and nothing of it outlives the run.
 
-This network pins a stream to the exit whose own address is the target (Tor's exit enclave; a
-loopback target that is no relay's address finds no exit at all, see tests/world/tornet.py),
-so the two paths are reached through the two exits' addresses; Tor's circuit events show which
-exit carried each stream, the server shows at which address each connection arrived.
+Routes are asked of the kernel (`ip route get`), which sends no packet: a broken fence must
+fail this test without anything leaving the machine. The exits riding it end to end, told apart
+by Tor's events and the server's log: tests/test_e2e_perspectives.py.
 """
 
 from __future__ import annotations
 
-import secrets
+import subprocess
 from collections.abc import Iterator
 
 import pytest
 
-from tests.world.byaddress import ByAddressServer
-from tests.world.tornet import TorNetwork
+from tests.world import netns
 
 pytestmark = pytest.mark.e2e
 
-
-@pytest.fixture(scope="module")
-def two_exits() -> Iterator[TorNetwork]:
-    base = f"127.{secrets.randbelow(180) + 1}.{secrets.randbelow(256)}."
-    with TorNetwork((), exit_address=base + "1", more_exits=(base + "2",)) as tor:
-        yield tor
+ELSEWHERE = ("192.0.2.99", "198.18.0.1", "127.0.0.1")  # on-link here, benchmark net, loopback
 
 
-def test_two_exits_each_carry_their_own_path(two_exits: TorNetwork) -> None:
-    tor = two_exits
-    exits = tor.exits_by_fingerprint
-    assert len(exits) == 2 and len(set(exits.values())) == 2
-    a, b = tor.exit_node_addresses
-    bodies = {a: b"key A", b: b"key B"}
-    with ByAddressServer((a, b), bodies) as server, tor.record_events() as log:
-        answers = {
-            target: tor.fetch_probe(f"http://{target}:{server.port}/wkd").content
-            for target in (a, b)
-        }
-        log.wait_until(lambda lg: len([s for s in lg.streams if s.status == "SUCCEEDED"]) >= 2)
-        streams = [s for s in log.streams if s.status == "SUCCEEDED"]
+def route(destination: str, source: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "route", "get", destination, "from", source],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
-    # each path was served its own key
-    assert answers == {a: b"key A", b: b"key B"}
-    assert [local for local, _peer, _path in server.seen] == [a, b]
-    # and Tor's stream events name the exit that carried each: two different ones
-    # (a target reads "<address>.<exit fingerprint>.exit:<port>")
-    carried = {tuple(s.target.split(".exit:")[0].rsplit(".", 1)) for s in streams}
-    assert len({fpr for _addr, fpr in carried}) == 2
-    assert all(exits[fpr] == addr for addr, fpr in carried)
+
+@pytest.fixture
+def enclave() -> Iterator[netns.Enclave]:
+    refused = netns.refused()
+    if refused is not None:
+        pytest.skip(f"needs a network namespace of our own: {refused}")
+    with netns.Enclave(sources=2) as made:
+        yield made
+
+
+def test_a_source_address_reaches_the_server_and_nothing_off_this_host(
+    enclave: netns.Enclave,
+) -> None:
+    assert len(set(enclave.sources)) == 2
+    for source in enclave.sources:
+        to_server = route(enclave.server, source)
+        assert to_server.returncode == 0, to_server.stderr
+        assert f"dev {enclave.host_link}" in to_server.stdout
+        for destination in ELSEWHERE[:2]:
+            blocked = route(destination, source)
+            assert blocked.returncode != 0, blocked.stdout
+            assert "prohibit" in blocked.stderr.lower() or "denied" in blocked.stderr.lower()
+        # loopback stays loopback (the local table comes first)
+        assert " dev lo" in route(ELSEWHERE[2], source).stdout
+
+
+def test_nothing_is_left_behind() -> None:
+    if (refused := netns.refused()) is not None:
+        pytest.skip(f"needs a network namespace of our own: {refused}")
+    with netns.Enclave(sources=2) as made:
+        name, link, sources = made.name, made.host_link, made.sources
+    assert (
+        name not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    )
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert f" {link}:" not in links and f" {link}@" not in links
+    rules = subprocess.run(["ip", "rule"], capture_output=True, text=True).stdout
+    assert not any(source in rules for source in sources)

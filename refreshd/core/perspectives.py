@@ -16,6 +16,10 @@ Rules:
 5. Paths are named by their exit relay (from Tor's circuit list); when two paths that answered
    share an exit (a network with one exit), the comparison says so: they are one perspective
    on the network even though they rode separate circuits.
+6. Isolated circuits may still pick the same exit. A path that answered through an exit an
+   earlier answering path already had is asked again over a fresh circuit, at most REASKS
+   rounds, while Tor's consensus lists an exit for every answering path; a network with fewer
+   exits than paths is asked once and the comparison says the paths shared an exit (rule 5).
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-__all__ = ["Seen", "Verdict", "View", "compare"]
+__all__ = ["REASKS", "Seen", "Verdict", "View", "ask_again", "compare", "repeated"]
+
+REASKS = 10  # rounds of fresh circuits at most (rule 6): two equal exits stay shared 1 in 2**11
 
 
 class Seen(StrEnum):
@@ -93,3 +99,26 @@ def compare(views: Sequence[View]) -> Comparison:
             Verdict.AGREE, f"{len(answered)} paths agree ({paths}).{note}", shared, exits
         )
     return Comparison(Verdict.CONFLICT, f"The network paths disagree: {paths}.", shared, exits)
+
+
+def repeated(views: Sequence[View]) -> list[int]:
+    """Rule 6: the answering paths whose (known) exit an earlier answering path already had."""
+    seen: set[str] = set()
+    again = []
+    for i, view in enumerate(views):
+        if view.seen is Seen.FAILED or view.exit is None:
+            continue
+        if view.exit in seen:
+            again.append(i)
+        seen.add(view.exit)
+    return again
+
+
+def ask_again(views: Sequence[View], exits_in_network: int | None, rounds: int) -> list[int]:
+    """Rule 6: which paths to ask again over fresh circuits, after `rounds` rounds of it;
+    none when no exit repeats, the rounds are spent, or Tor lists fewer exits than there are
+    answering paths (or does not say how many)."""
+    answering = sum(1 for v in views if v.seen is not Seen.FAILED)
+    if rounds >= REASKS or exits_in_network is None or exits_in_network < answering:
+        return []
+    return repeated(views)

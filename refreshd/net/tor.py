@@ -17,6 +17,9 @@ Rules:
   tried again after 1, 2, 4 ... seconds, then every RETRY_SECONDS, forever, without ever
   stopping the daemon.
 - stem is blocking: every call runs in a worker thread under a CONTROL_SECONDS timeout.
+- For network perspectives (core/perspectives.py rule 6) the supervisor says which exit carried
+  a circuit (`exit_of`) and how many exits the consensus lists (`exit_count`, counted at most
+  once per EXITS_SECONDS: a count only tells whether distinct exits are possible at all).
 - httpx cannot reach a SOCKS proxy on a Unix socket; the fetcher bridges it with its own dialer
   (see `Endpoint` and refreshd.net.fetch).
 """
@@ -54,6 +57,7 @@ READY_POLL_SECONDS = 30.0  # a ready Tor is checked less often: its events and t
 RETRY_SECONDS = 30.0
 CONTROL_SECONDS = 20.0
 STALL_SECONDS = 300.0
+EXITS_SECONDS = 3600.0
 # A Unix socket path must fit in sockaddr_un.sun_path (108 bytes with the terminator).
 _MAX_SOCKET_PATH = 100
 
@@ -124,6 +128,12 @@ def parse_bootstrap(phase: str) -> tuple[int, str]:
     if quoted.get("WARNING"):
         summary = f"{summary} ({quoted['WARNING']})" if summary else quoted["WARNING"]
     return (min(int(m.group(1)), 100) if m else 0), summary
+
+
+def count_exits(statuses: str) -> int:
+    """Relays flagged Exit and not BadExit in GETINFO ns/all (one `s <flags>` line each)."""
+    flagged = (line.split()[1:] for line in statuses.splitlines() if line.startswith("s "))
+    return sum(1 for flags in flagged if "Exit" in flags and "BadExit" not in flags)
 
 
 def advance(prev: Progress | None, percent: int, now: float) -> Progress:
@@ -222,6 +232,7 @@ class TorSupervisor:
         self._progress: Progress | None = None
         self._changed = trio.Event()
         self._wake = trio.Event()
+        self._exits: tuple[int, float] | None = None  # (count, trio time it is good until)
 
     @property
     def state(self) -> TorState:
@@ -290,6 +301,22 @@ class TorSupervisor:
         except (TimeoutError, stem.ControllerError, stem.SocketError, OSError):
             return None
         return found
+
+    async def exit_count(self) -> int | None:
+        """How many exits Tor's consensus lists (see `count_exits`), counted at most once per
+        EXITS_SECONDS; None when Tor does not say."""
+        controller = self._controller
+        if controller is None:
+            return None
+        now = trio.current_time()
+        if self._exits is not None and now < self._exits[1]:
+            return self._exits[0]
+        try:
+            text: str = await self._blocking(lambda: controller.get_info("ns/all"))
+        except (TimeoutError, stem.ControllerError, stem.SocketError, OSError):
+            return None
+        self._exits = (count_exits(text), now + EXITS_SECONDS)
+        return self._exits[0]
 
     # -- shell: everything below talks to tor ---------------------------------------------
 

@@ -17,6 +17,10 @@ Counting: `accepted_connections()` reads nginx's stub_status on a separate plain
 (minus our own status queries), so TLS failures count too; `access_log()` parses one JSON
 line per request with the request headers a client could vary (see `LOGGED_HEADERS`) and
 `request_length` (request line + all headers), which exposes any header not in the list.
+
+By peer (`by_peer`): each connecting address gets its own tree, `www/<peer>/<host>`, which
+models an attacker on one network path (tests/world/netns.py gives each Tor exit its own
+address); `address` and `launcher` put such a server inside a network namespace.
 """
 
 from __future__ import annotations
@@ -103,6 +107,7 @@ class AccessEntry:
     """One request as nginx logged it; `headers` holds only headers that were sent non-empty."""
 
     time: float
+    peer: str
     connection: int
     connection_requests: int
     server_addr: str
@@ -137,8 +142,14 @@ class WkdServer:
         *,
         base_dir: Path | None = None,
         extra_listen: Sequence[tuple[str, int]] = (),
+        address: str = "127.0.0.1",
+        launcher: Sequence[str] = (),
+        by_peer: bool = False,
     ) -> None:
         self.ca = ca
+        self.address = address  # the main and the status listener
+        self.launcher = tuple(launcher)  # argv prefix, e.g. `ip netns exec <name>`
+        self.by_peer = by_peer
         self.hosts = tuple(hosts)
         self.extra_listen = tuple(extra_listen)
         self._parent = base_dir
@@ -177,7 +188,16 @@ class WkdServer:
         self.status_port = procs.free_port()
         conf = self.prefix / "nginx.conf"
         conf.write_text(self._config(cert.cert_chain, cert.key))
-        argv = [NGINX, "-p", str(self.prefix), "-c", str(conf), "-e", str(self.error_log)]
+        argv = [
+            *self.launcher,
+            NGINX,
+            "-p",
+            str(self.prefix),
+            "-c",
+            str(conf),
+            "-e",
+            str(self.error_log),
+        ]
         self._proc = procs.start("nginx", argv, self.prefix / "logs" / "stdout.log")
         if not procs.wait_for(self._answers, START_TIMEOUT):
             raise NginxStartError("nginx did not answer\n" + self._error_tail())
@@ -204,12 +224,12 @@ class WkdServer:
 
     def _config(self, cert_chain: Path, key: Path) -> str:
         p = self.prefix
-        listens = [("127.0.0.1", self.port)]
+        listens = [(self.address, self.port)]
         listens += [(a, port or self.port) for a, port in self.extra_listen]
         listen_lines = "\n".join(f"        listen {a}:{port} ssl;" for a, port in listens)
         header_fields = ",".join(f'"{h}":"$http_{h.replace("-", "_")}"' for h in LOGGED_HEADERS)
         log_format = (
-            '{"time":"$msec","connection":"$connection",'
+            '{"time":"$msec","peer":"$remote_addr","connection":"$connection",'
             '"connection_requests":"$connection_requests",'
             '"server_addr":"$server_addr","server_port":"$server_port",'
             '"sni":"$ssl_server_name","host":"$host","method":"$request_method",'
@@ -242,11 +262,11 @@ http {{
         server_name _;
         ssl_certificate {cert_chain};
         ssl_certificate_key {key};
-        root {self.www}/$host;
+        root {self.www}/{"$remote_addr/" if self.by_peer else ""}$host;
         location / {{ try_files $uri =404; }}
     }}
     server {{
-        listen 127.0.0.1:{self.status_port};
+        listen {self.address}:{self.status_port};
         access_log off;
         location = /status {{ stub_status; }}
     }}
@@ -283,9 +303,10 @@ http {{
         query = urllib.parse.urlencode({"l": local})
         return self.url_for(host, f"{path}?{query}", port)
 
-    def put_file(self, host: str, path: str, data: bytes) -> Path:
-        """Serve `data` at https://<host>/<path>; the mtime always moves forward."""
-        target = self._file(host, path)
+    def put_file(self, host: str, path: str, data: bytes, peer: str = "") -> Path:
+        """Serve `data` at https://<host>/<path> (to `peer` only, by peer); the mtime always
+        moves forward."""
+        target = self._file(host, path, peer)
         previous = target.stat().st_mtime if target.exists() else 0.0
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".tmp")
@@ -295,32 +316,36 @@ http {{
         tmp.replace(target)
         return target
 
-    def remove_file(self, host: str, path: str) -> None:
-        self._file(host, path).unlink(missing_ok=True)
+    def remove_file(self, host: str, path: str, peer: str = "") -> None:
+        self._file(host, path, peer).unlink(missing_ok=True)
 
     def publish_wkd(
-        self, address: str, key: bytes, methods: Sequence[str] = METHODS
+        self, address: str, key: bytes, methods: Sequence[str] = METHODS, peer: str = ""
     ) -> dict[str, str]:
-        """Lay out `key` (written verbatim) for `address`; return {method: URL path}."""
+        """Lay out `key` (written verbatim) for `address` (for `peer` only, by peer); return
+        {method: URL path}."""
         placed = {}
         for method in methods:
             host, path = wkd_path(address, method)
             policy = path.rsplit("/hu/", 1)[0] + "/policy"
-            if not self._file(host, policy).exists():
-                self.put_file(host, policy, b"")
-            self.put_file(host, path, key)
+            if not self._file(host, policy, peer).exists():
+                self.put_file(host, policy, b"", peer)
+            self.put_file(host, path, key, peer)
             placed[method] = path
         return placed
 
-    def remove_wkd(self, address: str, methods: Sequence[str] = METHODS) -> None:
+    def remove_wkd(self, address: str, methods: Sequence[str] = METHODS, peer: str = "") -> None:
         for method in methods:
-            self.remove_file(*wkd_path(address, method))
+            self.remove_file(*wkd_path(address, method), peer)
 
-    def _file(self, host: str, path: str) -> Path:
+    def _file(self, host: str, path: str, peer: str = "") -> Path:
         if host not in self.hosts:
             raise ValueError(f"{host!r} is not served (hosts: {self.hosts})")
-        target = (self.www / host / path.lstrip("/")).resolve()
-        if not target.is_relative_to((self.www / host).resolve()):
+        if bool(peer) is not self.by_peer or "/" in peer:
+            raise ValueError(f"a peer address is needed exactly when serving by peer: {peer!r}")
+        tree = self.www / peer / host if peer else self.www / host
+        target = (tree / path.lstrip("/")).resolve()
+        if not target.is_relative_to(tree.resolve()):
             raise ValueError(f"path escapes the document root: {path!r}")
         return target
 
@@ -356,7 +381,7 @@ http {{
 
     def _stub_status(self) -> tuple[int, int]:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(f"http://127.0.0.1:{self.status_port}/status", timeout=2) as answer:
+        with opener.open(f"http://{self.address}:{self.status_port}/status", timeout=2) as answer:
             text = answer.read().decode("ascii")
         # This query is itself one accepted connection and one request (counted before reply).
         self._status_queries += 1
@@ -370,6 +395,7 @@ def _entry(raw: dict[str, object]) -> AccessEntry:
         raise ValueError(f"access log line without headers: {raw!r}")
     return AccessEntry(
         time=float(str(raw["time"])),
+        peer=str(raw["peer"]),
         connection=int(str(raw["connection"])),
         connection_requests=int(str(raw["connection_requests"])),
         server_addr=str(raw["server_addr"]),

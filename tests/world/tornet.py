@@ -1,21 +1,34 @@
-"""A private Tor network on 127.0.0.1: three directory authorities, two relays, one client.
+"""A private Tor network on 127.0.0.1: three directory authorities, a relay, exits, a client.
 
 Why: refreshd must be tested against a real Tor (circuits, SOCKS isolation, control port)
 without touching the internet. Every file is generated here from scratch in a temp dir:
 authority keys with `tor-gencert`, relay identities with `tor --list-fingerprint`, torrc
 files with the options that proved necessary on this kind of machine (each one below was
-found by a failure). Test domains reach loopback servers through the client's `MapAddress`,
-so no name ever meets a resolver; the exit may only connect to the mapped loopback addresses.
-The client carries streams only to the exit's own address (`exit_address`): Tor pins such a
-stream to that relay (target `<address>.<exit fingerprint>.exit`), while ordinary exit
-selection finds no relay for a loopback target. So servers listen on the exit's address and
-every name maps to it. With `more_exits` the network has further exits, each on its own
-address; a stream reaches a server through the exit whose address it targets. (An exit cannot be
-told apart by the address it connects from: Tor never binds OutboundBindAddress* for loopback
-destinations, so every exit connects from 127.0.0.1 here.)
+found by a failure). Test domains reach their servers through the client's `MapAddress`,
+so no name ever meets a resolver; the exits may only connect to the mapped addresses.
+
+Loopback targets: the client carries a stream to a loopback address only to the relay whose
+own address that is (`exit_address`): Tor pins such a stream to that relay (target
+`<address>.<exit fingerprint>.exit`), while ordinary exit selection finds no relay for a
+loopback target. So the world's servers listen on the exit's address and every name maps to it.
+
+Several exits (`more_exits`, each on its own loopback address): for a path that Tor chooses by
+policy, map names to a target outside loopback that lives only in a network namespace of ours
+(tests/world/netns.py) and give each exit its own source address there (`outbound`, Tor's
+OutboundBindAddressExit, which Tor honours only for non-loopback destinations). A client picks
+an exit for a stream by the consensus's policy summary, which lists only ports accepted for
+(nearly) every address: an exit accepting just our target's address summarises as reject-all
+(hence "All routers are down or won't exit"). So with `outbound` the exits also accept *:443,
+fenced by the namespace's policy rules: from those source addresses only our server is
+reachable, and the client maps every test name. Only the directory authorities and the middle
+relay are voted Guard, so that no client circuit has an exit as its guard (that would leave one
+exit for all the client's circuits). Once such a client has bootstrapped it stops building
+circuits ahead of need (__DisablePredictedCircuits): a fresh SOCKS identity then gets a circuit
+built for it with an exit drawn afresh, instead of a clean one built earlier (those are closed) that
+often ends at the exit the previous path had.
 
 Start order: keys, then authorities and relays, then (once the consensus lists every relay and
-flags the exit) the client, then a real fetch through SOCKS to a loopback probe server. A start
+flags the exits) the client, then a real fetch through SOCKS to a loopback probe server. A start
 that misses its deadline is torn down and retried once from scratch.
 """
 
@@ -37,6 +50,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import stem
 from stem.control import Controller, EventType
 from stem.response.events import CircuitEvent, StreamEvent
 
@@ -80,7 +94,6 @@ _AUTHORITY = (
     "V3AuthVotingInterval 10",
     "V3AuthVoteDelay 2",
     "V3AuthDistDelay 2",
-    "TestingDirAuthVoteGuard *",
     "MaxConsensusAgeForDiffs 60 seconds",
     "ExitPolicy reject *:*",
 )
@@ -209,12 +222,16 @@ class TorNetwork:
         mapping: Mapping[str, str] | None = None,
         exit_address: str = "127.0.0.1",
         more_exits: Sequence[str] = (),
+        outbound: Sequence[str] = (),
         base_dir: Path | None = None,
         timeout: float = START_TIMEOUT,
         attempts: int = 2,
     ) -> None:
         self.exit_address = exit_address
         self.exit_node_addresses = (exit_address, *more_exits)
+        if outbound and len(outbound) != len(self.exit_node_addresses):
+            raise ValueError("outbound needs one source address per exit")
+        self.outbound = tuple(outbound)  # each exit's OutboundBindAddressExit, in order
         self.mapping: dict[str, str] = dict.fromkeys(domains, exit_address)
         self.mapping.update(mapping or {})
         self._base_parent = base_dir
@@ -258,13 +275,15 @@ class TorNetwork:
 
     @property
     def exits_by_fingerprint(self) -> dict[str, str]:
-        """Each exit's fingerprint to the loopback address it connects from."""
-        return {node.fingerprint: node.address for node in self.nodes if node.role == "exit"}
+        """Each exit's fingerprint to the address it connects from to a non-loopback target
+        (its `outbound` address; its own address when it has none)."""
+        exits = [node for node in self.nodes if node.role == "exit"]
+        sources = self.outbound or tuple(node.address for node in exits)
+        return {node.fingerprint: source for node, source in zip(exits, sources, strict=True)}
 
     @property
     def exit_addresses(self) -> tuple[str, ...]:
-        """Loopback addresses an exit may connect to: the exits', 127.0.0.1, every mapping
-        target."""
+        """Addresses an exit may connect to: the exits', 127.0.0.1, every mapping target."""
         return tuple(sorted({*self.exit_node_addresses, "127.0.0.1", *self.mapping.values()}))
 
     def socks_url(self, username: str, password: str) -> str:
@@ -327,11 +346,14 @@ class TorNetwork:
 
     @contextlib.contextmanager
     def record_events(self) -> Iterator[EventLog]:
-        """Collect STREAM and CIRC events while the block runs (see `EventLog.wait_until`)."""
+        """Collect STREAM and CIRC events while the block runs (see `EventLog.wait_until`),
+        starting with the circuits Tor already has (a stream may ride one built earlier)."""
         log = EventLog()
         with self.controller() as ctl:
             ctl.add_event_listener(log.on_stream, EventType.STREAM)
             ctl.add_event_listener(log.on_circuit, EventType.CIRC)
+            for circuit in ctl.get_circuits():  # circuit-status lines, parsed as CIRC events
+                log.on_circuit(circuit)
             yield log
 
     def fetch_probe(self, url: str, timeout: float = 30.0) -> httpx.Response:
@@ -372,6 +394,12 @@ class TorNetwork:
         client.torrc.write_text(self._torrc(client, empty, resolv))
         client.proc = procs.start(client.name, _tor_argv(client.torrc), client.data_dir / "log")
         self._await_client(deadline)
+        if self.outbound:  # from now on each stream's circuit is built for it (module doc)
+            with self.controller() as ctl:
+                ctl.set_conf("__DisablePredictedCircuits", "1")
+                for circuit in ctl.get_circuits():  # and the clean ones built so far go
+                    with contextlib.suppress(stem.InvalidRequest):
+                        ctl.close_circuit(circuit.id)
         self.phase_seconds = {
             "keys": keys_done - began,
             "consensus": consensus_done - keys_done,
@@ -483,6 +511,11 @@ class TorNetwork:
         if node.role == "authority":
             lines += [*_AUTHORITY, f"DirPort 127.0.0.1:{node.dir_port}"]
             lines.append(f"TestingDirAuthVoteExit {','.join(self.exit_fingerprints)}")
+            guards = [n.fingerprint for n in self.nodes if n.role in ("authority", "relay")]
+            lines += [
+                f"TestingDirAuthVoteGuard {','.join(guards)}",
+                "TestingDirAuthVoteGuardIsStrict 1",
+            ]
         elif node.role == "relay":
             lines += ["DirCache 0", "ExitRelay 0", "ExitPolicy reject *:*"]
         elif node.role == "exit":
@@ -493,6 +526,10 @@ class TorNetwork:
                 "ExitPolicyRejectLocalInterfaces 0",
             ]
             lines += [f"ExitPolicy accept {addr}:*" for addr in self.exit_addresses]
+            exits = [n for n in self.nodes if n.role == "exit"]
+            if self.outbound:  # see the module docstring: policy by summary, fenced by netns
+                lines.append("ExitPolicy accept *:443")
+                lines.append(f"OutboundBindAddressExit {self.outbound[exits.index(node)]}")
             lines.append("ExitPolicy reject *:*")
         elif node.role == "client":
             lines += [
