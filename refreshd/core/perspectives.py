@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-__all__ = ["REASKS", "Seen", "Verdict", "View", "ask_again", "compare", "repeated"]
+__all__ = ["Seen", "Verdict", "View", "ask_again", "compare", "repeated"]
 
 REASKS = 10  # rounds of fresh circuits at most (rule 6): two equal exits stay shared 1 in 2**11
 
