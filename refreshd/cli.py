@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from refreshd import audit, config
-from refreshd.core.levels import MAIL_ORIGINS
+from refreshd.core.levels import MAIL_ORIGINS, Dkim
 from refreshd.openpgp.packets import armor
 
 __all__ = ["main"]
@@ -656,7 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
     observe.add_argument("address")
     observe.add_argument("--key", required=True, metavar="FILE", help="armored key ('-': stdin)")
     observe.add_argument("--origin", required=True, choices=ORIGINS)
-    observe.add_argument("--dkim", choices=("pass", "fail", "none"))
+    observe.add_argument("--dkim", choices=tuple(d.value for d in Dkim))
     observe.add_argument("--url", help="the OpenPGP header's url")
 
     used = add("used", "record use of a key (encrypted to it, or signed mail from it)")

@@ -14,13 +14,22 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from refreshd.core.levels import LEVELS, Level, Way
 from refreshd.core.ownaudit import Upload
 
-__all__ = ["Config", "ConfigError", "RefreshConfig", "expand_path", "from_mapping", "load"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "RefreshConfig",
+    "TorMode",
+    "expand_path",
+    "from_mapping",
+    "load",
+]
 # the sources discovery.order may list (its words are the values of levels.Way)
 SOURCES = (Way.NICKNYM, Way.WKD, Way.VKS, Way.HKP, Way.SMTP)
 DEFAULT_ORDER = (Way.NICKNYM, Way.WKD, Way.VKS, Way.HKP)
@@ -79,9 +88,19 @@ class DaemonConfig:
     socket: Path = field(default_factory=lambda: expand_path("$XDG_RUNTIME_DIR/refreshd/socket"))
 
 
+class TorMode(StrEnum):
+    """tor.mode: use the system Tor (system), launch a private one (launch), the system Tor if
+    it answers else a private one (auto), or no Tor at all (off, only with allow_clearnet)."""
+
+    AUTO = "auto"
+    SYSTEM = "system"
+    LAUNCH = "launch"
+    OFF = "off"
+
+
 @dataclass(frozen=True)
 class TorConfig:
-    mode: str = "auto"
+    mode: TorMode = TorMode.AUTO
     socks: str = "127.0.0.1:9050"
     control: str = "unix:/run/tor/control"
     allow_clearnet: bool = False
@@ -203,7 +222,7 @@ class Config:
 _SCHEMA: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
     "daemon": {"state_dir": ("path", ()), "socket": ("path", ())},
     "tor": {
-        "mode": ("choice", ("auto", "system", "launch", "off")),
+        "mode": ("choice", tuple(TorMode)),
         "socks": ("endpoint", ()),
         "control": ("endpoint", ()),
         "allow_clearnet": ("bool", ()),
@@ -314,10 +333,10 @@ def _value(section: str, key: str, kind: str, allowed: tuple[str, ...], raw: Any
             if isinstance(raw, bool) or not isinstance(raw, int) or raw <= 0:
                 raise want("a positive number of bytes")
             return raw
-        case "choice":
+        case "choice":  # the choices are enum members: the one the word names
             if raw not in allowed:
                 raise want("one of " + ", ".join(allowed))
-            return raw
+            return next(m for m in allowed if m == raw)
         case "level":
             if raw not in allowed:
                 raise want("one of " + ", ".join(allowed))
@@ -413,7 +432,7 @@ def from_mapping(data: dict[str, Any], path: Path | None = None) -> Config:
 
 
 def _check_consistency(cfg: Config) -> None:
-    if cfg.tor.mode == "off" and not cfg.tor.allow_clearnet:
+    if cfg.tor.mode is TorMode.OFF and not cfg.tor.allow_clearnet:
         raise ConfigError(
             'tor.mode: "off" sends requests without Tor; it is refused unless '
             "tor.allow_clearnet = true (for tests and diagnostics only)"

@@ -25,7 +25,7 @@ import trio
 from refreshd import __version__, sdnotify
 from refreshd.audit import AuditLog
 from refreshd.clock import utcnow
-from refreshd.config import Config
+from refreshd.config import Config, TorMode
 from refreshd.discovery import Discovery
 from refreshd.door import KeyserverDoor
 from refreshd.feeds import Feeds
@@ -149,7 +149,7 @@ class Daemon:
                 self.fetcher,
                 self.audit,
                 utcnow,
-                None if cfg.tor.mode == "off" else self.tor,
+                None if cfg.tor.mode is TorMode.OFF else self.tor,
             ),
         )
         self.own_audit = OwnAudit(self.own, self.retriever)
@@ -169,7 +169,11 @@ class Daemon:
         )
 
     def tor_status(self) -> dict[str, Any]:
-        return {"mode": self.cfg.tor.mode, "state": self.tor.state.value, "detail": self.tor.detail}
+        return {
+            "mode": self.cfg.tor.mode.value,
+            "state": self.tor.state.value,
+            "detail": self.tor.detail,
+        }
 
     async def serve(self) -> None:
         global _running

@@ -22,7 +22,16 @@ from refreshd.clock import utcnow
 from refreshd.config import Config
 from refreshd.core import autocrypt, levels, providerkeys, rules
 from refreshd.core.levels import Level, Vouched, Way
-from refreshd.core.rules import Candidate, Decision, DecisionKind, LookupState, Rule, Vouch
+from refreshd.core.providerkeys import PinKind
+from refreshd.core.rules import (
+    Candidate,
+    Decision,
+    DecisionKind,
+    LookupState,
+    Rule,
+    UseEvent,
+    Vouch,
+)
 from refreshd.errors import KeyRejected
 from refreshd.net.nicknym import Capability
 from refreshd.openpgp.intake import Intake, Limits, ParsedKey, intake, read_stored
@@ -69,7 +78,7 @@ def usable_endorsers(
     each with its pin; the key manager's provider-endorsement and the own-key audit ask it."""
     found = []
     for pin in pins:
-        if pin.kind != "endorsement":
+        if pin.kind is not PinKind.ENDORSEMENT:
             continue
         try:
             key = read_stored(pin.data, now)
@@ -158,7 +167,7 @@ class KeyManager:
 
     def _endorsement_fingerprints(self, domain: str) -> list[str]:
         pinned = [
-            p.fingerprint for p in self.store.provider_pins(domain) if p.kind == "endorsement"
+            p.fingerprint for p in self.store.provider_pins(domain) if p.kind is PinKind.ENDORSEMENT
         ]
         return [*pinned, *self.provider_config.get(domain, ())]
 
@@ -366,7 +375,7 @@ class KeyManager:
         without the certification means it is gone, even though our merged copy keeps it."""
         domain = address.rpartition("@")[2]
         pins = self.store.provider_pins(domain)
-        if not any(p.kind == "response" for p in pins):
+        if not any(p.kind is PinKind.RESPONSE for p in pins):
             return None
         signers = {
             key.fingerprint.hex().upper(): (key, pin.pinned_at)
@@ -388,7 +397,7 @@ class KeyManager:
     def response_key(self, domain: str) -> bytes | None:
         """The pinned key a provider's nicknym answers must be signed with, if it signs."""
         return next(
-            (p.data for p in self.store.provider_pins(domain) if p.kind == "response"), None
+            (p.data for p in self.store.provider_pins(domain) if p.kind is PinKind.RESPONSE), None
         )
 
     def learn_provider(self, domain: str, capability: Capability) -> None:
@@ -396,7 +405,7 @@ class KeyManager:
         and refusals are audited (provider.key_pinned, provider.key_refused)."""
         now = self.clock()
         pins = self.store.provider_pins(domain)
-        pinned = {p.fingerprint: p for p in pins if p.kind == "endorsement"}
+        pinned = {p.fingerprint: p for p in pins if p.kind is PinKind.ENDORSEMENT}
         configured = self.provider_config.get(domain, frozenset())
         trusted_keys = [
             (primary_key(k.cert), k.view)
@@ -441,7 +450,7 @@ class KeyManager:
                     "provider.key_refused",
                     domain=domain,
                     fingerprint=verdict.fingerprint,
-                    kind="endorsement",
+                    kind=PinKind.ENDORSEMENT.value,
                     reason=verdict.reason,
                 )
                 continue
@@ -451,7 +460,7 @@ class KeyManager:
                 pin = replace(pinned[verdict.fingerprint], data=data)
             else:
                 pin = ProviderPin(
-                    domain, key.fingerprint, "endorsement", data, now, verdict.rule.value
+                    domain, key.fingerprint, PinKind.ENDORSEMENT, data, now, verdict.rule.value
                 )
             with self.store.transaction():
                 self.store.pin_provider_key(pin)
@@ -460,19 +469,24 @@ class KeyManager:
                     "provider.key_pinned",
                     domain=domain,
                     fingerprint=key.fingerprint,
-                    kind="endorsement",
+                    kind=PinKind.ENDORSEMENT.value,
                     how=verdict.rule.value,
                     reason=verdict.reason,
                 )
         if capability.response_key is not None:
             offered_name = "ed25519:" + base64.b64encode(capability.response_key).decode()
-            current = next((p for p in pins if p.kind == "response"), None)
+            current = next((p for p in pins if p.kind is PinKind.RESPONSE), None)
             verdict = providerkeys.review_response_key(
                 domain, current.fingerprint if current else None, offered_name
             )
             if verdict.rule is providerkeys.Rule.FIRST_USE:
                 pin = ProviderPin(
-                    domain, offered_name, "response", capability.response_key, now, "first-use"
+                    domain,
+                    offered_name,
+                    PinKind.RESPONSE,
+                    capability.response_key,
+                    now,
+                    providerkeys.Rule.FIRST_USE.value,
                 )
                 with self.store.transaction():
                     self.store.pin_provider_key(pin)
@@ -480,8 +494,8 @@ class KeyManager:
                     "provider.key_pinned",
                     domain=domain,
                     fingerprint=offered_name,
-                    kind="response",
-                    how="first-use",
+                    kind=PinKind.RESPONSE.value,
+                    how=providerkeys.Rule.FIRST_USE.value,
                     reason=verdict.reason,
                 )
             elif verdict.rule is providerkeys.Rule.REFUSED:
@@ -489,7 +503,7 @@ class KeyManager:
                     "provider.key_refused",
                     domain=domain,
                     fingerprint=offered_name,
-                    kind="response",
+                    kind=PinKind.RESPONSE.value,
                     reason=verdict.reason,
                 )
 
@@ -736,7 +750,7 @@ class KeyManager:
             )
         return self.consider(address, data, found)
 
-    def used(self, address: str, fingerprint: str, event: str) -> bool:
+    def used(self, address: str, fingerprint: str, event: UseEvent) -> bool:
         now = self.clock()
         done = self.store.successfully_used_after(address, fingerprint, event)
         self._decide(
@@ -744,7 +758,7 @@ class KeyManager:
             "key.used",
             address=address,
             fingerprint=fingerprint,
-            event_kind=event,
+            event_kind=event.value,
             successfully_used=done,
         )
         return done

@@ -15,8 +15,8 @@ from typing import Any, Protocol
 from refreshd import __version__
 from refreshd.answers import PreparedAnswers
 from refreshd.core import autocrypt, levels
-from refreshd.core.levels import Way
-from refreshd.core.rules import DecisionKind, LookupState
+from refreshd.core.levels import Dkim, Way
+from refreshd.core.rules import DecisionKind, LookupState, UseEvent
 from refreshd.errors import InvalidRequest, RefreshdError
 from refreshd.keymanager import Found, KeyManager, address_or_none
 from refreshd.rpc import INTERNAL_ERROR, INVALID_PARAMS, Encoded, Param, RpcError, checked
@@ -207,7 +207,7 @@ class Service:
                 "key": Param(str, None),
                 "fingerprint": Param(str, None),
                 "origin": Param(str, choices=levels.MAIL_ORIGINS),
-                "dkim": Param(str, "none", levels.DKIM_VALUES),
+                "dkim": Param(str, Dkim.NONE.value, tuple(Dkim)),
                 "url": Param(str, None),
                 "autocrypt": Param(str, None),
                 "date": Param(str, None),
@@ -230,7 +230,7 @@ class Service:
                 raise RpcError(
                     INVALID_PARAMS, "Invalid params: 'date' must be ISO 8601 or RFC 5322"
                 )
-        level, positive = levels.for_mail(origin, p["dkim"])
+        level, positive = levels.for_mail(origin, Dkim(p["dkim"]))
         found = Found(origin, level, positive, url=p["url"])
         if p["autocrypt"] is not None:
             if origin not in (Way.AUTOCRYPT, Way.GOSSIP):
@@ -275,11 +275,11 @@ class Service:
             {
                 "address": Param(str),
                 "fingerprint": Param(str),
-                "event": Param(str, choices=("sent-encrypted", "received-signed")),
+                "event": Param(str, choices=tuple(UseEvent)),
             },
         )
         done = self.keys.used(
-            address_param(p["address"]), fingerprint_param(p["fingerprint"]), p["event"]
+            address_param(p["address"]), fingerprint_param(p["fingerprint"]), UseEvent(p["event"])
         )
         return {"successfully_used": done}
 

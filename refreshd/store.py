@@ -19,9 +19,15 @@ from typing import Any
 from refreshd.audit import DiskFull
 from refreshd.core import history
 from refreshd.core.levels import Level, Way, recorded_way
-from refreshd.core.rules import Decision, Registration, successfully_used
+from refreshd.core.providerkeys import PinKind
+from refreshd.core.rules import Decision, Registration, UseEvent, successfully_used
 
 __all__ = ["KeyFacts", "ProviderPin", "Source", "Store", "iso"]
+
+USAGE_COLUMN = {
+    UseEvent.SENT_ENCRYPTED: "sent_encrypted",
+    UseEvent.RECEIVED_SIGNED: "received_signed",
+}
 
 SCHEMA_VERSION = 8
 REJECTED_BYTES = 8 << 20  # rejected keys kept (newest first) for `verify` and fingerprint observes
@@ -265,7 +271,7 @@ class ProviderPin:
 
     domain: str
     fingerprint: str  # OpenPGP fingerprint, or "ed25519:<base64>" for the response key
-    kind: str  # endorsement | response
+    kind: PinKind
     data: bytes
     pinned_at: datetime
     how: str  # first-use | configured | forward-signed
@@ -672,7 +678,7 @@ class Store:
         )
 
     # usage ------------------------------------------------------------------------------
-    def successfully_used_after(self, address: str, fingerprint: str, event: str) -> bool:
+    def successfully_used_after(self, address: str, fingerprint: str, event: UseEvent) -> bool:
         """What `record_use` of `event` will make of successfully_used (read before it)."""
         row = self._one(
             "SELECT sent_encrypted, received_signed FROM usage WHERE address=? AND fingerprint=?",
@@ -681,11 +687,11 @@ class Store:
         )
         sent, received = (row[0] is not None, row[1] is not None) if row else (False, False)
         return successfully_used(
-            sent or event == "sent-encrypted", received or event == "received-signed"
+            sent or event is UseEvent.SENT_ENCRYPTED, received or event is UseEvent.RECEIVED_SIGNED
         )
 
-    def record_use(self, address: str, fingerprint: str, event: str, now: datetime) -> bool:
-        column = {"sent-encrypted": "sent_encrypted", "received-signed": "received_signed"}[event]
+    def record_use(self, address: str, fingerprint: str, event: UseEvent, now: datetime) -> bool:
+        column = USAGE_COLUMN[event]
         self.db.execute(
             f"INSERT INTO usage(address, fingerprint, {column}) VALUES (?,?,?) "
             f"ON CONFLICT(address, fingerprint) DO UPDATE SET {column}="
@@ -802,13 +808,15 @@ class Store:
             (domain,),
         ).fetchall()
         return [
-            ProviderPin(r[0], r[1], r[2], bytes(r[3]), datetime.fromisoformat(r[4]), r[5])
+            ProviderPin(r[0], r[1], PinKind(r[2]), bytes(r[3]), datetime.fromisoformat(r[4]), r[5])
             for r in rows
         ]
 
     def all_provider_pins(self) -> list[str]:
         """The fingerprints of every endorsement key pinned for any provider."""
-        rows = self.db.execute("SELECT fingerprint FROM provider_keys WHERE kind = 'endorsement'")
+        rows = self.db.execute(
+            "SELECT fingerprint FROM provider_keys WHERE kind = ?", (PinKind.ENDORSEMENT.value,)
+        )
         return [r[0] for r in rows]
 
     def pin_provider_key(self, pin: ProviderPin) -> None:
@@ -817,7 +825,7 @@ class Store:
             "INSERT INTO provider_keys(domain, fingerprint, kind, data, pinned_at, how) "
             "VALUES (?,?,?,?,?,?) ON CONFLICT(domain, fingerprint) DO UPDATE SET "
             "data=excluded.data",
-            (pin.domain, pin.fingerprint, pin.kind, pin.data, iso(pin.pinned_at), pin.how),
+            (pin.domain, pin.fingerprint, pin.kind.value, pin.data, iso(pin.pinned_at), pin.how),
         )
 
     # engine state -----------------------------------------------------------------------

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from refreshd.audit import AuditLog
 from refreshd.config import Config, DaemonConfig
 from refreshd.core.levels import Level, Way
+from refreshd.core.rules import UseEvent
 from refreshd.keymanager import Found, KeyManager
 from refreshd.openpgp.keyview import read_key
 from refreshd.store import Store
@@ -100,7 +101,7 @@ op = st.one_of(
         st.sampled_from(["v1", "v2", "v3", "transition", "never", "pgpy", "other"]),
         st.integers(0, len(FOUND) - 1),
     ),
-    st.tuples(st.just("use"), st.sampled_from(["sent-encrypted", "received-signed"])),
+    st.tuples(st.just("use"), st.sampled_from([UseEvent.SENT_ENCRYPTED, UseEvent.RECEIVED_SIGNED])),
     st.tuples(st.just("verify"), st.sampled_from(["v1", "pgpy", "transition"])),
     st.tuples(st.just("time"), st.integers(1, 500)),
 )

@@ -13,6 +13,7 @@ import pytest
 from refreshd.audit import AuditLog
 from refreshd.config import Config, DaemonConfig
 from refreshd.core.levels import Level, Way
+from refreshd.core.rules import UseEvent
 from refreshd.keymanager import Found, KeyManager
 from refreshd.openpgp.keyview import read_key
 from refreshd.store import Store
@@ -161,15 +162,15 @@ def test_3_3_revoked_registered_key(km, keys, found, decision):
 
 def test_3_4_never_used_key_gives_way_to_a_higher_level(km, keys):
     register(km, keys.a, HKP)
-    assert km.used(BOB, keys.a_fpr, "sent-encrypted") is False  # one direction is not enough
+    assert km.used(BOB, keys.a_fpr, UseEvent.SENT_ENCRYPTED) is False  # one direction is not enough
     d = km.consider(BOB, keys.p, WKD)
     assert (d.decision, d.rule) == ("replaced", "3.4")
 
 
 def test_3_4_successfully_used_key_stays(km, keys):
     register(km, keys.a, HKP)
-    km.used(BOB, keys.a_fpr, "sent-encrypted")
-    assert km.used(BOB, keys.a_fpr, "received-signed") is True
+    km.used(BOB, keys.a_fpr, UseEvent.SENT_ENCRYPTED)
+    assert km.used(BOB, keys.a_fpr, UseEvent.RECEIVED_SIGNED) is True
     d = km.consider(BOB, keys.p, WKD)
     assert d.decision == "rejected" and "successfully used" in d.reason
     p_equal = km.consider(BOB, keys.p, HKP)
@@ -179,8 +180,8 @@ def test_3_4_successfully_used_key_stays(km, keys):
 def test_3_5_registered_key_without_expiry(km, keys):
     fpr = register(km, keys.rsa, WKD)
     assert km.describe(BOB)["expires"] is None
-    km.used(BOB, fpr, "sent-encrypted")
-    km.used(BOB, fpr, "received-signed")
+    km.used(BOB, fpr, UseEvent.SENT_ENCRYPTED)
+    km.used(BOB, fpr, UseEvent.RECEIVED_SIGNED)
     d = km.consider(BOB, keys.p, HKP)  # lower level, used key: only rule 3.5 fires
     assert (d.decision, d.rule) == ("replaced", "3.5")
 

@@ -16,6 +16,7 @@ import trio
 from refreshd.audit import AuditLog
 from refreshd.config import from_mapping
 from refreshd.core.levels import Way
+from refreshd.core.providerkeys import PinKind
 from refreshd.net.fetch import Fetcher
 from refreshd.openpgp import resign
 from refreshd.openpgp.keyview import read_key
@@ -287,7 +288,7 @@ async def test_an_endorsing_provider_must_endorse_the_own_key(world, tmp_path: P
         pin = ProviderPin(
             "example.org",
             endorser,
-            "endorsement",
+            PinKind.ENDORSEMENT,
             gpg.export(endorser),
             datetime.now(UTC),
             "configured",

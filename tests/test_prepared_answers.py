@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from refreshd.answers import PreparedAnswers
+from refreshd.core.rules import UseEvent
 from refreshd.keymanager import KeyManager
 from refreshd.openpgp.keyview import read_key
 from refreshd.rpc import encode
@@ -30,7 +31,7 @@ op = st.one_of(
         st.sampled_from(KEYS),
         st.integers(0, len(FOUND) - 1),
     ),
-    st.tuples(st.just("use"), st.sampled_from(["sent-encrypted", "received-signed"])),
+    st.tuples(st.just("use"), st.sampled_from([UseEvent.SENT_ENCRYPTED, UseEvent.RECEIVED_SIGNED])),
     st.tuples(st.just("verify"), st.sampled_from(["v1", "pgpy", "transition"])),
     st.tuples(
         st.just("autocrypt"),

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refreshd.core import levels, rules
-from refreshd.core.levels import LEVELS, Level, Vouched, Way
+from refreshd.core.levels import LEVELS, Dkim, Level, Vouched, Way
 from refreshd.core.rules import Candidate, Registration
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -222,8 +222,10 @@ def test_the_ladder_is_ordered_and_named_as_the_spec():
 def test_level_table():
     assert levels.for_source(Way.HKP) == (Level.WEAK_CHAIN, False)
     assert levels.for_source(Way.WKD) == (Level.PROVIDER_TRUST, True)
-    assert levels.for_mail("autocrypt", "none") == (Level.WEAK_CHAIN, True)
-    assert levels.for_mail("attachment", "pass") == (Level.PROVIDER_TRUST, False)
+    assert levels.for_mail(Way.AUTOCRYPT, Dkim.NONE) == (Level.WEAK_CHAIN, True)
+    assert levels.for_mail(Way.ATTACHMENT, Dkim.PASS) == (Level.PROVIDER_TRUST, False)
+    assert levels.for_mail(Way.ATTACHMENT, Dkim.FAIL) == (Level.WEAK_CHAIN, False)
+    assert levels.for_mail(Way.GOSSIP, Dkim.PASS) == (Level.WEAK_CHAIN, False)  # others' keys
     assert levels.standard_header_url(
         "https://openpgpkey.example.org/.well-known/openpgpkey/example.org/hu/x", ADDR
     )

@@ -74,6 +74,14 @@ class Way(StrEnum):
     USER = "user"  # the user verified the fingerprint
 
 
+class Dkim(StrEnum):
+    """What the mail client's DKIM check said of a message (`observe`'s `dkim`)."""
+
+    PASS = "pass"  # a valid signature covering From and the body
+    FAIL = "fail"
+    NONE = "none"
+
+
 class Vouched(StrEnum):
     """What the key manager finds on a key (or in the config) that raises its level."""
 
@@ -85,10 +93,10 @@ class Vouched(StrEnum):
 
 
 __all__ = [
-    "DKIM_VALUES",
     "LEVELS",
     "MAIL_ORIGINS",
     "WAYS",
+    "Dkim",
     "Level",
     "Vouched",
     "Way",
@@ -107,7 +115,6 @@ MAIL_ORIGINS = (
     Way.ATTACHMENT,
     Way.SIGNATURE,
 )
-DKIM_VALUES = ("pass", "fail", "none")
 
 # way of finding a key -> (level, positive indication). Sources a key arrives from through a
 # directory or an import are ways; so are the vouches the key manager finds on a key.
@@ -146,9 +153,9 @@ def for_source(source: Way) -> tuple[Level, bool]:
     return WAYS[source]
 
 
-def for_mail(origin: Way, dkim: str) -> tuple[Level, bool]:
+def for_mail(origin: Way, dkim: Dkim) -> tuple[Level, bool]:
     """Level and positive indication of a key seen in a message."""
-    return MAIL_LEVEL[dkim == "pass" and origin in VOUCHED_BY_DKIM], MAIL_POSITIVE[origin]
+    return MAIL_LEVEL[dkim is Dkim.PASS and origin in VOUCHED_BY_DKIM], MAIL_POSITIVE[origin]
 
 
 def of_recorded_way(source: str, recorded: Level) -> tuple[Way, Level]:

@@ -19,9 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 
-__all__ = ["Offered", "Rule", "review", "review_response_key"]
+__all__ = ["Offered", "PinKind", "Rule", "review", "review_response_key"]
+
+
+class PinKind(StrEnum):
+    """What a key pinned for a provider is for; `.value` is the store's and the audit's word."""
+
+    ENDORSEMENT = "endorsement"  # certifies the provider's users' keys (provider-endorsement)
+    RESPONSE = "response"  # signs the provider's nicknym answers (raw Ed25519)
 
 
 class Rule(Enum):

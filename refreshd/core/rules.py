@@ -65,6 +65,7 @@ __all__ = [
     "LookupState",
     "Registration",
     "Rule",
+    "UseEvent",
     "Vouch",
     "decide",
     "first_contact",
@@ -95,6 +96,13 @@ class LookupState(StrEnum):
     PENDING = "pending"
     UNKNOWN = "unknown"
     CONFLICT = "conflict"
+
+
+class UseEvent(StrEnum):
+    """One direction of rule 5's successful use, as the `used` socket method names it."""
+
+    SENT_ENCRYPTED = "sent-encrypted"
+    RECEIVED_SIGNED = "received-signed"
 
 
 class Rule(StrEnum):

@@ -37,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 import trio
 from socksio import socks5
 
-from refreshd.config import Config
+from refreshd.config import Config, TorMode
 from refreshd.errors import MailError
 from refreshd.net.tor import Endpoint, TorSupervisor
 
@@ -222,7 +222,9 @@ class MailChannel:
         self.imap = parse_door(cfg.mail.imap) if cfg.mail.imap else None
         if cfg.network.ca_file:  # read now: a wrong path stops the start
             self._ssl.load_verify_locations(cafile=cfg.network.ca_file)
-        self._direct = not cfg.mail.via_tor or (cfg.tor.mode == "off" and cfg.tor.allow_clearnet)
+        self._direct = not cfg.mail.via_tor or (
+            cfg.tor.mode is TorMode.OFF and cfg.tor.allow_clearnet
+        )
 
     @functools.cached_property
     def _ssl(self) -> ssl.SSLContext:

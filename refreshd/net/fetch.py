@@ -48,7 +48,7 @@ import httpcore
 import httpx
 import trio
 
-from refreshd.config import Config
+from refreshd.config import Config, TorMode
 from refreshd.errors import FetchFailed, TorUnavailable
 from refreshd.net.tor import Endpoint, TorSupervisor
 
@@ -352,7 +352,7 @@ class Fetcher:
         if cfg.network.ca_file:  # read now: a wrong path stops the start
             self._ssl.load_verify_locations(cafile=cfg.network.ca_file)
         self._connect_to = parse_connect_to(cfg.network.connect_to)
-        self._direct = cfg.tor.mode == "off" and cfg.tor.allow_clearnet
+        self._direct = cfg.tor.mode is TorMode.OFF and cfg.tor.allow_clearnet
 
     @functools.cached_property
     def _ssl(self) -> ssl.SSLContext:

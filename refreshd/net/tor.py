@@ -46,7 +46,7 @@ import stem.process
 import stem.socket
 import trio
 
-from refreshd.config import Config
+from refreshd.config import Config, TorMode
 
 __all__ = ["Endpoint", "TorSupervisor"]
 
@@ -222,7 +222,7 @@ class TorSupervisor:
         self._poll_seconds = poll_seconds
         self._retry_seconds = retry_seconds
         self.status = TorStatus(TorState.OFF, "Tor disabled: direct connections (allow_clearnet)")
-        if self.mode != "off":
+        if self.mode is not TorMode.OFF:
             self.status = TorStatus(TorState.STARTING, "looking for Tor")
         self.socks_endpoint: Endpoint | None = None
         self._controller: stem.control.Controller | None = None
@@ -252,10 +252,13 @@ class TorSupervisor:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self._emit(
-            "tor.state", mode=self.mode, state=self.status.state.value, detail=self.status.detail
+            "tor.state",
+            mode=self.mode.value,
+            state=self.status.state.value,
+            detail=self.status.detail,
         )
         task_status.started()
-        if self.mode == "off":
+        if self.mode is TorMode.OFF:
             await trio.sleep_forever()
         token = trio.lowlevel.current_trio_token()
         misses = 0
@@ -327,13 +330,13 @@ class TorSupervisor:
 
     async def _attach(self, token: trio.lowlevel.TrioToken) -> None:
         problems = []
-        if self.mode == "system" or (self.mode == "auto" and not self._private_alive()):
+        if self.mode is TorMode.SYSTEM or (self.mode is TorMode.AUTO and not self._private_alive()):
             problem = await self._connect(parse_endpoint(self._cfg.tor.control), "system Tor")
             if problem is None:
                 self.socks_endpoint = parse_endpoint(self._cfg.tor.socks)
             else:
                 problems.append(problem)
-        if self._controller is None and self.mode in ("launch", "auto"):
+        if self._controller is None and self.mode in (TorMode.LAUNCH, TorMode.AUTO):
             problem = await self._launch()
             if problem is None:
                 assert self._run_dir is not None
@@ -467,7 +470,9 @@ class TorSupervisor:
         self._progress = advance(self._progress, facts.bootstrap, now) if facts.reachable else None
         status = assess(facts, self._progress, now, self._label)
         if status.state != self.status.state:
-            self._emit("tor.state", mode=self.mode, state=status.state.value, detail=status.detail)
+            self._emit(
+                "tor.state", mode=self.mode.value, state=status.state.value, detail=status.detail
+            )
         if status != self.status:
             self.status = status
             self._changed.set()
