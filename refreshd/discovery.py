@@ -27,15 +27,17 @@ circuit, a bounded number of rounds, while the consensus lists enough exits (rul
 is Tor's, `exit_count`). Agreeing paths give one answer to the rules;
 disagreeing paths register nothing: the conflict is audited as discovery.conflict, `lookup`
 answers `conflict` with what each path saw, and the address is asked again only after
-CONFLICT_HOLD, over fresh circuits.
+CONFLICT_HOLD, over fresh circuits. The hold is kept in the store's state table
+(CONFLICTS_STATE, at most CONFLICTS_KEPT addresses), so a restart does not ask again at once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import trio
 
@@ -51,7 +53,7 @@ from refreshd.net.answers import Outcome
 from refreshd.net.fetch import Redirects, Request
 from refreshd.openpgp.intake import Intake
 from refreshd.retrieve import Got, Retriever
-from refreshd.store import Source, iso
+from refreshd.store import Source, iso, parse_time
 
 __all__ = ["Discovery", "audit_fetch"]
 
@@ -66,6 +68,8 @@ ENDORSER_RETRY = 600.0  # seconds between attempts to fetch an endorser's key we
 # asked over several network paths at first contact
 PROVIDER_DIRECTORIES = frozenset({Way.WKD, Way.NICKNYM})
 CONFLICT_HOLD = 600.0  # seconds before an address whose paths disagreed is asked again
+CONFLICTS_STATE = "discovery_conflicts"  # state table: address -> {reason, until}
+CONFLICTS_KEPT = 1000  # held conflicts remembered at most (the oldest go first)
 SEEN = {
     Outcome.KEY: perspectives.Seen.KEYS,
     Outcome.NOT_FOUND: perspectives.Seen.NOT_FOUND,
@@ -122,7 +126,7 @@ class Discovery:
         self.exit_count = exit_count  # exits in Tor's consensus (TorSupervisor.exit_count)
         self.krp = krp  # the smtp source (mail/retrieval.py), when [mail] is configured
         self._mail_failures: dict[str, str] = {}  # address -> why its last key request failed
-        self._conflicts: dict[str, tuple[str, float]] = {}  # address -> (reason, hold until)
+        self._conflicts = self._held_conflicts()  # address -> (reason, held until)
         self._done: dict[str, trio.Event] = {}
         self._send, self._receive = trio.open_memory_channel[str](QUEUE)
         self._later: dict[str, None] = {}  # in arrival order
@@ -140,10 +144,32 @@ class Discovery:
         held = self._conflicts.get(address)
         if held is None:
             return None
-        if trio.current_time() >= held[1]:
-            del self._conflicts[address]
+        if self.clock() >= held[1]:
+            del self._conflicts[address]  # the store forgets it at the next hold
             return None
         return held[0]
+
+    def _hold(self, address: str, reason: str) -> None:
+        now = self.clock()
+        held = {a: h for a, h in self._conflicts.items() if h[1] > now and a != address}
+        held[address] = (reason, now + timedelta(seconds=CONFLICT_HOLD))
+        while len(held) > CONFLICTS_KEPT:
+            del held[next(iter(held))]
+        self._conflicts = held
+        value = {a: {"reason": r, "until": iso(until)} for a, (r, until) in held.items()}
+        self.keys.store.put_state(CONFLICTS_STATE, json.dumps(value))
+
+    def _held_conflicts(self) -> dict[str, tuple[str, datetime]]:
+        """The holds a previous run left in the store; anything unreadable is dropped."""
+        try:
+            value = json.loads(self.keys.store.get_state(CONFLICTS_STATE) or "{}")
+            return {
+                address: (str(item["reason"]), until)
+                for address, item in dict(value).items()
+                if (until := parse_time(item["until"])) is not None
+            }
+        except (ValueError, TypeError, KeyError):
+            return {}
 
     def request(self, address: str) -> bool:
         """Queue a first contact; False only when even the overflow is full (ask again)."""
@@ -346,7 +372,7 @@ class Discovery:
             reason=comparison.reason,
         )
         if comparison.verdict is perspectives.Verdict.CONFLICT:
-            self._conflicts[address] = (comparison.reason, trio.current_time() + CONFLICT_HOLD)
+            self._hold(address, comparison.reason)
             for gots in answers:
                 for got in gots:
                     audit_fetch(self.audit, "discovery.failed", got, address=address)

@@ -7,7 +7,7 @@ single exit) are checked end to end in tests/test_e2e_perspectives.py."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ import trio
 
 from refreshd.audit import AuditLog
 from refreshd.config import from_mapping
-from refreshd.discovery import Discovery
+from refreshd.discovery import CONFLICT_HOLD, CONFLICTS_STATE, Discovery
 from refreshd.keymanager import KeyManager
 from refreshd.net import wkd
 from refreshd.net.fetch import Fetcher
@@ -175,3 +175,24 @@ async def test_one_perspective_configured_asks_once(world, keys) -> None:
     assert answer["state"] == "registered"
     assert split.count == 1
     assert events(audit, "discovery.perspectives") == []
+
+
+async def test_a_held_conflict_outlives_a_restart_until_the_hold_ends(world, keys) -> None:
+    service, split, _audit, _store = world
+    split.bodies = (keys["a"], keys["b"])
+    answer = await service.lookup({"address": BOB, "wait": 20})
+    assert answer["state"] == "conflict", answer
+    first = service.discovery
+
+    def restarted(at: datetime) -> Discovery:
+        """A new discovery over the same store, as after a daemon restart, its clock at `at`."""
+        return Discovery(first.keys, first.retriever, first.cfg, first.audit, lambda: at)
+
+    now = datetime.now(UTC)
+    assert restarted(now).conflict(BOB) == first.conflict(BOB)
+    assert "disagree" in (restarted(now).conflict(BOB) or "")
+    later = now + timedelta(seconds=CONFLICT_HOLD + 1)
+    assert restarted(later).conflict(BOB) is None
+    # an unreadable saved hold is dropped, not an error
+    first.keys.store.put_state(CONFLICTS_STATE, "not json")
+    assert restarted(now).conflict(BOB) is None
