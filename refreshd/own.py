@@ -242,8 +242,8 @@ class OwnKeys:
             self._session_passphrase = passphrase
         write_private(self.path, armored)
         self.audit.emit("own.imported", fingerprint=key.fingerprint, addresses=list(key.addresses))
-        self.queue_upload()
-        await self.check()
+        await self.check()  # first: an extension it makes is what the one upload sends
+        self.queue_upload()  # (one per mechanism: the extension's, if queued, is this one)
         return self.report()[0]
 
     async def generate(self, address: str, name: str | None) -> dict[str, Any]:

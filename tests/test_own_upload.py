@@ -126,3 +126,29 @@ async def test_an_upload_parses_the_secret_key_once(setup, monkeypatch):
     secret = [b for b in parses if "PRIVATE KEY" in (b if isinstance(b, str) else b.decode())]
     assert len(secret) == 1
     assert len(vks.seen) == 1
+
+
+async def test_importing_a_key_that_needs_extending_uploads_it_once(setup, nursery):
+    """The import queues an upload and its extension queues another: one upload, of the
+    extended key, per mechanism."""
+    from datetime import timedelta
+
+    from refreshd.openpgp import resign
+
+    own, vks, audit = setup
+    await nursery.start(own.run)
+    now = datetime.now(UTC)
+    made = now - timedelta(days=1)  # its self-signature lies in the past: it can be extended
+    expiring = resign.generate(
+        "me@example.net", "Me", now=made, expiry=timedelta(days=3), passphrase=None
+    )
+    await own.import_key(expiring, None)
+    with trio.fail_after(20):
+        for _ in iter(lambda: any(e["event"] == "own.uploaded" for e in events(audit)), True):
+            await trio.sleep(0.05)  # the upload task runs on its own
+    await trio.sleep(1.0)  # room for a second upload, were one queued
+    names = [e["event"] for e in events(audit)]
+    assert names.count("own.extended") == 1
+    assert names.count("own.uploaded") == 1 and len(vks.seen) == 1
+    sent = read_key(vks.seen[0]["keytext"].encode(), now)
+    assert sent.expires is not None and sent.expires > now + timedelta(days=30)
