@@ -22,7 +22,7 @@ from refreshd.core.levels import Level, Way, recorded_way
 from refreshd.core.providerkeys import PinKind
 from refreshd.core.rules import Decision, Registration, UseEvent, successfully_used
 
-__all__ = ["KeyFacts", "ProviderPin", "Source", "Store", "iso"]
+__all__ = ["KeyFacts", "ProviderPin", "Source", "Store", "iso", "parse_time"]
 
 USAGE_COLUMN = {
     UseEvent.SENT_ENCRYPTED: "sent_encrypted",
