@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests import world
+from tests.daemon_proc import Daemon, write_config
 from tests.world import names, procs
 from tests.world.ca import LocalCA
 from tests.world.mail import MailServers
@@ -152,3 +153,12 @@ def config_sections() -> dict[str, list[str]]:
         for f in dataclasses.fields(cfg)
         if dataclasses.is_dataclass(getattr(cfg, f.name))
     }
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    """A refreshd process with the default configuration in tmp_path, stopped afterwards
+    (modules that need another daemon define their own `daemon`)."""
+    d = Daemon(write_config(tmp_path, {}))
+    yield d
+    d.stop()

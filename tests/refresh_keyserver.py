@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from refreshd.openpgp.packets import armor
+from tests.world.threaded import Running
 
 
 @dataclass(frozen=True)
@@ -53,19 +54,16 @@ class KeyServer:
         self.max_in_flight = 0
         self._lock = threading.Lock()
         self._release = threading.Event()
-        self._httpd = _Server(self)
-        self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._running = Running(_Server(self))
+        self.port = self._running.server.server_address[1]
 
     def __enter__(self) -> KeyServer:
-        self._thread.start()
+        self._running.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._release.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(10)
+        self._running.stop(10)
 
     def add(self, fingerprint: str, key: bytes) -> None:
         self.keys[fingerprint.upper()] = key if key.startswith(b"-----") else armor(key).encode()

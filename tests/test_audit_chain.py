@@ -218,76 +218,79 @@ def test_retention_removes_old_files_and_says_so_in_the_chain(tmp_path):
     assert not verify(path).ok
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="needs root to mount a tmpfs")
-def test_a_full_disk_leaves_nothing_half_written_and_the_chain_goes_on(tmp_path):
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs, unmounted after the test."""
     mount = tmp_path / "small"
     mount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=True)
     try:
-        path = mount / "audit.jsonl"
-        log = AuditLog(path)
-        log.emit("daemon.started")
-        filler = mount / "filler"
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-        with contextlib.suppress(OSError):
-            while True:
-                os.write(fd, b"\0" * 4096)
-        os.close(fd)
-        with pytest.raises(DiskFull) as full:
-            for i in range(100):
-                intent = log.intent("key.registered", address=f"a{i}@example.org", pad="x" * 3000)
-                log.commit(intent)
-        assert str(mount) in str(full.value)
-        assert path.read_bytes().endswith(b"\n")  # whole lines only
-        assert verify(path).ok
-        with pytest.raises(DiskFull):  # lines wait: no decision may skip ahead of them
-            log.intent("key.registered", address="late@example.org")
-        log.emit("tor.state", state="ready")  # background lines wait quietly
-        filler.unlink()
-        log.emit("tor.state", state="off")
-        log.close()
-        records = [json.loads(x) for x in lines(path)]
-        assert verify(path).ok and records[-1]["state"] == "off"
-        assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+        yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
+def fill(mount):
+    """Fill the disk at mount to the last block; the file that fills it, to free it again."""
+    filler = mount / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    with contextlib.suppress(OSError):
+        while True:
+            os.write(fd, b"\0" * 4096)
+    os.close(fd)
+    return filler
+
+
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to mount a tmpfs")
-def test_recovery_on_a_full_disk_keeps_the_stores_copy_until_written(tmp_path):
+def test_a_full_disk_leaves_nothing_half_written_and_the_chain_goes_on(small_disk):
+    mount = small_disk
+    path = mount / "audit.jsonl"
+    log = AuditLog(path)
+    log.emit("daemon.started")
+    filler = fill(mount)
+    with pytest.raises(DiskFull) as full:
+        for i in range(100):
+            intent = log.intent("key.registered", address=f"a{i}@example.org", pad="x" * 3000)
+            log.commit(intent)
+    assert str(mount) in str(full.value)
+    assert path.read_bytes().endswith(b"\n")  # whole lines only
+    assert verify(path).ok
+    with pytest.raises(DiskFull):  # lines wait: no decision may skip ahead of them
+        log.intent("key.registered", address="late@example.org")
+    log.emit("tor.state", state="ready")  # background lines wait quietly
+    filler.unlink()
+    log.emit("tor.state", state="off")
+    log.close()
+    records = [json.loads(x) for x in lines(path)]
+    assert verify(path).ok and records[-1]["state"] == "off"
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to mount a tmpfs")
+def test_recovery_on_a_full_disk_keeps_the_stores_copy_until_written(small_disk, tmp_path):
     from refreshd.store import Store
 
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=True)
-    try:
-        path = mount / "audit.jsonl"
-        log, store = AuditLog(path), Store(tmp_path / "db.sqlite3")
-        log.emit("daemon.started")
-        intent = log.intent("key.registered", address="bob@example.org", pad="x" * 9000)
-        with store.transaction():
-            store.put_audit_intent(intent.seq, intent.line, log.written_seq)
-        log.close()  # killed between commit and write
-        filler = mount / "filler"
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-        with contextlib.suppress(OSError):
-            while True:
-                os.write(fd, b"\0" * 4096)
-        os.close(fd)
-        log = AuditLog(path)  # the next start, on a full disk: not fatal
-        assert log.recover(store.audit_intents()) == 1
-        with store.transaction():
-            store.clear_audit_intents(log.written_seq)
-        assert [s for s, _ in store.audit_intents()] == [intent.seq]  # kept: not written yet
-        filler.unlink()
-        log.emit("tor.state", state="ready")
-        with store.transaction():
-            store.clear_audit_intents(log.written_seq)
-        assert store.audit_intents() == []
-        log.close()
-        store.close()
-        records = [json.loads(x) for x in lines(path)]
-        assert [r["event"] for r in records] == ["daemon.started", "key.registered", "tor.state"]
-        assert verify(path).ok
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
+    mount = small_disk
+    path = mount / "audit.jsonl"
+    log, store = AuditLog(path), Store(tmp_path / "db.sqlite3")
+    log.emit("daemon.started")
+    intent = log.intent("key.registered", address="bob@example.org", pad="x" * 9000)
+    with store.transaction():
+        store.put_audit_intent(intent.seq, intent.line, log.written_seq)
+    log.close()  # killed between commit and write
+    filler = fill(mount)
+    log = AuditLog(path)  # the next start, on a full disk: not fatal
+    assert log.recover(store.audit_intents()) == 1
+    with store.transaction():
+        store.clear_audit_intents(log.written_seq)
+    assert [s for s, _ in store.audit_intents()] == [intent.seq]  # kept: not written yet
+    filler.unlink()
+    log.emit("tor.state", state="ready")
+    with store.transaction():
+        store.clear_audit_intents(log.written_seq)
+    assert store.audit_intents() == []
+    log.close()
+    store.close()
+    records = [json.loads(x) for x in lines(path)]
+    assert [r["event"] for r in records] == ["daemon.started", "key.registered", "tor.state"]
+    assert verify(path).ok

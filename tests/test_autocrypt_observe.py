@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import base64
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from tests.daemon_proc import Daemon, RpcFailed, write_config
+from tests.daemon_proc import Daemon, RpcFailed
 from tests.keyfactory import Workshop
 
 BOB = "bob@example.org"
@@ -55,13 +54,6 @@ def keys(tmp_path_factory) -> dict[str, bytes | str]:
         }  # fmt: skip
     finally:
         ws.close()
-
-
-@pytest.fixture
-def daemon(tmp_path: Path):
-    d = Daemon(write_config(tmp_path, {}))
-    yield d
-    d.stop()
 
 
 def observe(d: Daemon, value: str, date: str | None = None, **params: str) -> dict:

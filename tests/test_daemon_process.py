@@ -38,13 +38,6 @@ def keys(tmp_path_factory):
         ws.close()
 
 
-@pytest.fixture
-def daemon(tmp_path):
-    d = Daemon(write_config(tmp_path, {}))
-    yield d
-    d.stop()
-
-
 def test_every_method_over_the_socket(daemon, keys):
     assert stat.S_IMODE(os.stat(daemon.socket).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(daemon.socket.parent).st_mode) == 0o700
@@ -201,23 +194,20 @@ def test_sigterm_stops_quickly_and_removes_the_socket(tmp_path):
 
 
 def test_bad_config_exits_2_naming_the_key(tmp_path):
+    def start() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*REFRESHD, "--config", str(cfg), "run"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": os.getcwd()},
+        )
+
     cfg = write_config(tmp_path, {"refresh": {"period": "7x"}})
-    done = subprocess.run(
-        [*REFRESHD, "--config", str(cfg), "run"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
-    )
+    done = start()
     assert done.returncode == 2 and "refresh.period" in done.stderr
     cfg.write_text(cfg.read_text() + "\n[tor]\nbogus = 1\n")
-    done = subprocess.run(
-        [*REFRESHD, "--config", str(cfg), "run"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
-    )
+    done = start()
     assert done.returncode == 2
 
 

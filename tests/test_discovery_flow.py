@@ -24,6 +24,7 @@ from refreshd.refresher import Refresher
 from refreshd.retrieve import Retriever
 from refreshd.store import Store
 from tests.keyfactory import pgpy_key
+from tests.loop_ticks import Ticks
 from tests.net_servers import Captured, HttpServer, conditional, make_tls, static
 
 BOB = "bob@example.org"
@@ -304,23 +305,15 @@ async def test_a_5000_subkey_key_from_wkd_is_checked_apart_from_the_loop(nursery
     https = await HttpServer({advanced_path(BOB): static(200, big)}, tls=tls.server).start(nursery)
     hkp = await HttpServer({"/": static(404)}).start(nursery)
     world = World(tmp_path, https, hkp, tls.ca_file)
-    ticks = 0
-    done = trio.Event()
-
-    async def tick() -> None:
-        nonlocal ticks
-        while not done.is_set():
-            await trio.sleep(0.01)
-            ticks += 1
-
+    ticks = Ticks()
     try:
-        nursery.start_soon(tick)
+        nursery.start_soon(ticks.run)
         started = trio.current_time()
         d = await world.discovery.discover(BOB)
         took = trio.current_time() - started
-        done.set()
+        ticks.stop()
         assert d is not None and d.fingerprint
-        assert ticks >= min(20, int(took / 0.05)), (ticks, took)
+        assert ticks.count >= min(20, int(took / 0.05)), (ticks.count, took)
     finally:
-        done.set()
+        ticks.stop()
         world.close()

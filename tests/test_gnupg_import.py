@@ -42,14 +42,19 @@ class Listed:
     uids: list[tuple[str, str]]  # (uid validity, uid text)
 
 
-def listing(home: Path) -> dict[str, Listed]:
-    """gpg's view of every key in the keyring."""
-    out = subprocess.run(
-        ["gpg", "--homedir", str(home), "--batch", "--with-colons", "--list-keys"],
+def colons(home: Path, what: str) -> str:
+    """gpg's machine-readable listing (--list-keys, --list-secret-keys) of the keyring."""
+    return subprocess.run(
+        ["gpg", "--homedir", str(home), "--batch", "--with-colons", what],
         capture_output=True,
         check=True,
         timeout=60,
     ).stdout.decode()
+
+
+def listing(home: Path) -> dict[str, Listed]:
+    """gpg's view of every key in the keyring."""
+    out = colons(home, "--list-keys")
     keys: dict[str, Listed] = {}
     current: Listed | None = None
     want_fpr = False
@@ -73,12 +78,7 @@ def stop_agent(home: Path) -> None:
 
 
 def secret_keys(home: Path) -> set[str]:
-    out = subprocess.run(
-        ["gpg", "--homedir", str(home), "--batch", "--with-colons", "--list-secret-keys"],
-        capture_output=True,
-        check=True,
-        timeout=60,
-    ).stdout.decode()
+    out = colons(home, "--list-secret-keys")
     lines = [line.split(":") for line in out.splitlines()]
     return {b[9] for a, b in itertools.pairwise(lines) if a[0] == "sec" and b[0] == "fpr"}
 

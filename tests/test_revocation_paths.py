@@ -15,7 +15,7 @@ from refreshd.core.levels import Level
 from refreshd.openpgp.packets import armor
 from refreshd.refresher import Refresher
 from tests import corpus_oracle
-from tests.daemon_proc import Daemon, write_config
+from tests.daemon_proc import Daemon
 from tests.keyfactory import Workshop, dearmor, new_packet
 from tests.net_servers import HttpServer, conditional, make_tls, static
 from tests.selfsigned import Maker, critical, notation
@@ -53,13 +53,6 @@ def keys(tmp_path_factory):
         }
     finally:
         ws.close()
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    d = Daemon(write_config(tmp_path, {}))
-    yield d
-    d.stop()
 
 
 def observe(daemon: Daemon, key: str, address: str = BOB) -> dict:

@@ -218,7 +218,9 @@ async def test_slow_method_does_not_delay_other_connections(served):
     await slow_stream.aclose()
 
 
-async def test_other_uid_is_refused_and_audited(nursery, tmp_path):
+async def serve_another_uid(nursery, tmp_path) -> tuple[RpcServer, list[tuple[str, dict]], Path]:
+    """A socket whose every client looks like another user: the server, the events it emits,
+    its path."""
     events: list[tuple[str, dict]] = []
     server = RpcServer(
         {"echo": echo},
@@ -227,6 +229,11 @@ async def test_other_uid_is_refused_and_audited(nursery, tmp_path):
     )
     path = tmp_path / "s" / "socket"
     await nursery.start(server.serve, path)
+    return server, events, path
+
+
+async def test_other_uid_is_refused_and_audited(nursery, tmp_path):
+    _, events, path = await serve_another_uid(nursery, tmp_path)
     stream = await trio.open_unix_socket(str(path))
     got = b""
     with contextlib.suppress(trio.BrokenResourceError), trio.fail_after(5):  # closed on us
@@ -330,14 +337,7 @@ async def test_a_newcomer_beyond_the_cap_evicts_the_longest_waiting(nursery, tmp
 
 
 async def test_refusals_of_one_uid_are_audited_once_a_minute(nursery, tmp_path):
-    events: list[tuple[str, dict]] = []
-    server = RpcServer(
-        {"echo": echo},
-        emit=lambda e, **f: events.append((e, f)),
-        peer_uid_of=lambda sock: os.getuid() + 1,
-    )
-    path = tmp_path / "s" / "socket"
-    await nursery.start(server.serve, path)
+    server, events, path = await serve_another_uid(nursery, tmp_path)
     for _ in range(50):
         stream = await trio.open_unix_socket(str(path))
         with trio.fail_after(5):

@@ -20,13 +20,6 @@ from tests.daemon_proc import Daemon, write_config
 BOB = "bob@example.org"
 
 
-@pytest.fixture
-def daemon(tmp_path):
-    d = Daemon(write_config(tmp_path, {}))
-    yield d
-    d.stop()
-
-
 def error_code(daemon: Daemon, line: bytes) -> int:
     reply = daemon.raw(line + b"\n")
     return reply["error"]["code"]

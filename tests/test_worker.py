@@ -18,29 +18,25 @@ from refreshd.openpgp.packets import armor
 from refreshd.worker import Worker
 from tests.daemon_proc import Daemon, write_config
 from tests.keyfactory import many_subkeys, pgpy_key
+from tests.loop_ticks import Ticks
 
 HEAVY = (3, (1 << 200_000) - 1, (1 << 3072) - 159)  # pow() of these runs in C, GIL held
 
 
 async def test_the_loop_ticks_while_a_worker_computes():
     worker = Worker(budget=600)
-    ticks = 0
-    done = trio.Event()
-
-    async def tick() -> None:
-        nonlocal ticks
-        while not done.is_set():
-            await trio.sleep(0.01)
-            ticks += 1
-
+    ticks = Ticks()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(tick)
+        nursery.start_soon(ticks.run)
         started = trio.current_time()
         await worker.run(pow, *HEAVY)
         took = trio.current_time() - started
-        done.set()
+        ticks.stop()
     worker.close()
-    assert ticks >= min(5, int(took / 0.05)), (ticks, took)  # the loop went on meanwhile
+    assert ticks.count >= min(5, int(took / 0.05)), (
+        ticks.count,
+        took,
+    )  # the loop went on meanwhile
 
 
 async def test_a_call_past_its_budget_is_refused_and_the_worker_replaced():

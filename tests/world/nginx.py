@@ -127,7 +127,7 @@ class NginxStartError(RuntimeError):
     """nginx did not come up; the message carries its error log."""
 
 
-class WkdServer:
+class WkdServer(procs.Service):
     """nginx on 127.0.0.1:<free port> (plus optional extra listen addresses); context manager.
 
     `extra_listen` adds (address, port) pairs, port 0 meaning the server's own free port, e.g.
@@ -160,21 +160,7 @@ class WkdServer:
         self._status_queries = 0
         self._proc: procs.Proc | None = None
 
-    def __enter__(self) -> WkdServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     # -- lifecycle --------------------------------------------------------------------------
-
-    def start(self) -> None:
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
 
     def _start(self) -> None:
         self.prefix = Path(tempfile.mkdtemp(prefix="refreshd-nginx-", dir=self._parent))

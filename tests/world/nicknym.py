@@ -31,28 +31,25 @@ forges an unsigned answer or one signed over another message.
 from __future__ import annotations
 
 import base64
-import contextlib
 import email.utils
 import hashlib
 import json
 import re
-import socket
-import ssl
 import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from tests.world.ca import LocalCA
+from tests.world.threaded import Running, TlsHttpServer
 
 CODES = (200, 304, 400, 404, 409, 410, 500, 502, 504)
 _FPR = re.compile(r"[0-9A-F]{40}|[0-9A-F]{64}")
-_HANDSHAKE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -112,8 +109,7 @@ class NicknymServer:
         self._requests: list[NicknymRequest] = []
         self._accepts = 0
         self._tls_failures = 0
-        self._server: _TlsServer | None = None
-        self._thread: threading.Thread | None = None
+        self._running: Running | None = None
         self.port = 0
 
     def __enter__(self) -> NicknymServer:
@@ -125,21 +121,21 @@ class NicknymServer:
 
     def start(self) -> None:
         cert = self._ca.issue([self.host, self.domain])
-        self._server = _TlsServer((self.address, 0), cert.server_context(), self)
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="nicknym", daemon=True
+        server = TlsHttpServer(
+            (self.address, 0),
+            cert.server_context(),
+            _Handler,
+            self,
+            on_handshake=lambda ok: self._count_accept(tls_ok=ok),
         )
-        self._thread.start()
+        self._running = Running(server, name="nicknym")
+        self.port = int(server.server_address[1])
+        self._running.start()
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._running is not None:
+            self._running.stop(timeout=5)
+            self._running = None
 
     # -- URLs and capability files ----------------------------------------------------------
 
@@ -361,11 +357,11 @@ def _http_date(value: str | None) -> float | None:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _TlsServer
+    server: TlsHttpServer
     protocol_version = "HTTP/1.1"
 
     def _serve(self) -> None:
-        nicknym = self.server.nicknym
+        nicknym: NicknymServer = self.server.owner
         headers = {k.lower(): v for k, v in self.headers.items()}
         reply = nicknym.answer(self.command, self.path, headers)
         parsed = urllib.parse.urlsplit(self.path)
@@ -395,32 +391,3 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         """Requests are recorded by the server object, not printed."""
-
-
-class _TlsServer(ThreadingHTTPServer):
-    """Accepts plain TCP, does the TLS handshake in the connection's own thread."""
-
-    daemon_threads = True
-
-    def __init__(
-        self, address: tuple[str, int], context: ssl.SSLContext, nicknym: NicknymServer
-    ) -> None:
-        self.context = context
-        self.nicknym = nicknym
-        super().__init__(address, _Handler)
-
-    def finish_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:  # type: ignore[override]
-        request.settimeout(_HANDSHAKE_TIMEOUT)
-        try:
-            tls = self.context.wrap_socket(request, server_side=True)
-        except (OSError, ssl.SSLError):
-            self.nicknym._count_accept(tls_ok=False)
-            return
-        self.nicknym._count_accept(tls_ok=True)
-        try:
-            self.RequestHandlerClass(tls, client_address, self)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                tls.close()

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 _PR_SET_PDEATHSIG = 1
 _GRACE_SECONDS = 5.0
@@ -54,6 +55,32 @@ class Proc:
 _registry: dict[int, Proc] = {}
 _started_pgids: set[int] = set()
 _lock = threading.Lock()
+
+
+class Service:
+    """A test service: start() (or entering `with`) runs _start(), stop() (or leaving) stops
+    it; a start that fails half-way stops what it got to before the error goes on. stop() must
+    cope with a service started partly or not at all."""
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def _die_with_parent() -> None:

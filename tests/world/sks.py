@@ -28,7 +28,7 @@ class SksStartError(RuntimeError):
     """SKS did not answer in time; the message carries its log."""
 
 
-class SksServer:
+class SksServer(procs.Service):
     """A running `sks db`; context manager, stopped by PID on exit."""
 
     def __init__(self, address: str = "127.0.0.1") -> None:
@@ -37,13 +37,6 @@ class SksServer:
         self.hkp_port = 0
         self._proc: procs.Proc | None = None
         self._tap: Tap | None = None
-
-    def __enter__(self) -> SksServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def direct_url(self) -> str:
@@ -68,13 +61,6 @@ class SksServer:
         if self._tap is None:
             raise RuntimeError("SKS is not started")
         return self._tap.counts()
-
-    def start(self) -> None:
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
 
     def _start(self) -> None:
         # Its own short directory: sks binds a Unix socket below it (paths max ~107 bytes).

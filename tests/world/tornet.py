@@ -55,6 +55,7 @@ from stem.control import Controller, EventType
 from stem.response.events import CircuitEvent, StreamEvent
 
 from tests.world import names, procs
+from tests.world.threaded import Running
 
 TOR = "tor"
 TOR_GENCERT = "tor-gencert"
@@ -658,16 +659,14 @@ class _ProbeServer:
 
     def __init__(self, address: str) -> None:
         self.body = secrets.token_hex(16).encode()
-        self._server = ThreadingHTTPServer((address, 0), _ProbeHandler)
-        self._server.body = self.body  # type: ignore[attr-defined]
-        self.url = f"http://{address}:{self._server.server_address[1]}/probe"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        server = ThreadingHTTPServer((address, 0), _ProbeHandler)
+        server.body = self.body  # type: ignore[attr-defined]
+        self.url = f"http://{address}:{server.server_address[1]}/probe"
+        self._running = Running(server)
 
     def __enter__(self) -> _ProbeServer:
-        self._thread.start()
+        self._running.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        self._running.stop()

@@ -11,24 +11,21 @@ answers uploads as accepted but keeps serving what it had (an upload that never 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import ssl
 import threading
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import unquote
 
 from refreshd.openpgp.keyview import read_key
 from tests.world.ca import LocalCA
+from tests.world.threaded import Running, TlsHttpServer
 
 HOST = "keys.example.net"
-_HANDSHAKE_TIMEOUT = 10.0
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _TlsServer
+    server: TlsHttpServer
 
     def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
         self.send_response(status)
@@ -39,7 +36,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:
-        vks = self.server.vks
+        vks: VksServer = self.server.owner
         prefix = "/vks/v1/by-email/"
         if not self.path.startswith(prefix):
             self._send(404, b'{"error": "not found"}')
@@ -51,7 +48,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, key, "application/pgp-keys")
 
     def do_POST(self) -> None:
-        vks = self.server.vks
+        vks: VksServer = self.server.owner
         length = int(self.headers.get("Content-Length") or 0)
         try:
             text = json.loads(self.rfile.read(length))["keytext"]
@@ -75,29 +72,6 @@ class _Handler(BaseHTTPRequestHandler):
         """Requests are recorded by the server object, not printed."""
 
 
-class _TlsServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], context: ssl.SSLContext, vks: VksServer) -> None:
-        self.context = context
-        self.vks = vks
-        super().__init__(address, _Handler)
-
-    def finish_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:  # type: ignore[override]
-        request.settimeout(_HANDSHAKE_TIMEOUT)
-        try:
-            tls = self.context.wrap_socket(request, server_side=True)
-        except (OSError, ssl.SSLError):
-            return
-        try:
-            self.RequestHandlerClass(tls, client_address, self)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                tls.close()
-
-
 class VksServer:
     """Use as a context manager; `url` is the base refreshd's discovery.vks takes."""
 
@@ -106,16 +80,14 @@ class VksServer:
         self.keys: dict[str, bytes] = {}  # address -> armored key served
         self.uploads: list[str] = []
         self.hold = False
-        self._server = _TlsServer((address, 0), ca.issue([HOST]).server_context(), self)
-        self.port = int(self._server.server_address[1])
+        context = ca.issue([HOST]).server_context()
+        self._running = Running(TlsHttpServer((address, 0), context, _Handler, self))
+        self.port = int(self._running.server.server_address[1])
         self.url = f"https://{HOST}:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def __enter__(self) -> VksServer:
-        self._thread.start()
+        self._running.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        self._running.stop()
