@@ -9,7 +9,9 @@ Rules:
   is served only before the first of those still to come.
 - Only registered answers are kept (the others go on to discovery); none is kept while a
   transaction is open (its writes may be rolled back), and at most `KEPT` at once, so the
-  memory is bounded whatever the clients ask.
+  memory is bounded whatever the clients ask. A committed transaction drops them all at once
+  (the generation would void them at their next use anyway), so a quiet daemon does not
+  hold answers that can no longer be served.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class PreparedAnswers:
         self.keys = keys
         self._generation: tuple[int, int] | None = None
         self._kept: dict[str, _Kept] = {}
+        keys.store.on_commit.append(self._kept.clear)  # void now: free the memory at once
 
     def registered(self, address: str) -> Encoded | None:
         """The encoded `lookup` answer (without the key's bytes) for a registered address,
