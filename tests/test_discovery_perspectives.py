@@ -7,6 +7,7 @@ single exit) are checked end to end in tests/test_e2e_perspectives.py."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import trio
 
 from refreshd.audit import AuditLog
 from refreshd.config import from_mapping
+from refreshd.core.perspectives import REASKS
 from refreshd.discovery import CONFLICT_HOLD, CONFLICTS_STATE, Discovery
 from refreshd.keymanager import KeyManager
 from refreshd.net import wkd
@@ -196,3 +198,64 @@ async def test_a_held_conflict_outlives_a_restart_until_the_hold_ends(world, key
     # an unreadable saved hold is dropped, not an error
     first.keys.store.put_state(CONFLICTS_STATE, "not json")
     assert restarted(now).conflict(BOB) is None
+
+
+class Circuits:
+    """Stands in for Tor's side: each request's answer carries SOCKS credentials of its own (as
+    Tor isolation gives), and `exits` says, request by request, which exit carried it."""
+
+    def __init__(self, retriever, exits: list[str], in_network: int) -> None:
+        self.retriever, self.exits, self.in_network = retriever, exits, in_network
+        self.by_user: dict[str, str] = {}
+
+    async def by_address(self, source, address):
+        gots = await self.retriever.by_address(source, address)
+        user = f"path-{len(self.by_user)}"
+        self.by_user[user] = self.exits[min(len(self.by_user), len(self.exits) - 1)]
+        return [
+            replace(g, answer=replace(g.answer, circuit_credentials=user)) if g.answer else g
+            for g in gots
+        ]
+
+    async def exit_of(self, user: str) -> str | None:
+        return self.by_user.get(user)
+
+    async def exit_count(self) -> int:
+        return self.in_network
+
+
+@pytest.mark.parametrize(
+    ("exits", "in_network", "asked", "shared"),
+    [
+        (["X1", "X1", "X1", "X2"], 2, 4, False),  # the repeating path asked twice more
+        (["X1", "X2"], 2, 2, False),  # distinct at once: asked once
+        (["X1"], 1, 2, True),  # one exit in the network: no point asking again
+        (["X1"], 2, 2 + REASKS, True),  # Tor keeps picking one exit: the rounds end
+    ],
+)
+async def test_a_path_that_repeated_an_exit_is_asked_again_over_fresh_circuits(
+    world, keys, exits, in_network, asked, shared
+) -> None:
+    service, split, audit, store = world
+    split.bodies = (keys["a"],)
+    first = service.discovery
+    tor = Circuits(first.retriever, exits, in_network)
+    discovery = Discovery(
+        first.keys,
+        tor,  # type: ignore[arg-type]
+        first.cfg,
+        first.audit,
+        first.clock,
+        exit_of=tor.exit_of,
+        exit_count=tor.exit_count,
+    )
+
+    decision = await discovery.discover(BOB)
+
+    assert decision is not None and decision.registers
+    assert store.registration(BOB) is not None
+    assert split.count == asked  # requests the WKD server saw
+    [seen] = events(audit, "discovery.perspectives")
+    assert seen["asked_again"] == asked - 2
+    assert seen["shared_exit"] is shared and seen["verdict"] == "agree"
+    assert len(set(seen["exits"])) == (1 if shared else 2)
