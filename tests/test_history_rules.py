@@ -53,6 +53,17 @@ def test_an_old_key_seen_again_and_rejected_is_still_retained() -> None:
     }
 
 
+def test_a_rejected_copy_of_the_registered_key_leaves_it_registered() -> None:
+    d = decision(DecisionKind.REJECTED, OLD, Rule.ADDRESS, source=Way.VKS,
+                 reason="this copy has no user ID for the address")  # fmt: skip
+    changed = after(d, registered_old(), (OLD, registered_old()))
+    assert changed == {
+        OLD: Entry(
+            Status.REGISTERED, Level.WEAK_CHAIN, Way.HKP, "this copy has no user ID for the address"
+        )
+    }
+
+
 def test_an_old_key_the_user_verifies_again_is_registered_again() -> None:
     retired = Entry(Status.RETIRED, Level.WEAK_CHAIN, Way.HKP, "Retired: replaced")
     d = decision(DecisionKind.REPLACED, OLD, Rule.USER_VERIFIED, level=Level.FINGERPRINT,

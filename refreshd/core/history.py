@@ -7,9 +7,10 @@ are never used for sending messages"):
           source it was registered with, and the reason names the replacement. It is no longer
           the address's registration, so it is never used for sending; the keyserver door still
           serves it, so old signatures verify (core/door.py).
-- keep    A retired key seen again and rejected stays retired: a rejected copy does not make a
-          once registered key a stranger. Registered again (the user verified it), it is
-          registered.
+- keep    A retired key seen again and rejected stays retired, and a rejected copy of the
+          registered key (one without the address's user id, SPEC 5.3) leaves it registered: a
+          rejected copy does not make a once registered key a stranger. A retired key registered
+          again (the user verified it) is registered.
 - level   An entry's level and source are those of the decision that last registered the key;
           a rejection records only its reason (a key first seen rejected keeps the level and
           source it was rejected with).
@@ -63,6 +64,8 @@ def after(
     elif decided is None:
         changed[d.fingerprint] = Entry(Status.REJECTED, d.level, d.source, d.reason)
     else:
-        status = Status.RETIRED if decided.status is Status.RETIRED else Status.REJECTED
+        current = registered is not None and registered[0] == d.fingerprint
+        kept = decided.status is Status.RETIRED or (decided.status is Status.REGISTERED and current)
+        status = decided.status if kept else Status.REJECTED
         changed[d.fingerprint] = replace(decided, status=status, reason=d.reason)
     return changed
