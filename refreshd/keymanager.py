@@ -35,7 +35,7 @@ from refreshd.core.rules import (
 from refreshd.errors import KeyRejected
 from refreshd.net.nicknym import Capability
 from refreshd.openpgp.intake import Intake, Limits, ParsedKey, intake, read_stored
-from refreshd.openpgp.keyview import KeyView, certifiers, normalize_address, primary_key
+from refreshd.openpgp.keyview import Flag, KeyView, certifiers, normalize_address, primary_key
 from refreshd.openpgp.merge import merge
 from refreshd.openpgp.packets import Cert, LoneSignatures, PublicKey, armor, signature_issuer
 from refreshd.store import KeyFacts, ProviderPin, Store, iso
@@ -53,8 +53,8 @@ AUDIT_EVENT = {
 
 
 def facts_of(view: KeyView) -> KeyFacts:
-    enc = [s for s in view.subkeys if "encrypt" in s.flags and not s.revoked]
-    if "encrypt" in view.primary.flags:
+    enc = [s for s in view.subkeys if Flag.ENCRYPT in s.flags and not s.revoked]
+    if Flag.ENCRYPT in view.primary.flags:
         enc.append(view.primary)
     if not view.primary.bound:  # no valid binding: nothing of it encrypts (keyview rules)
         enc = []

@@ -33,6 +33,7 @@ from refreshd.config import Config
 from refreshd.core import ownaudit, ownpolicy, schedule
 from refreshd.core.levels import Way
 from refreshd.core.ownaudit import Upload
+from refreshd.core.ownpolicy import Role
 from refreshd.errors import FetchFailed, InvalidRequest, KeyRejected, SourceError
 from refreshd.keymanager import usable_endorsers
 from refreshd.net import hkp, nicknym, vks
@@ -207,7 +208,7 @@ class OwnKeys:
             return [{"fingerprint": None, "problem": f"own key file unreadable: {exc}"}]
         plan = self._plan(key)
         row = self._row(key.fingerprint) or {}
-        primary = next(c for c in key.components if c.role == "primary")
+        primary = next(c for c in key.components if c.role is Role.PRIMARY)
         return [
             {
                 "fingerprint": key.fingerprint,
@@ -217,7 +218,7 @@ class OwnKeys:
                 "components": [
                     {
                         "fingerprint": c.fingerprint,
-                        "role": c.role,
+                        "role": c.role.value,
                         "expires": iso(c.expires),
                         "revoked": c.revoked,
                     }
@@ -619,7 +620,7 @@ class OwnAudit:
         key = await self._own_key()
         if key is None or address not in key.addresses:
             return None
-        primary = next(c for c in key.components if c.role == "primary")
+        primary = next(c for c in key.components if c.role is Role.PRIMARY)
         facts = ownaudit.OwnFacts(key.fingerprint, address, primary.expires)
         observations = [await self._ask(s, address, key) for s in self._sources()]
         row = self.own._row(key.fingerprint) or {}

@@ -1,6 +1,7 @@
 """Domain values are enums, not strings (issue 17): the package never compares a value against
 the word of a source, a vouch, an upload mechanism, a decision kind, a lookup state, a use
-event, a DKIM verdict, a provider pin's kind or a Tor mode outside the module that declares it;
+event, a DKIM verdict, a provider pin's kind, a Tor mode, an own-key component's role or a key's
+capability flag outside the module that declares it;
 a word is read into its member at the edge (config, store, socket params) and compared there.
 
 Being StrEnums, a member equals its word, so `source == "wkd"` would still work and nothing else
@@ -18,8 +19,10 @@ import pytest
 from refreshd.config import TorMode
 from refreshd.core.levels import Dkim, Vouched, Way
 from refreshd.core.ownaudit import Upload
+from refreshd.core.ownpolicy import Role
 from refreshd.core.providerkeys import PinKind
 from refreshd.core.rules import DecisionKind, LookupState, UseEvent
+from refreshd.openpgp.keyview import Flag
 
 PACKAGE = Path(__file__).resolve().parent.parent / "refreshd"
 # the enums whose words must not be compared against, and the module declaring each
@@ -33,6 +36,8 @@ ENUMS: dict[type[StrEnum], str] = {
     LookupState: "core/rules.py",
     UseEvent: "core/rules.py",
     TorMode: "config.py",
+    Role: "core/ownpolicy.py",
+    Flag: "openpgp/keyview.py",
 }
 # the word -> the modules allowed to spell it (its enums' own modules)
 WORDS: dict[str, set[str]] = {}
@@ -97,3 +102,4 @@ def test_the_members_carry_the_specs_words() -> None:
     assert {m.value for m in TorMode} == {"auto", "system", "launch", "off"}
     assert {d.value for d in Dkim} == {"pass", "fail", "none"}
     assert {u.value for u in Upload} == {"vks", "hkp", "wks", "kpp", "nicknym"}
+    assert {f.value for f in Flag} == {"certify", "sign", "encrypt", "auth"}

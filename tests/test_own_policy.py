@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from refreshd.core.ownpolicy import OwnComponent, plan, planned_moment, sig_time, window
+from refreshd.core.ownpolicy import OwnComponent, Role, plan, planned_moment, sig_time, window
 
 DAY = timedelta(days=1)
 EXTEND_BY = timedelta(days=90)
@@ -20,8 +20,8 @@ T0 = datetime(2024, 3, 5, 14, 27, 13, tzinfo=UTC)
 
 def fresh_key(created: datetime = T0) -> list[OwnComponent]:
     return [
-        OwnComponent("P" * 40, "primary", created, created + NEW_KEY),
-        OwnComponent("E" * 40, "encrypt", created, created + NEW_KEY),
+        OwnComponent("P" * 40, Role.PRIMARY, created, created + NEW_KEY),
+        OwnComponent("E" * 40, Role.ENCRYPT, created, created + NEW_KEY),
     ]
 
 
@@ -123,8 +123,8 @@ def test_expired_components_are_extended_at_once_from_today() -> None:
     now = datetime(2025, 1, 20, 9, 30, tzinfo=UTC)
     created = now - timedelta(days=200)
     components = [
-        OwnComponent("P" * 40, "primary", created, now - timedelta(days=10)),
-        OwnComponent("E" * 40, "encrypt", created, now - timedelta(days=10)),
+        OwnComponent("P" * 40, Role.PRIMARY, created, now - timedelta(days=10)),
+        OwnComponent("E" * 40, Role.ENCRYPT, created, now - timedelta(days=10)),
     ]
     decision = plan(
         components,
@@ -141,11 +141,11 @@ def test_expired_components_are_extended_at_once_from_today() -> None:
 
 def test_rotated_out_subkey_is_not_revived_but_a_lone_expired_one_is() -> None:
     now = datetime(2025, 6, 1, tzinfo=UTC)
-    old = OwnComponent("O" * 40, "encrypt", now - 400 * DAY, now - 200 * DAY)
+    old = OwnComponent("O" * 40, Role.ENCRYPT, now - 400 * DAY, now - 200 * DAY)
     components = [
-        OwnComponent("P" * 40, "primary", now - 400 * DAY, now + 30 * DAY),
+        OwnComponent("P" * 40, Role.PRIMARY, now - 400 * DAY, now + 30 * DAY),
         old,
-        OwnComponent("N" * 40, "encrypt", now - 190 * DAY, now + 30 * DAY),
+        OwnComponent("N" * 40, Role.ENCRYPT, now - 190 * DAY, now + 30 * DAY),
     ]
     args = {
         "now": now,
@@ -167,15 +167,15 @@ def test_no_expiry_revoked_and_far_components() -> None:
         "extend_when_left": WHEN_LEFT,
         "previous_signature": now - DAY,
     }
-    never = [OwnComponent("P" * 40, "primary", now - DAY, None)]
+    never = [OwnComponent("P" * 40, Role.PRIMARY, now - DAY, None)]
     assert not plan(never, seed=b"", **args).extend_now
     assert plan(never, seed=b"", **args).planned_at is None
-    revoked = [OwnComponent("P" * 40, "primary", now - DAY, now - DAY, revoked=True)]
+    revoked = [OwnComponent("P" * 40, Role.PRIMARY, now - DAY, now - DAY, revoked=True)]
     assert not plan(revoked, seed=b"", **args).extend_now
     mixed = [
-        OwnComponent("P" * 40, "primary", now - 300 * DAY, now + 400 * DAY),
-        OwnComponent("E" * 40, "encrypt", now - 300 * DAY, now + 5 * DAY),
-        OwnComponent("R" * 40, "encrypt", now - 300 * DAY, now + 5 * DAY, revoked=True),
+        OwnComponent("P" * 40, Role.PRIMARY, now - 300 * DAY, now + 400 * DAY),
+        OwnComponent("E" * 40, Role.ENCRYPT, now - 300 * DAY, now + 5 * DAY),
+        OwnComponent("R" * 40, Role.ENCRYPT, now - 300 * DAY, now + 5 * DAY, revoked=True),
     ]
     decision = plan(mixed, seed=b"", **args)
     assert dict(decision.new_expiries) == {"E" * 40: now + 5 * DAY + EXTEND_BY}
@@ -183,7 +183,7 @@ def test_no_expiry_revoked_and_far_components() -> None:
 
 def test_clock_behind_the_newest_signature_extends_nothing() -> None:
     now = datetime(2025, 6, 1, tzinfo=UTC)
-    components = [OwnComponent("P" * 40, "primary", now - 300 * DAY, now - DAY)]
+    components = [OwnComponent("P" * 40, Role.PRIMARY, now - 300 * DAY, now - DAY)]
     decision = plan(
         components,
         now=now,
@@ -231,8 +231,8 @@ def test_plan_invariants(seed: bytes, when_left: int, by: int, offset: int) -> N
     now = datetime(2030, 1, 1, 12, tzinfo=UTC)
     expires = now + timedelta(seconds=offset)
     components = [
-        OwnComponent("P" * 40, "primary", now - 900 * DAY, expires),
-        OwnComponent("E" * 40, "encrypt", now - 900 * DAY, expires),
+        OwnComponent("P" * 40, Role.PRIMARY, now - 900 * DAY, expires),
+        OwnComponent("E" * 40, Role.ENCRYPT, now - 900 * DAY, expires),
     ]
     decision = plan(
         components,

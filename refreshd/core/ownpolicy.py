@@ -25,16 +25,27 @@ import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 
-__all__ = ["OwnComponent", "Plan", "plan"]
+__all__ = ["OwnComponent", "Plan", "Role", "plan"]
 
 WINDOW_FRACTION = 4  # window = extend_when_left / WINDOW_FRACTION
+
+
+class Role(StrEnum):
+    """What a component of the own key is for; `.value` is the word of the `own` answer."""
+
+    PRIMARY = "primary"
+    ENCRYPT = "encrypt"
+    SIGN = "sign"
+    AUTH = "auth"
+    OTHER = "other"
 
 
 @dataclass(frozen=True)
 class OwnComponent:
     fingerprint: str
-    role: str
+    role: Role
     created: datetime
     expires: datetime | None
     revoked: bool = False
@@ -79,7 +90,7 @@ def taking_part(components: Iterable[OwnComponent], now: datetime) -> list[OwnCo
     latest = {c.role: max(_expiry(o) for o in live if o.role == c.role) for c in live}
 
     def keeps(c: OwnComponent) -> bool:
-        if c.role == "primary" or _expiry(c) > now:
+        if c.role is Role.PRIMARY or _expiry(c) > now:
             return True
         return latest[c.role] <= now and _expiry(c) == latest[c.role]
 
@@ -98,7 +109,7 @@ def plan(
     """Decide whether to extend now, when otherwise, and the new expiry of each component."""
     now = _utc(now)
     components = list(components)
-    primary = next((c for c in components if c.role == "primary"), None)
+    primary = next((c for c in components if c.role is Role.PRIMARY), None)
     if primary is None:
         raise ValueError("the key has no primary component")
     if primary.revoked:

@@ -50,6 +50,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from functools import wraps
 from typing import ParamSpec, TypeVar
 
@@ -90,6 +91,7 @@ __all__ = [
     "SUBKEY_BINDING",
     "SUBKEY_REVOCATION",
     "Component",
+    "Flag",
     "KeyView",
     "SelfSigned",
     "certifiers",
@@ -119,27 +121,39 @@ KNOWN_SUBPACKETS = frozenset(
     {2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 16, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33}
 )
 MAX_RELOCATIONS = 256
+
+
+class Flag(StrEnum):
+    """A capability of a key or subkey (the key-flags subpacket, or what its algorithm can)."""
+
+    CERTIFY = "certify"
+    SIGN = "sign"
+    ENCRYPT = "encrypt"
+    AUTH = "auth"
+
+
 FLAG_BITS = (
-    (0x01, "certify"),
-    (0x02, "sign"),
-    (0x04, "encrypt"),
-    (0x08, "encrypt"),
-    (0x20, "auth"),
+    (0x01, Flag.CERTIFY),
+    (0x02, Flag.SIGN),
+    (0x04, Flag.ENCRYPT),
+    (0x08, Flag.ENCRYPT),
+    (0x20, Flag.AUTH),
 )
-SIGNING = frozenset({"certify", "sign", "auth"})
+SIGNING = frozenset({Flag.CERTIFY, Flag.SIGN, Flag.AUTH})
+ENCRYPTING = frozenset({Flag.ENCRYPT})
 # algorithm -> what it can do at all
 CAPABLE = {
-    1: SIGNING | {"encrypt"},
-    2: frozenset({"encrypt"}),
+    1: SIGNING | ENCRYPTING,
+    2: ENCRYPTING,
     3: SIGNING,
-    16: frozenset({"encrypt"}),
+    16: ENCRYPTING,
     17: SIGNING,
-    18: frozenset({"encrypt"}),
+    18: ENCRYPTING,
     19: SIGNING,
-    20: frozenset({"encrypt"}),
+    20: ENCRYPTING,
     22: SIGNING,
-    25: frozenset({"encrypt"}),
-    26: frozenset({"encrypt"}),
+    25: ENCRYPTING,
+    26: ENCRYPTING,
     27: SIGNING,
     28: SIGNING,
 }
@@ -172,7 +186,7 @@ class Component:
     created: datetime
     expires: datetime | None
     revoked: bool
-    flags: frozenset[str]
+    flags: frozenset[Flag]
     bound: bool = True  # a primary without any valid binding is read but never usable
 
     def live(self, now: datetime) -> bool:
@@ -228,11 +242,11 @@ class KeyView:
     def encryption_subkeys(self, now: datetime) -> tuple[Component, ...]:
         if not self.usable(now):
             return ()
-        return tuple(s for s in self.subkeys if "encrypt" in s.flags and s.live(now))
+        return tuple(s for s in self.subkeys if Flag.ENCRYPT in s.flags and s.live(now))
 
     def can_encrypt(self, now: datetime) -> bool:
         return bool(self.encryption_subkeys(now)) or (
-            self.usable(now) and "encrypt" in self.primary.flags
+            self.usable(now) and Flag.ENCRYPT in self.primary.flags
         )
 
 
@@ -346,7 +360,7 @@ def newest(sigs: Iterable[Signature]) -> Signature | None:
     return best
 
 
-def stated_flags(sig: Signature | None) -> frozenset[str] | None:
+def stated_flags(sig: Signature | None) -> frozenset[Flag] | None:
     """The capabilities a signature's key-flags subpacket states; None when it states none."""
     payload = sig.first(SUB_KEY_FLAGS) if sig else None
     if payload is None:
@@ -375,7 +389,7 @@ def _component(
     key: PublicKey,
     expires: datetime | None,
     revoked: bool,
-    flags: frozenset[str] | None,
+    flags: frozenset[Flag] | None,
     *,
     primary: bool,
     bound: bool = True,
@@ -383,7 +397,7 @@ def _component(
     capable = CAPABLE.get(key.algorithm, frozenset())
     granted = capable if flags is None else flags & capable
     if primary and capable & SIGNING:
-        granted |= {"certify"}
+        granted |= {Flag.CERTIFY}
     if not bound:
         granted = frozenset()
     fpr = key.fingerprint
@@ -541,8 +555,8 @@ def _subkey(bundle: Bundle, primary: PublicKey, at: int) -> _SubkeyFacts | None:
         bodies, primary, context, frozenset({SUBKEY_REVOCATION}), sub.created, at
     )
     flags = stated_flags(binding)
-    if flags is not None and "sign" in flags and not _back_signed(binding, sub, context, at):
-        flags = flags - {"sign"}
+    if flags is not None and Flag.SIGN in flags and not _back_signed(binding, sub, context, at):
+        flags = flags - {Flag.SIGN}
     component = _component(
         sub, _expiry(binding, sub.created), bool(revocations), flags, primary=False
     )

@@ -40,10 +40,11 @@ from pgpy.constants import (
 )
 from pgpy.errors import PGPDecryptionError
 
-from refreshd.core.ownpolicy import OwnComponent
+from refreshd.core.ownpolicy import OwnComponent, Role
 from refreshd.errors import KeyRejected, OwnKeyError
 from refreshd.openpgp.keyview import (
     Component,
+    Flag,
     KeyView,
     SelfSigned,
     hash_preferences,
@@ -251,7 +252,9 @@ def _parse(armored_secret: str | bytes, now: datetime) -> tuple[PGPKey, OwnKey, 
     )
     addresses = tuple(dict.fromkeys(u.address for u in live if u.address))
     components = [
-        OwnComponent(view.fingerprint, "primary", view.primary.created, view.expires, view.revoked),
+        OwnComponent(
+            view.fingerprint, Role.PRIMARY, view.primary.created, view.expires, view.revoked
+        ),
         *(
             OwnComponent(c.fingerprint, _role(c.flags), c.created, c.expires, c.revoked)
             for c in view.subkeys
@@ -291,11 +294,12 @@ def _unlocked(primary: PGPKey, passphrase: str | None) -> Iterator[None]:
         raise Locked("the configured passphrase does not unlock the own key") from exc
 
 
-def _role(flags: frozenset[str]) -> str:
-    for role in ("encrypt", "sign", "auth"):
-        if role in flags:
-            return role
-    return "other"
+# a subkey's role: the first of these flags it has
+ROLE_OF = ((Flag.ENCRYPT, Role.ENCRYPT), (Flag.SIGN, Role.SIGN), (Flag.AUTH, Role.AUTH))
+
+
+def _role(flags: frozenset[Flag]) -> Role:
+    return next((role for flag, role in ROLE_OF if flag in flags), Role.OTHER)
 
 
 def _hash_for(signed: SelfSigned) -> HashAlgorithm:
@@ -363,7 +367,7 @@ class _Resigner:
         sub = next(s for s in key.subkeys.values() if _fpr(s) == component.fingerprint)
         sig = self._successor(binding, expires - component.created)
         flags = stated_flags(binding)
-        if flags is None or "sign" in flags:
+        if flags is None or Flag.SIGN in flags:
             back = PGPSignature.new(
                 SignatureType.PrimaryKey_Binding,
                 sub.key_algorithm,
