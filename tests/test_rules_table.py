@@ -147,6 +147,7 @@ def test_directories_agreeing_is_not_consensus():
 DIRECTORY_WAYS = st.sampled_from([Way.WKD, Way.NICKNYM, Way.VKS, Way.HKP])
 
 
+@settings(deadline=None)  # pure, but a loaded machine can take longer than 200 ms
 @given(st.lists(st.tuples(DIRECTORY_WAYS, st.sampled_from([OLD, NEW])), min_size=1, max_size=8))
 def test_no_sequence_of_directory_answers_rises_above_provider_trust(answers):
     """First contact over any answers, then every further answer as a refresh: the level
@@ -289,7 +290,7 @@ def seed_situations(r: Registration, c: Candidate) -> list[str]:
 near = st.sampled_from([Level(name) for name in SEED_LEVELS[:3]])
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 @given(
     st.one_of(registrations, st.builds(replace, registrations, level=near)),
     st.one_of(candidates, st.builds(replace, candidates, level=near, fingerprint=st.just(NEW))),
