@@ -186,7 +186,9 @@ def test_sigterm_stops_quickly_and_removes_the_socket(tmp_path):
     d = Daemon(write_config(tmp_path, {}))
     assert d.socket.exists()
     took = d.stop()
-    assert took < 2.0, took
+    # quickly: without waiting out a network timeout (30 s) or systemd's stop timeout (90 s);
+    # the margin is for a loaded machine, not a speed target (those are in bench/)
+    assert took < 15.0, took
     assert d.proc.returncode == 0
     assert not d.socket.exists()
     result = d.cli("status")
