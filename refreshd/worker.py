@@ -40,20 +40,21 @@ _CONTEXT.set_forkserver_preload(["refreshd.openpgp.intake"])
 
 
 def _serve(conn: Connection) -> None:
-    """The worker process: run each (function, arguments) sent, answer the outcome."""
+    """The worker process: run each (function, arguments) sent, answer the outcome: (False,
+    the value) or (True, the exception raised)."""
     while True:
         try:
             fn, args = conn.recv()
         except (EOFError, OSError):
             return
         try:
-            outcome: tuple[str, Any] = ("ok", fn(*args))
+            outcome: tuple[bool, Any] = (False, fn(*args))
         except Exception as exc:
-            outcome = ("raise", exc)
+            outcome = (True, exc)
         try:
             conn.send(outcome)
         except Exception as exc:  # a value or an error that does not pickle
-            conn.send(("raise", RuntimeError(f"{type(exc).__name__}: {exc}")))
+            conn.send((True, RuntimeError(f"{type(exc).__name__}: {exc}")))
 
 
 @dataclass
@@ -81,20 +82,20 @@ class Worker:
             worker = self._idle.pop() if self._idle else await trio.to_thread.run_sync(_start)
             done = False
             try:
-                kind, value = await self._call(worker, fn, args)
+                raised, value = await self._call(worker, fn, args)
                 done = True
             finally:
                 if done:
                     self._idle.append(worker)
                 else:  # overran, died, or the caller was cancelled: its state is unknown
                     await trio.to_thread.run_sync(worker.kill)
-        if kind == "raise":
+        if raised:
             raise value
         return value  # type: ignore[no-any-return]
 
     async def _call(
         self, worker: _Process, fn: Callable[..., Any], args: tuple[Any, ...]
-    ) -> tuple[str, Any]:
+    ) -> tuple[bool, Any]:
         try:
             await trio.to_thread.run_sync(worker.conn.send, (fn, args))
             with trio.move_on_after(self.budget) as budget:
@@ -104,7 +105,7 @@ class Worker:
                     f"checking the key took longer than {self.budget:g} s, the time budget "
                     "for one key (a huge RSA exponent, or thousands of subkeys or user ids)"
                 )
-            outcome: tuple[str, Any] = await trio.to_thread.run_sync(worker.conn.recv)
+            outcome: tuple[bool, Any] = await trio.to_thread.run_sync(worker.conn.recv)
             return outcome
         except (EOFError, OSError):
             raise KeyRejected(

@@ -28,6 +28,7 @@ import trio
 from refreshd import wks
 from refreshd.audit import AuditLog
 from refreshd.config import Config
+from refreshd.core.ownaudit import Upload
 from refreshd.errors import FetchFailed, MailError, SourceError
 from refreshd.mail import keyproto
 from refreshd.mail.exchange import MailExchange, Outcome, Verdict
@@ -75,9 +76,13 @@ class MailPublisher:
         self.audit = audit
         self.clock = clock
 
-    def _audit(self, mechanism: str, fingerprint: str, address: str, **fields: object) -> None:
+    def _audit(self, mechanism: Upload, fingerprint: str, address: str, **fields: object) -> None:
         self.audit.emit(
-            "own.uploaded", fingerprint=fingerprint, mechanism=mechanism, address=address, **fields
+            "own.uploaded",
+            fingerprint=fingerprint,
+            mechanism=mechanism.value,
+            address=address,
+            **fields,
         )
 
     async def _tor_ready(self) -> None:
@@ -102,7 +107,12 @@ class MailPublisher:
                 await self._wks_one(armored_secret, passphrase, public, view, address)
             except _StageFailed as exc:
                 self._audit(
-                    "wks", view.fingerprint, address, ok=False, stage=exc.stage, reason=exc.reason
+                    Upload.WKS,
+                    view.fingerprint,
+                    address,
+                    ok=False,
+                    stage=exc.stage,
+                    reason=exc.reason,
                 )
                 reasons.append(f"{address}: {exc.reason}")
         return not reasons, "; ".join(reasons)
@@ -134,7 +144,7 @@ class MailPublisher:
             await self.exchange.send("wks", mail, address, submission_to)
         except (wks.WksError, MailError) as exc:
             raise _StageFailed("submitted", _reason(exc)) from exc
-        self._audit("wks", fingerprint, address, ok=True, stage="submitted", to=submission_to)
+        self._audit(Upload.WKS, fingerprint, address, ok=True, stage="submitted", to=submission_to)
         unseal = wks.unsealer(armored_secret, passphrase)
 
         async def confirm(answer: Incoming) -> Outcome:
@@ -163,7 +173,7 @@ class MailPublisher:
         )
         if outcome.verdict is not Verdict.DONE:
             raise _StageFailed("confirmed", outcome.reason)
-        self._audit("wks", fingerprint, address, ok=True, stage="confirmed")
+        self._audit(Upload.WKS, fingerprint, address, ok=True, stage="confirmed")
         await self._published(view, address)
 
     async def _submission_address(self, domain: str) -> str:
@@ -231,7 +241,7 @@ class MailPublisher:
                 reason = f"WKD still serves the expiry {served.primary.expires}"
             else:
                 self._audit(
-                    "wks",
+                    Upload.WKS,
                     view.fingerprint,
                     address,
                     ok=True,
@@ -263,9 +273,11 @@ class MailPublisher:
             )
             await self.exchange.send("kpp", mail, address, sent.peer)
         except MailError as exc:
-            self._audit("kpp", fingerprint, address, ok=False, stage="submitted", reason=exc.reason)
+            self._audit(
+                Upload.KPP, fingerprint, address, ok=False, stage="submitted", reason=exc.reason
+            )
             return exc.reason
-        self._audit("kpp", fingerprint, address, ok=True, stage="submitted", to=sent.peer)
+        self._audit(Upload.KPP, fingerprint, address, ok=True, stage="submitted", to=sent.peer)
 
         async def confirm(answer: Incoming) -> Outcome:
             try:
@@ -278,10 +290,10 @@ class MailPublisher:
         outcome = await self.exchange.answer("kpp", terms, confirm, self.cfg.mail.answer_timeout)
         if outcome.verdict is not Verdict.DONE:
             self._audit(
-                "kpp", fingerprint, address, ok=False, stage="confirmed", reason=outcome.reason
+                Upload.KPP, fingerprint, address, ok=False, stage="confirmed", reason=outcome.reason
             )
             return outcome.reason
-        self._audit("kpp", fingerprint, address, ok=True, stage="confirmed")
+        self._audit(Upload.KPP, fingerprint, address, ok=True, stage="confirmed")
         return ""
 
 
