@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e_support import Scene, running_scene
+from tests.e2e_support import Scene, running_scene, wait_for
 from tests.world import missing_binaries, names, netns
 from tests.world.ca import LocalCA
 from tests.world.nginx import WkdServer, wkd_path
@@ -116,14 +116,20 @@ def first_contact(
     return answer, seen, carried
 
 
-def served_to(wkd: WkdServer, address: str) -> dict[str, set[int]]:
-    """Connecting address -> statuses nginx gave for the address's advanced WKD URL."""
+def served_to(wkd: WkdServer, address: str, peers: int = 2) -> dict[str, set[int]]:
+    """Connecting address -> statuses nginx gave for the address's advanced WKD URL, once
+    `peers` addresses are in its log (nginx logs a request after answering it)."""
     _host, path = wkd_path(address, "advanced")
-    answers: dict[str, set[int]] = {}
-    for entry in wkd.access_log():
-        if entry.uri.split("?")[0] == path:
-            answers.setdefault(entry.peer, set()).add(entry.status)
-    return answers
+
+    def logged() -> dict[str, set[int]] | None:
+        answers: dict[str, set[int]] = {}
+        for entry in wkd.access_log():
+            if entry.uri.split("?")[0] == path:
+                answers.setdefault(entry.peer, set()).add(entry.status)
+        return answers if len(answers) >= peers else None
+
+    found: dict[str, set[int]] = wait_for(logged, 10, f"{peers} addresses in nginx's log")
+    return found
 
 
 def test_a_provider_serving_each_exit_its_own_key_is_a_conflict(
