@@ -169,6 +169,15 @@ def _invalid_structure(msg: Any) -> str | None:
 SURROGATE = "a string holds a lone surrogate (not Unicode text)"
 
 
+def _plainly_valid(line: bytes) -> bool:
+    """True when the line cannot hold what `_invalid_structure` looks for, from three scans of
+    its bytes: ASCII without a \\u escape has no lone surrogate, and nesting deeper than
+    MAX_DEPTH needs more opening brackets than that."""
+    return (
+        line.isascii() and b"\\u" not in line and line.count(b"{") + line.count(b"[") <= MAX_DEPTH
+    )
+
+
 def _lone_surrogate(text: str) -> str | None:
     return SURROGATE if not text.isascii() and _SURROGATE.search(text) else None
 
@@ -183,7 +192,7 @@ def parse_request(line: bytes) -> Request | dict[str, Any]:
         return error(None, PARSE_ERROR, f"Parse error: not UTF-8 at byte {exc.start}")
     except ValueError as exc:  # JSONDecodeError, _Refused, int() limits
         return error(None, PARSE_ERROR, f"Parse error: {exc}"[:200])
-    why = _invalid_structure(msg)
+    why = None if _plainly_valid(line) else _invalid_structure(msg)
     if why is not None:
         return error(None, INVALID_REQUEST, f"Invalid request: {why}")
     if not isinstance(msg, dict):
