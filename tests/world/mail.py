@@ -62,7 +62,7 @@ class Listed:
     message_id: str
 
 
-class MailServers:
+class MailServers(procs.Service):
     """The provider; a context manager. `users` maps address -> password."""
 
     def __init__(
@@ -87,18 +87,7 @@ class MailServers:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def __enter__(self) -> MailServers:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> None:
+    def _start(self) -> None:
         # Short and traversable: Dovecot's socket paths must fit in 108 bytes.
         self.root = Path(tempfile.mkdtemp(prefix="rdm-", dir="/tmp"))
         self.root.chmod(0o755)

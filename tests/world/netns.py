@@ -36,6 +36,8 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from tests.world import procs
+
 __all__ = ["Enclave", "EnclaveRefused", "refused"]
 
 IP = "ip"
@@ -97,7 +99,7 @@ def _pick(net: str, count: int, taken: set[str]) -> list[str]:
     return random.SystemRandom().sample(free, count)
 
 
-class Enclave:
+class Enclave(procs.Service):
     """The namespace with `server` inside and `sources` on this side; a context manager.
 
     `exec_prefix` runs a command inside the namespace (e.g. nginx listening on `server`).
@@ -118,18 +120,7 @@ class Enclave:
     def exec_prefix(self) -> Sequence[str]:
         return (IP, "netns", "exec", self.name)
 
-    def __enter__(self) -> Enclave:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> None:
+    def _start(self) -> None:
         _sweep()
         taken = _in_use()
         self.server = _pick(SERVER_NET, 1, taken)[0]
