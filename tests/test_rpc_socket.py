@@ -255,16 +255,25 @@ def test_real_peer_credentials_are_the_callers():
     b.close()
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="needs root to switch uid")
-async def test_subprocess_of_another_uid_is_refused(nursery):
+async def _open_to_other_uids(
+    nursery: trio.Nursery,
+) -> tuple[RpcServer, Path, list[tuple[str, dict]]]:
+    """An echo server whose socket file any user can reach, so that another uid is refused by
+    its peer credentials rather than by the file's mode; its audit events are collected."""
     events: list[tuple[str, dict]] = []
     server = RpcServer({"echo": echo}, emit=lambda e, **f: events.append((e, f)))
     top = Path(tempfile.mkdtemp(prefix="refreshd-uid-"))
     os.chmod(top, 0o755)
     path = top / "s" / "socket"
     await nursery.start(server.serve, path)
-    os.chmod(path.parent, 0o755)  # let the other user reach the socket to be refused by uid
+    os.chmod(path.parent, 0o755)
     os.chmod(path, 0o666)
+    return server, path, events
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to switch uid")
+async def test_subprocess_of_another_uid_is_refused(nursery):
+    _server, path, events = await _open_to_other_uids(nursery)
     code = textwrap.dedent("""
         import os, socket, sys
         os.setgid(65534)
@@ -356,14 +365,7 @@ def test_connection_cap_keeps_fds_for_the_daemon():
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to switch uid")
 async def test_a_flood_of_another_uids_connections_is_one_audit_line(nursery):
-    events: list[tuple[str, dict]] = []
-    server = RpcServer({"echo": echo}, emit=lambda e, **f: events.append((e, f)))
-    top = Path(tempfile.mkdtemp(prefix="refreshd-uid-"))
-    os.chmod(top, 0o755)
-    path = top / "s" / "socket"
-    await nursery.start(server.serve, path)
-    os.chmod(path.parent, 0o755)
-    os.chmod(path, 0o666)
+    server, path, events = await _open_to_other_uids(nursery)
     code = textwrap.dedent("""
         import os, socket, sys
         os.setgid(65534)
