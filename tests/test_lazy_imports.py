@@ -7,22 +7,18 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 
-def test_the_daemon_modules_load_without_pgpy() -> None:
+# the package and why it waits: pgpy only for an own key or a mail to decrypt, apscheduler
+# (the periodic jobs) only once the daemon is READY
+DEFERRED = ("pgpy", "apscheduler")
+
+
+@pytest.mark.parametrize("package", DEFERRED)
+def test_the_daemon_and_cli_load_without(package: str) -> None:
     code = (
         "import sys, refreshd.daemon, refreshd.cli; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pgpy'))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert out.stdout.strip() == "[]"
-
-
-def test_the_periodic_jobs_scheduler_is_imported_after_ready() -> None:
-    code = (
-        "import sys, refreshd.daemon, refreshd.cli; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'apscheduler'))"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] == {package!r}))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
