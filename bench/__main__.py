@@ -173,13 +173,10 @@ def run_cases(selected: list[str], quick: bool) -> list[dict[str, Any]]:
                 world = stack.enter_context(World(tmp, with_tor=True))
             return world
 
-        def tor_ports() -> dict[str, str]:
+        def tor_section() -> dict[str, str]:
             tor = tor_world().tor
             assert tor is not None
-            return {
-                "socks": f"127.0.0.1:{tor.socks_port}",
-                "control": f"127.0.0.1:{tor.control_port}",
-            }
+            return tor.daemon_config()
 
         cases: dict[str, Callable[[], dict[str, Any]]] = {
             "wire": lambda: wire.run(quick),
@@ -191,7 +188,7 @@ def run_cases(selected: list[str], quick: bool) -> list[dict[str, Any]]:
             "startup": lambda: startup.run(pop, quick),
             "staleness": lambda: staleness_case(quick),
             "scale": lambda: scale.run(quick),
-            "idle": lambda: idle.run(pop, tor_ports(), quick),
+            "idle": lambda: idle.run(pop, tor_section(), quick),
             "tor": lambda: tor_refresh.run(tor_world(), quick),
             "perspectives": lambda: perspectives.run(tor_world(), quick),
             "hostile": lambda: hostile.run(quick),

@@ -75,7 +75,7 @@ def _refreshd(
     population: pop.Population, root: Path, tor: dict[str, str] | None, seconds: float, slices: int
 ) -> dict[str, Any]:
     pop.copy_state(population, root)
-    sections: dict[str, dict[str, Any]] = {"tor": {"mode": "system", **tor}} if tor else {}
+    sections: dict[str, dict[str, Any]] = {"tor": tor} if tor else {}
     daemon = Daemon(write_config(root, sections))
     try:
         deadline = time.monotonic() + 60

@@ -73,11 +73,7 @@ def run(world: World, quick: bool = False) -> dict[str, Any]:
             engines[paths] = engine(
                 root / f"state{paths}",
                 {
-                    "tor": {
-                        "mode": "system",
-                        "socks": f"127.0.0.1:{tor.socks_port}",
-                        "control": f"127.0.0.1:{tor.control_port}",
-                    },
+                    "tor": tor.daemon_config(),
                     "network": {"ca_file": str(world.ca.ca_file), "timeout": "60s"},
                     "discovery": {"order": ["wkd"], "vks": [], "hkp": []},
                     "validation": {"perspectives": paths},

@@ -35,11 +35,7 @@ def daemon_sections(tor: TorNetwork, ca: LocalCA, sks: SksServer) -> dict[str, d
     network's client Tor, the world's CA, SKS under its mapped test name, fast refreshes on
     request but a long cycle so that background refreshes stay rare, own key uploads to SKS."""
     return {
-        "tor": {
-            "mode": "system",
-            "socks": f"127.0.0.1:{tor.socks_port}",
-            "control": f"127.0.0.1:{tor.control_port}",
-        },
+        "tor": tor.daemon_config(),
         "network": {"ca_file": str(ca.ca_file), "timeout": "30s"},
         "refresh": {"period": "1h", "minimum_lapse": "1s"},
         "discovery": {

@@ -87,11 +87,7 @@ def mail_daemon(
         secret.write_text(mail_servers.users[user] + "\n")
         login = user.replace("@", "%40")
         sections = {
-            "tor": {
-                "mode": "system",
-                "socks": f"127.0.0.1:{tor_network.socks_port}",
-                "control": f"127.0.0.1:{tor_network.control_port}",
-            },
+            "tor": tor_network.daemon_config(),
             "network": {"ca_file": str(test_ca.ca_file), "timeout": "30s"},
             "discovery": {"order": ["wkd"], "vks": [], "hkp": [], **(discovery or {})},
             "own": {"upload": upload, **own},

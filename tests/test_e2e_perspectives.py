@@ -74,11 +74,7 @@ def scene(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Scene]:
     sections = {
-        "tor": {
-            "mode": "system",
-            "socks": f"127.0.0.1:{two_exits.socks_port}",
-            "control": f"127.0.0.1:{two_exits.control_port}",
-        },
+        "tor": two_exits.daemon_config(),
         "network": {"ca_file": str(test_ca.ca_file), "timeout": "30s"},
         "refresh": {"period": "1h", "minimum_lapse": "1s"},
         "discovery": {"order": ["wkd"]},

@@ -287,6 +287,14 @@ class TorNetwork:
         """Addresses an exit may connect to: the exits', 127.0.0.1, every mapping target."""
         return tuple(sorted({*self.exit_node_addresses, "127.0.0.1", *self.mapping.values()}))
 
+    def daemon_config(self) -> dict[str, str]:
+        """refreshd's `[tor]` section for this network: its client Tor, used as a system Tor."""
+        return {
+            "mode": "system",
+            "socks": f"127.0.0.1:{self.socks_port}",
+            "control": f"127.0.0.1:{self.control_port}",
+        }
+
     def socks_url(self, username: str, password: str) -> str:
         """A proxy URL for httpx: Tor resolves the name (socks5h), credentials isolate."""
         return f"socks5h://{username}:{password}@127.0.0.1:{self.socks_port}"
