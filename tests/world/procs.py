@@ -10,6 +10,7 @@ When started from the main thread, the child also gets SIGTERM if Python dies un
 
 from __future__ import annotations
 
+import abc
 import atexit
 import contextlib
 import ctypes
@@ -57,16 +58,16 @@ _started_pgids: set[int] = set()
 _lock = threading.Lock()
 
 
-class Service:
+class Service(abc.ABC):
     """A test service: start() (or entering `with`) runs _start(), stop() (or leaving) stops
     it; a start that fails half-way stops what it got to before the error goes on. stop() must
     cope with a service started partly or not at all."""
 
-    def _start(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _start(self) -> None: ...
 
-    def stop(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def stop(self) -> None: ...
 
     def start(self) -> None:
         try:
