@@ -305,8 +305,10 @@ async def test_burst_of_syncs_beside_user_gpg(tmp_path: Path, rigs: Callable[...
         assert again.returncode == 0, again.stderr
         keys_total = len(homes.keys) + 1
         for code, err, count in zip(readers.codes, readers.errors, readers.counts, strict=True):
-            if code:  # only ever gpg's own race, never a lock error or a broken file
-                assert code == 2 and GNUPG_RACE.search(err) and count == 0, err
+            if code:  # only ever gpg's own race, never a lock error or a broken file:
+                # the race hits either the listing (nothing listed) or the trustdb check
+                # that runs ahead of it (the whole listing follows); never half a keyring
+                assert code == 2 and GNUPG_RACE.search(err) and count in (0, keys_total), err
             else:
                 assert count == keys_total, err
         window = sum(map(bool, readers.codes))
