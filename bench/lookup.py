@@ -8,6 +8,12 @@ for the answer line, and again, for a fixed time; latency is measured around eac
 All clients start at the same moment. Lookups/s is all answers over the time from that moment
 to the last answer. Daemon CPU per lookup is the daemon process's utime + stime (every thread)
 over a run, divided by the lookups it answered.
+
+The peer is the instrument's floor, measured in the same run with the same clients: a trio
+server that answers every line with one constant `registered` answer (no parsing, no store,
+no Python beyond the wait, the read and the write). It shows what the 32 client processes and
+the machine allow at that moment: on a 2-core machine the clients compete with the server
+for the cores, so the floor's p99 is far above its own cost per request.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import trio
+import trio.lowlevel
+
 from bench.idle import sample
 from bench.population import Population, copy_state
 from bench.report import Row, spread
@@ -32,6 +41,7 @@ CLIENTS = 32
 # issue 16's table (the same case before the socket was reworked), 1k / 10k / 100k keys
 BEFORE_CPU = "0.16 / 0.15 / 0.19 ms at 1k / 10k / 100k keys"
 BEFORE_P99 = "13 / 15 / 16 ms at 1k / 10k / 100k keys"
+FLOOR = "floor server, same clients"
 
 
 def _client(
@@ -59,6 +69,67 @@ def _client(
             if b'"state":"registered"' not in answer.replace(b" ", b""):
                 errors += 1
     out.put({"latencies": latencies, "errors": errors, "finished": time.monotonic()})
+
+
+FLOOR_ANSWER = (
+    b'{"jsonrpc":"2.0","id":1,"result":{"address":"floor@example.org","state":"registered",'
+    b'"fingerprint":"' + b"0" * 40 + b'"}}\n'
+)
+
+
+def _floor_server(path: str, ready: Any) -> None:
+    async def conversation(sock: socket.socket) -> None:
+        with sock:
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                try:
+                    data = sock.recv(16384)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    return
+                sock.sendall(FLOOR_ANSWER * data.count(b"\n"))
+
+    async def main() -> None:
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(path)
+        listener.listen(4096)
+        listener.setblocking(False)
+        ready.set()
+        async with trio.open_nursery() as nursery:
+            while True:
+                await trio.lowlevel.wait_readable(listener)
+                sock, _ = listener.accept()
+                sock.setblocking(False)
+                nursery.start_soon(conversation, sock)
+
+    trio.run(main)
+
+
+def floor(addresses: list[str], seconds: float, repeats: int) -> list[dict[str, Any]]:
+    """The floor server's runs, as `load` returns them (cpu_per_lookup included)."""
+    ctx = multiprocessing.get_context("fork")
+    root = Path(tempfile.mkdtemp(prefix="refreshd-bench-floor-"))
+    path = root / "socket"
+    ready = ctx.Event()
+    server = ctx.Process(target=_floor_server, args=(str(path), ready), daemon=True)
+    server.start()
+    try:
+        if not ready.wait(30):
+            raise RuntimeError("the floor server did not start")
+        load(path, addresses, 2, 0.5)
+        runs = []
+        for _ in range(repeats):
+            assert server.pid is not None
+            before = sample(server.pid)["cpu"]
+            run = load(path, addresses, CLIENTS, seconds)
+            run["cpu_per_lookup"] = (sample(server.pid)["cpu"] - before) / run["lookups"]
+            runs.append(run)
+        return runs
+    finally:
+        server.kill()
+        server.join(10)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def load(path: Path, addresses: list[str], clients: int, seconds: float) -> dict[str, Any]:
@@ -110,17 +181,23 @@ def run(population: Population, quick: bool = False, repeats: int = 3) -> dict[s
             daemon.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    floors = floor(population.addresses, seconds, repeats)
     n = len(population.addresses)
-    p50, p99 = spread(r["p50"] for r in runs), spread(r["p99"] for r in runs)
-    rate = spread(r["per_second"] for r in runs)
-    cpu = spread(r["cpu_per_lookup"] for r in runs)
+
+    def figure(key: str, of: list[dict[str, Any]]) -> Any:
+        return spread(r[key] for r in of)
+
     rows = [
-        Row(f"lookup p50, {n:,} keys, {CLIENTS} clients", "seconds", p50),
-        Row("lookup p99", "seconds", p99, "< 2 ms", p99.median < 0.002,
-            peer_note=f"before: {BEFORE_P99}"),
-        Row("daemon CPU per lookup", "seconds", cpu, "<= 0.05 ms", cpu.median <= 0.00005,
-            peer_note=f"before: {BEFORE_CPU}"),
-        Row("lookups per second", "per-s", rate, "> 5,000/s", rate.median > 5000),
+        Row(f"lookup p50, {n:,} keys, {CLIENTS} clients", "seconds", figure("p50", runs),
+            peer_name=FLOOR, peer=figure("p50", floors)),
+        Row("lookup p99", "seconds", figure("p99", runs), "< 2 ms",
+            figure("p99", runs).median < 0.002, FLOOR, figure("p99", floors),
+            f"before: {BEFORE_P99}"),
+        Row("daemon CPU per lookup", "seconds", figure("cpu_per_lookup", runs), "<= 0.05 ms",
+            figure("cpu_per_lookup", runs).median <= 0.00005, FLOOR,
+            figure("cpu_per_lookup", floors), f"before: {BEFORE_CPU}"),
+        Row("lookups per second", "per-s", figure("per_second", runs), "> 5,000/s",
+            figure("per_second", runs).median > 5000, FLOOR, figure("per_second", floors)),
     ]  # fmt: skip
     return {"rows": rows, "details": {"keys": n, "clients": CLIENTS, "seconds": seconds,
-                                      "runs": runs}}  # fmt: skip
+                                      "runs": runs, "floor_runs": floors}}  # fmt: skip
