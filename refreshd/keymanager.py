@@ -41,7 +41,16 @@ from refreshd.openpgp.packets import Cert, LoneSignatures, PublicKey, armor, sig
 from refreshd.store import KeyFacts, ProviderPin, Store, iso
 from refreshd.worker import Worker
 
-__all__ = ["Found", "KeyManager", "address_or_none", "facts_of", "usable_endorsers"]
+__all__ = [
+    "MAX_ADDRESS_TEXT",
+    "Found",
+    "KeyManager",
+    "address_or_none",
+    "facts_of",
+    "usable_endorsers",
+]
+
+MAX_ADDRESS_TEXT = 512  # client input longer than this is no address (and is not parsed)
 
 AUDIT_EVENT = {
     DecisionKind.REGISTERED: "key.registered",
@@ -831,4 +840,6 @@ class KeyManager:
 
 def address_or_none(text: object) -> str | None:
     """A normalised address from client input, or None if it is not one address."""
-    return normalize_address(text) if isinstance(text, str) and len(text) <= 512 else None
+    if isinstance(text, str) and len(text) <= MAX_ADDRESS_TEXT:
+        return normalize_address(text)
+    return None

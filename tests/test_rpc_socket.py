@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from refreshd.rpc import MAX_LINE, Param, RpcServer, checked, connection_cap, parse_request
+from refreshd.rpc import _parse_any as parse_in_general
 
 
 async def echo(params: dict[str, Any]) -> Any:
@@ -300,6 +301,81 @@ async def test_subprocess_of_another_uid_is_refused(nursery):
 def test_parse_request_never_raises(raw):
     out = parse_request(raw)
     assert isinstance(out, dict) or out.method is not None
+
+
+def _call_line(id_: Any, method: Any, address: Any, compact: bool, ascii_only: bool) -> bytes:
+    call = {"jsonrpc": "2.0", "id": id_, "method": method, "params": {"address": address}}
+    separators = (",", ":") if compact else None
+    return json.dumps(call, separators=separators, ensure_ascii=ascii_only).encode()
+
+
+calls = st.builds(
+    _call_line,
+    st.integers(-3, 10**17) | st.sampled_from([True, None, "7", 1.5]),
+    st.sampled_from(["lookup", "status", "Lookup", "own_import"]) | st.text(max_size=40),
+    st.sampled_from(["alice@example.org", " Bob@EXAMPLE.org", "", 'q"@x.org', "a\\b@x.org"])
+    | st.text(max_size=330),
+    st.booleans(),
+    st.booleans(),
+)
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(calls, st.data())
+def test_the_usual_call_parses_as_the_general_parser_does(line, data):
+    """parse_request's shortcut for the usual call gives what the general path gives, for
+    calls of every id, method and address, and for the same lines with a byte changed."""
+    assert parse_request(line) == parse_in_general(line)
+    at = data.draw(st.integers(0, len(line) - 1))
+    changed = line[:at] + bytes([data.draw(st.integers(0, 255))]) + line[at + 1 :]
+    assert parse_request(changed) == parse_in_general(changed)
+
+
+NEAR_USUAL = [
+    b'{"jsonrpc": "2.0", "id": 007, "method": "lookup", "params": {"address": "a@x.org"}}',
+    b'{"jsonrpc": "2.0", "id": -0, "method": "lookup", "params": {"address": "a@x.org"}}',
+    b'{"jsonrpc": "2.0", "id": 12345678901234567, "method": "lookup", "params": {"address": ""}}',
+    b'{"jsonrpc":  "2.0", "id": 1, "method": "lookup", "params": {"address": "a@x.org"}}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "lookup", "params": {"address": "a@x.org"}} ',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "lookup", "params": {"address": "a@x.org"}}\r',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "lookup", "params": {"address": "a\tb@x.org"}}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "lookup", "params": {"address": "a\\u00e9@x.org"}}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "lookup", "params": {"address": "\xc3\xa9@x.org"}}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "lookup", "params": {"address": "a@x.org"}}}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "LOOKUP", "params": {"address": "a@x.org"}}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "lookup", "params": {"address": "a@x.org"}, "x": 1}',
+    b'{"jsonrpc": "2.0", "id": 1, "id": 2, "method": "lookup", "params": {"address": "a@x.org"}}',
+]
+
+
+@pytest.mark.parametrize("line", NEAR_USUAL)
+def test_lines_near_the_usual_call_parse_as_in_general(line):
+    assert parse_request(line) == parse_in_general(line)
+
+
+def test_a_plain_client_call_takes_the_shortcut():
+    """What json.dumps makes of a lookup, spaced or compact, skips the decoder (the shortcut
+    is no dead code): the decoder is not called for it, and is for anything else."""
+    import refreshd.rpc as rpc
+
+    decoded: list[str] = []
+    real = rpc._DECODER
+
+    class Counting:
+        def decode(self, text: str) -> Any:
+            decoded.append(text)
+            return real.decode(text)
+
+    rpc._DECODER = Counting()  # type: ignore[assignment]
+    try:
+        for compact in (False, True):
+            line = _call_line(3, "lookup", "alice@example.org", compact, True)
+            assert parse_request(line).params == {"address": "alice@example.org"}
+        assert decoded == []
+        parse_request(_call_line(3, "lookup", "élise@example.org", False, False))
+        assert len(decoded) == 1
+    finally:
+        rpc._DECODER = real
 
 
 async def test_a_trickling_client_is_closed_on_total_time_not_per_byte(served):
