@@ -132,8 +132,17 @@ def floor(addresses: list[str], seconds: float, repeats: int) -> list[dict[str, 
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _cpu_ticks() -> tuple[int, int]:
+    """(steal, all) ticks of the machine's cores so far (/proc/stat): steal is time the
+    hypervisor ran something else while one of our cores wanted to run."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return fields[7], sum(fields)
+
+
 def load(path: Path, addresses: list[str], clients: int, seconds: float) -> dict[str, Any]:
-    """One run: `clients` processes for `seconds`; p50/p99 latency, answers per second."""
+    """One run: `clients` processes for `seconds`; p50/p99 latency, answers per second, and
+    the share of the cores' time stolen by the host meanwhile."""
+    steal_before, all_before = _cpu_ticks()
     ctx = multiprocessing.get_context("fork")
     results = ctx.Queue()
     start_at = time.monotonic() + 1.0 + clients * 0.02
@@ -146,6 +155,7 @@ def load(path: Path, addresses: list[str], clients: int, seconds: float) -> dict
     got = [results.get(timeout=seconds + 120) for _ in procs]
     for p in procs:
         p.join(timeout=30)
+    steal_after, all_after = _cpu_ticks()
     latencies = sorted(x for g in got for x in g["latencies"])
     elapsed = max(g["finished"] for g in got) - start_at
     q = statistics.quantiles(latencies, n=100)
@@ -157,6 +167,7 @@ def load(path: Path, addresses: list[str], clients: int, seconds: float) -> dict
         "p50": statistics.median(latencies),
         "p99": q[98],
         "max": latencies[-1],
+        "steal": (steal_after - steal_before) / max(1, all_after - all_before),
     }
 
 
@@ -198,6 +209,8 @@ def run(population: Population, quick: bool = False, repeats: int = 3) -> dict[s
             figure("cpu_per_lookup", floors), f"before: {BEFORE_CPU}"),
         Row("lookups per second", "per-s", figure("per_second", runs), "> 5,000/s",
             figure("per_second", runs).median > 5000, FLOOR, figure("per_second", floors)),
+        Row("share of the cores' time the host stole during the runs", "ratio",
+            figure("steal", runs), peer_name=FLOOR, peer=figure("steal", floors)),
     ]  # fmt: skip
     return {"rows": rows, "details": {"keys": n, "clients": CLIENTS, "seconds": seconds,
                                       "runs": runs, "floor_runs": floors}}  # fmt: skip
