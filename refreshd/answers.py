@@ -5,6 +5,13 @@ Rules:
 - An answer is kept with the store's generation (Store.generation: every write to the store,
   by any connection, moves it) and served only while the generation is the same: any change
   to a registration, a key, a decision or an Autocrypt preference voids every kept answer.
+- A write through the daemon's own connection is seen at the next lookup (its count of
+  changed rows is read every time, for free). A write by another connection or process is
+  seen within `ELSEWHERE` seconds: SQLite tells of those only inside a read transaction,
+  which costs two system calls (its shared-memory lock taken and released), a third of a
+  prepared lookup's. Nothing else writes what a lookup shows: the daemon's worker-thread
+  connections write the refresh order and SQLite's statistics, and no other process opens
+  the store (the command line asks the daemon), so only a hand edit meets the delay.
 - Time alone changes an answer at the key's expiry and at its encryption subkey's: answers
   are served only before the first of those still to come among the kept ones (then all are
   dropped).
@@ -18,6 +25,9 @@ Rules:
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Callable
 from datetime import datetime
 
 from refreshd.core.rules import LookupState
@@ -26,6 +36,7 @@ from refreshd.rpc import Encoded, encode
 
 __all__ = ["PreparedAnswers"]
 
+ELSEWHERE = 0.1  # seconds within which another connection's write voids the kept answers
 KEPT = 16_384  # answers (about 0.45 kB each, in one buffer), only for addresses asked for
 _LENGTH_BITS = 20  # an answer's length fits in them (the socket's lines are at most 1 MiB)
 
@@ -35,9 +46,11 @@ class PreparedAnswers:
     one int): a few objects per address rather than an object tree per answer, and one block
     of memory that goes back to the kernel when they are dropped."""
 
-    def __init__(self, keys: KeyManager) -> None:
+    def __init__(self, keys: KeyManager, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.keys = keys
+        self.monotonic = monotonic
         self._generation: tuple[int, int] | None = None
+        self._elsewhere_due = -math.inf  # when to ask SQLite about other connections again
         self._until: datetime | None = None  # the first instant time alone changes one
         self._where: dict[str, int] = {}  # address -> offset << _LENGTH_BITS | length
         self._buffer = bytearray()
@@ -48,11 +61,25 @@ class PreparedAnswers:
         self._buffer = bytearray()
         self._until = None
 
+    def _current_generation(self) -> tuple[int, int] | None:
+        """Store.generation, with SQLite asked about other connections at most once per
+        ELSEWHERE (the rule above); this connection's own writes and open transaction are
+        looked at every time."""
+        db, kept = self.keys.store.db, self._generation
+        tick = self.monotonic()
+        same_here = kept is not None and not db.in_transaction and db.total_changes == kept[0]
+        if same_here and tick < self._elsewhere_due:
+            return kept
+        generation = self.keys.store.generation()
+        if generation is not None:
+            self._elsewhere_due = tick + ELSEWHERE
+        return generation
+
     def registered(self, address: str) -> Encoded | None:
         """The encoded `lookup` answer (without the key's bytes) for a registered address,
         or None when no key is registered for it."""
         now = self.keys.clock()
-        generation = self.keys.store.generation()
+        generation = self._current_generation()
         if generation != self._generation or (self._until is not None and now >= self._until):
             self._drop()
             self._generation = generation

@@ -1,7 +1,8 @@
 """The socket's prepared `lookup` answers (refreshd.answers) are exactly the fresh answer after
 any change to what a lookup shows: registrations, keys, decisions, uses, Autocrypt
-preferences, a write by another connection, a rolled-back transaction, and time crossing an
-expiry. The same real keys as the key manager's own properties (gpg-made expiry versions)."""
+preferences, a rolled-back transaction and time crossing an expiry at once, and a write by
+another connection within ELSEWHERE seconds. The same real keys as the key manager's own
+properties (gpg-made expiry versions)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from refreshd.answers import PreparedAnswers
+from refreshd.answers import ELSEWHERE, PreparedAnswers
 from refreshd.core.rules import UseEvent
 from refreshd.keymanager import KeyManager
 from refreshd.openpgp.keyview import read_key
@@ -59,6 +60,26 @@ def check(km: KeyManager, answers: PreparedAnswers) -> None:
                 assert json.loads(prepared.json) == fresh
 
 
+class Ticks:
+    """A monotonic clock that moves only when a test moves it: the daemon's own writes must
+    be seen with no time passing at all."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def write_elsewhere(km: KeyManager, sql: str) -> None:
+    """Another process or connection writes the same database."""
+    db = sqlite3.connect(km.store.path, isolation_level=None)
+    try:
+        db.execute(sql)
+    finally:
+        db.close()
+
+
 def step(km: KeyManager, keys: dict[str, bytes], answers: PreparedAnswers, s: tuple) -> None:
     if s[0] == "observe":
         km.consider(s[1], keys[s[2]], FOUND[s[3]])
@@ -71,17 +92,13 @@ def step(km: KeyManager, keys: dict[str, bytes], answers: PreparedAnswers, s: tu
     elif s[0] == "time":
         km.clock.now += timedelta(days=s[1])  # type: ignore[attr-defined]
     elif s[0] == "elsewhere":
-        # another process or connection writes the same database
-        db = sqlite3.connect(km.store.path, isolation_level=None)
-        try:
-            sql = {
-                "positive": "UPDATE addresses SET positive = 1 - positive",
-                "level": "UPDATE addresses SET level = 'weak-chain'",
-                "reason": "UPDATE decisions SET reason = reason || ' (edited)'",
-            }[s[1]]
-            db.execute(sql)
-        finally:
-            db.close()
+        sql = {
+            "positive": "UPDATE addresses SET positive = 1 - positive",
+            "level": "UPDATE addresses SET level = 'weak-chain'",
+            "reason": "UPDATE decisions SET reason = reason || ' (edited)'",
+        }[s[1]]
+        write_elsewhere(km, sql)
+        answers.monotonic.now += ELSEWHERE  # type: ignore[attr-defined]
     elif s[0] == "rolled_back":
         try:
             with km.store.transaction():
@@ -101,7 +118,7 @@ def step(km: KeyManager, keys: dict[str, bytes], answers: PreparedAnswers, s: tu
 def test_prepared_answers_follow_every_change(pool, ops):  # noqa: F811
     with tempfile.TemporaryDirectory(prefix="answers-prop-") as root:
         km = manager(Path(root))
-        answers = PreparedAnswers(km)
+        answers = PreparedAnswers(km, Ticks())
         try:
             check(km, answers)
             for s in ops:
@@ -136,6 +153,33 @@ def test_an_answer_is_kept_until_the_key_expires(tmp_path, pool):  # noqa: F811
         later = answers.registered(BOB)
         assert len(asked) == 2 and json.loads(later.json)["usable"] is False
         assert json.loads(first.json)["usable"] is True
+    finally:
+        km.store.close()
+        km.audit.close()
+
+
+def test_a_write_elsewhere_is_seen_within_the_bound_and_one_here_at_once(tmp_path, pool):  # noqa: F811
+    """Another connection's write may be missed for less than ELSEWHERE seconds, never
+    longer; the daemon's own write is seen at the next lookup with no time passing."""
+    km = manager(tmp_path)
+    ticks = Ticks()
+    answers = PreparedAnswers(km, ticks)
+    try:
+        km.consider(BOB, pool["v3"], FOUND[0])
+        first = answers.registered(BOB)
+        assert first is not None and json.loads(first.json) == km.describe(BOB)
+        write_elsewhere(km, "UPDATE addresses SET level = 'weak-chain'")
+        assert km.describe(BOB) != json.loads(first.json)  # the edit shows in a fresh answer
+        ticks.now += ELSEWHERE * 0.9
+        assert answers.registered(BOB) == first  # within the bound: the kept answer
+        ticks.now += ELSEWHERE * 0.2
+        seen = answers.registered(BOB)
+        assert seen is not None and json.loads(seen.json) == km.describe(BOB)
+        km.verify(BOB, read_key(pool["v3"], datetime.now(UTC)).fingerprint)  # a write here
+        mine = answers.registered(BOB)
+        assert mine is not None and json.loads(mine.json) == km.describe(BOB) != json.loads(
+            seen.json
+        )
     finally:
         km.store.close()
         km.audit.close()
