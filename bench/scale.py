@@ -11,7 +11,9 @@ through Store.put_key / Store.apply / Store.put_source as first contact over WKD
 here parses key bytes.
 
 Against a `refreshd run` subprocess (tests/daemon_proc, Tor pointed nowhere as in the lookup
-case), from a client on the socket:
+case), started STARTS times on a fresh copy of the store (once in quick mode), from a client
+on the socket (each figure pools the starts: the median start for READY and the loop
+blocked, every start's calls for the p50s, the largest RSS):
 - start to READY: seconds from the process start to its first `status` answer;
 - loop blocked after READY: the longest `lookup` (discover false) of those sent back to back
   during the first 2 s after READY (the refresh loop's first step, first save included);
@@ -71,6 +73,7 @@ from tests.daemon_proc import Daemon, write_config
 SIZES = (1_000, 10_000, 100_000)
 SIZES_QUICK = (1_000, 10_000)
 CALLS = 30
+STARTS = 3  # daemon starts per size: a burst of the host's noise spoils one start, not a figure
 DRAWS = 5
 LAPSE = 0.05  # seconds of real lapse before each new cycle's step (the daemon's are >= 30 s)
 
@@ -254,28 +257,33 @@ def run(quick: bool = False) -> dict[str, Any]:
         template = Path(tempfile.mkdtemp(prefix=f"refreshd-bench-scale-{n}-"))
         try:
             pairs = build(template, n)
+            starts = [daemon_figures(template, pairs) for _ in range(1 if quick else STARTS)]
             details[n] = {
-                **daemon_figures(template, pairs),
+                **{key: [value for one in starts for value in _listed(one[key])]
+                   for key in starts[0]},
                 **engine_figures(template, pairs),
-            }
+            }  # fmt: skip
         finally:
             shutil.rmtree(template, ignore_errors=True)
     return {"rows": rows(details), "details": {str(n): d for n, d in details.items()}}
 
 
 FIGURES = [  # key in details, label, unit, how a run's list becomes one value, 2x target
-    ("ready_seconds", "start to READY", "seconds", None, True),
-    ("blocked_after_ready_seconds", "loop blocked after READY (longest lookup)", "seconds", None,
+    ("ready_seconds", "start to READY (median of the starts)", "seconds", statistics.median,
      True),
-    ("status_seconds", "`status` (p50)", "seconds", statistics.median, True),
-    ("refresh_seconds", "`refresh` by fingerprint (p50)", "seconds", statistics.median, True),
+    ("blocked_after_ready_seconds", "loop blocked after READY (longest lookup of a start; "
+     "median of the starts)", "seconds", statistics.median, True),
+    ("status_seconds", "`status` (p50 of every start's calls)", "seconds", statistics.median,
+     True),
+    ("refresh_seconds", "`refresh` by fingerprint (p50 of every start's calls)", "seconds",
+     statistics.median, True),
     ("step_seconds", "one refresh-loop step, fetch stubbed (p50)", "seconds", statistics.median,
      True),
     ("new_cycle_seconds", "the step that draws a new cycle, after its lapse (p50)", "seconds",
      statistics.median, True),
     ("new_cycle_at_once_seconds", "the same step right after another draw, no lapse between "
      "(p50)", "seconds", statistics.median, False),
-    ("idle_rss_mb", "idle RSS", "mb", None, True),
+    ("idle_rss_mb", "idle RSS (the largest of the starts)", "mb", max, True),
 ]  # fmt: skip
 
 
@@ -304,6 +312,10 @@ def rows(details: dict[int, dict[str, Any]]) -> list[Row]:
                            f"{d['lookups_during_new_cycle']})", "seconds", spread([worst]),
                            "< 20 ms", worst < 0.020))  # fmt: skip
     return out
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
 
 
 def _value(raw: Any, reduce: Any) -> float:
