@@ -88,10 +88,16 @@ class Scene:
         wait_for(lambda: self.tor_state() == state, timeout, f"Tor state {state!r}")
 
     def refresh(self, address: str, timeout: float = 60) -> AuditLine:
-        """Ask for a refresh of the address's key; the refresh.fetched/failed line it caused."""
+        """Ask for a refresh of the address's key; the refresh.fetched/failed line it caused,
+        once the lines of the decision that fetch led to are in the log too.
+
+        The daemon writes the fetch's line and then, with no await between, the decision's
+        (key.kept, key.merged, ...): a reader of the file can see the first without the
+        second, but the daemon answers no request in between, so one socket call after
+        seeing the fetch's line waits for the decision's."""
         after = self.last_seq()
         fingerprint = self.daemon.call("refresh", address=address)["fingerprint"]
-        return self.wait_audit(
+        line = self.wait_audit(
             lambda e: (
                 e["event"] in ("refresh.fetched", "refresh.failed")
                 and e.get("fingerprint") == fingerprint
@@ -99,6 +105,8 @@ class Scene:
             after,
             timeout,
         )
+        self.daemon.call("status")
+        return line
 
     # -- observing ------------------------------------------------------------------------
     def audit(self) -> list[AuditLine]:
