@@ -117,19 +117,27 @@ def floor(addresses: list[str], seconds: float, repeats: int) -> list[dict[str, 
     try:
         if not ready.wait(30):
             raise RuntimeError("the floor server did not start")
-        load(path, addresses, 2, 0.5)
-        runs = []
-        for _ in range(repeats):
-            assert server.pid is not None
-            before = sample(server.pid)["cpu"]
-            run = load(path, addresses, CLIENTS, seconds)
-            run["cpu_per_lookup"] = (sample(server.pid)["cpu"] - before) / run["lookups"]
-            runs.append(run)
-        return runs
+        assert server.pid is not None
+        return measured(server.pid, path, addresses, seconds, repeats)
     finally:
         server.kill()
         server.join(10)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def measured(
+    pid: int, path: Path, addresses: list[str], seconds: float, repeats: int
+) -> list[dict[str, Any]]:
+    """`repeats` runs of `load` against the server `pid` listening on `path`, after a short
+    one that warms its caches and imports; each with the server's CPU per lookup."""
+    load(path, addresses, 2, 0.5)
+    runs = []
+    for _ in range(repeats):
+        before = sample(pid)["cpu"]
+        run = load(path, addresses, CLIENTS, seconds)
+        run["cpu_per_lookup"] = (sample(pid)["cpu"] - before) / run["lookups"]
+        runs.append(run)
+    return runs
 
 
 def _cpu_ticks() -> tuple[int, int]:
@@ -181,13 +189,8 @@ def run(population: Population, quick: bool = False, repeats: int = 3) -> dict[s
         try:
             if daemon.call("status")["addresses"] != len(population.addresses):
                 raise RuntimeError("the daemon does not hold the population")
-            load(daemon.socket, population.addresses, 2, 0.5)  # warm caches and imports
-            runs = []
-            for _ in range(repeats):
-                before = sample(daemon.proc.pid)["cpu"]
-                run = load(daemon.socket, population.addresses, CLIENTS, seconds)
-                run["cpu_per_lookup"] = (sample(daemon.proc.pid)["cpu"] - before) / run["lookups"]
-                runs.append(run)
+            runs = measured(daemon.proc.pid, daemon.socket, population.addresses, seconds,
+                            repeats)  # fmt: skip
         finally:
             daemon.stop()
     finally:

@@ -192,15 +192,16 @@ def engine_figures(template: Path, pairs: list[tuple[str, str]]) -> dict[str, An
 
             plain = trio.run(steps, clock=trio.testing.MockClock(autojump_threshold=0))
 
+            async def draw() -> float:
+                refresher.state = replace(refresher.state, position=len(refresher.state.order))
+                return await _atimed(refresher._new_cycle)
+
             async def draws() -> tuple[list[float], list[float]]:
                 after_lapse, at_once = [], []
                 for _ in range(DRAWS):
-                    for out in (after_lapse, at_once):
-                        end = len(refresher.state.order)
-                        refresher.state = replace(refresher.state, position=end)
-                        if out is after_lapse:
-                            await trio.sleep(LAPSE)
-                        out.append(await _atimed(refresher._new_cycle))
+                    await trio.sleep(LAPSE)
+                    after_lapse.append(await draw())
+                    at_once.append(await draw())
                 return after_lapse, at_once
 
             # the real clock: with the mock one's autojump the idle loop spins while the
